@@ -1,0 +1,85 @@
+"""neuralode: Neural Ordinary Differential Equations for PyTorch.
+
+Solving (torchdiffeq-compatible): :func:`odeint`, :func:`odeint_adjoint`, :class:`SolveStats`.
+Modelling: dynamics (:class:`ODEFunc`, ...), blocks (:class:`NeuralODEBlock`, ...),
+regularizers, models (:func:`create_model`) and :func:`diagnose`.
+"""
+
+from .blocks import (
+    HybridNeuralODE,
+    MultiScaleNeuralODE,
+    NeuralODEBlock,
+    ResidualStack,
+    regularization_loss,
+    solve_stats,
+)
+from .diagnostics import DiagnosticReport, diagnose
+from .dynamics import (
+    ACTIVATIONS,
+    ConcatConv2d,
+    ConvODEFunc,
+    HypernetODEFunc,
+    ODEFunc,
+    TimeConcatODEFunc,
+    small_init_,
+)
+from .errors import NonFiniteStateError, SolverError
+from .models import (
+    NeuralODEClassifier,
+    ODENet,
+    ODENetResNet,
+    ResNetClassifier,
+    create_model,
+    list_models,
+)
+from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
+from .solvers import (
+    AbstractBackend,
+    SolveStats,
+    available_backends,
+    get_default_backend,
+    odeint,
+    odeint_adjoint,
+    register_backend,
+    set_default_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "AbstractBackend",
+    "AbstractRegularizer",
+    "ConcatConv2d",
+    "ConvODEFunc",
+    "DiagnosticReport",
+    "HybridNeuralODE",
+    "HypernetODEFunc",
+    "JacobianFrobenius",
+    "KineticEnergy",
+    "MultiScaleNeuralODE",
+    "NeuralODEBlock",
+    "NeuralODEClassifier",
+    "NonFiniteStateError",
+    "ODEFunc",
+    "ODENet",
+    "ODENetResNet",
+    "ResNetClassifier",
+    "ResidualStack",
+    "SolveStats",
+    "SolverError",
+    "TimeConcatODEFunc",
+    "__version__",
+    "available_backends",
+    "create_model",
+    "diagnose",
+    "get_default_backend",
+    "list_models",
+    "odeint",
+    "odeint_adjoint",
+    "regularization_loss",
+    "register_backend",
+    "set_default_backend",
+    "small_init_",
+    "solve_stats",
+]

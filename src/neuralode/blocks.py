@@ -1,0 +1,308 @@
+"""Continuous-depth blocks: the Neural ODE block, multi-scale and hybrid blocks, and the
+residual stack they generalise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .regularizers import AbstractRegularizer, RegularizedDynamics
+from .solvers import SolveStats, odeint, odeint_adjoint
+from .solvers import _validate as v
+
+__all__ = [
+    "HybridNeuralODE",
+    "MultiScaleNeuralODE",
+    "NeuralODEBlock",
+    "ResidualStack",
+    "regularization_loss",
+    "solve_stats",
+]
+
+
+class NeuralODEBlock(nn.Module):
+    """``h ↦ h(T)``, the solution at time ``T`` of ``dh/dt = func(t, h)`` with ``h(t0) = h``.
+
+    Args:
+        func: the dynamics, an ``nn.Module`` with ``forward(t, h)``.
+        t1: end of the integration interval (``t0`` is its start).
+        output_times: if given, the block returns the whole trajectory at these times (first
+            dimension indexes time) instead of only ``h(T)``; overrides ``t0``/``t1``.
+        method: solver name (``"dopri5"``, ``"rk4"``, ...).
+        rtol, atol: tolerances in training mode.
+        eval_rtol, eval_atol: (tighter) tolerances in evaluation mode, after ``.eval()``.
+        adjoint: gradients by the adjoint method (O(1) memory) instead of backpropagation.
+        options, adjoint_options: solver options, as for :func:`neuralode.odeint`.
+        regularizers: e.g. ``[KineticEnergy(0.01), JacobianFrobenius(0.01)]``; integrated in the
+            same solve. With regularizers the block returns ``(h, reg)`` where ``reg`` is the sum
+            of the weighted terms; the terms by name are in ``last_regularization_terms``.
+        augment_dim: ANODE augmentation — the state is padded with this many zero channels
+            (dimension 1); ``func`` must then act on ``dim + augment_dim`` channels and the
+            output keeps them.
+        backend: solver engine name; ``None`` for the default.
+
+    After each forward pass ``stats`` holds the solve's counters; its backward counters fill in
+    when gradients are computed.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        t1: float = 1.0,
+        *,
+        t0: float = 0.0,
+        output_times: Sequence[float] | torch.Tensor | None = None,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        eval_rtol: float = 1e-5,
+        eval_atol: float = 1e-6,
+        adjoint: bool = False,
+        options: Mapping[str, Any] | None = None,
+        adjoint_options: Mapping[str, Any] | None = None,
+        regularizers: Iterable[AbstractRegularizer] = (),
+        augment_dim: int = 0,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(func, nn.Module):
+            raise TypeError(
+                f"func must be an nn.Module with forward(t, h), got {type(func).__name__}"
+            )
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            v.check_tolerance(tol, name)
+        for name, tol in (("eval_rtol", eval_rtol), ("eval_atol", eval_atol)):
+            v.check_tolerance(tol, name)
+        if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
+            raise ValueError(f"augment_dim must be a non-negative integer, got {augment_dim!r}")
+        if output_times is None:
+            times = torch.tensor([float(t0), float(t1)])
+        else:
+            times = torch.as_tensor(output_times, dtype=torch.get_default_dtype()).detach()
+        v.check_t(times)
+        if times.numel() < 2:
+            raise ValueError("output_times must hold at least two times (a start and an end)")
+        regs = list(regularizers)
+        for r in regs:
+            if not isinstance(r, AbstractRegularizer):
+                raise TypeError(
+                    f"regularizers must be AbstractRegularizer instances, got {type(r).__name__}"
+                )
+        self.func = func
+        self.dynamics: nn.Module = RegularizedDynamics(func, regs) if regs else func
+        self.register_buffer("integration_times", times.clone())
+        self.return_trajectory = output_times is not None
+        self.method = method
+        self.rtol, self.atol = rtol, atol
+        self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
+        self.adjoint = adjoint
+        self.options = dict(options or {})
+        self.adjoint_options = None if adjoint_options is None else dict(adjoint_options)
+        self.augment_dim = augment_dim
+        self.backend = backend
+        self.has_regularizers = bool(regs)
+        self.stats = SolveStats()
+        self.last_regularization: torch.Tensor | None = None
+        self.last_regularization_terms: dict[str, torch.Tensor] = {}
+
+    @property
+    def tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` in force for the current mode (training or evaluation)."""
+        return (self.rtol, self.atol) if self.training else (self.eval_rtol, self.eval_atol)
+
+    def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Solve from ``h``; return the output and the weighted regularization (or None)."""
+        if self.augment_dim:
+            pad = h.new_zeros(h.shape[0], self.augment_dim, *h.shape[2:])
+            h = torch.cat([h, pad], dim=1)
+        rtol, atol = self.tolerances
+        times = self.integration_times.to(dtype=h.dtype)
+        self.stats = SolveStats()
+        if self.has_regularizers:
+            self.dynamics.begin_solve(h)
+            y0: Any = (h, *(h.new_zeros(h.shape[0]) for _ in self.dynamics.regularizers))
+        else:
+            y0 = h
+        kwargs: dict[str, Any] = dict(
+            rtol=rtol,
+            atol=atol,
+            method=self.method,
+            options=self.options,
+            backend=self.backend,
+            stats=self.stats,
+        )
+        if self.adjoint:
+            sol = odeint_adjoint(
+                self.dynamics,
+                y0,
+                times,
+                adjoint_options=self.adjoint_options,
+                adjoint_params=tuple(self.dynamics.parameters()),
+                **kwargs,
+            )
+        else:
+            sol = odeint(self.dynamics, y0, times, **kwargs)
+        if not self.has_regularizers:
+            self.last_regularization = None
+            self.last_regularization_terms = {}
+            return (sol if self.return_trajectory else sol[-1]), None
+        traj, *accumulated = sol
+        terms = {
+            r.name: r.weight * acc[-1].mean()
+            for r, acc in zip(self.dynamics.regularizers, accumulated)
+        }
+        reg = torch.stack(list(terms.values())).sum()
+        self.last_regularization = reg
+        self.last_regularization_terms = terms
+        return (traj if self.return_trajectory else traj[-1]), reg
+
+    def forward(self, h: torch.Tensor) -> Any:
+        out, reg = self.integrate(h)
+        return out if reg is None else (out, reg)
+
+    def extra_repr(self) -> str:
+        rtol, atol = self.tolerances
+        return (
+            f"method={self.method!r}, t={self.integration_times.tolist()}, rtol={rtol}, "
+            f"atol={atol}, adjoint={self.adjoint}, augment_dim={self.augment_dim}"
+        )
+
+
+def _sum_reg(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class _Scaled(nn.Module):
+    """``scale * func(t, h)``: the same vector field run ``scale`` times faster."""
+
+    def __init__(self, func: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.func = func
+        self.scale = float(scale)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.func(t, h)
+
+
+class MultiScaleNeuralODE(nn.Module):
+    """A fast and a slow Neural ODE block applied to the same input, outputs combined.
+
+    The fast block integrates ``speedup * fast_func`` and the slow block ``slow_func``, both over
+    ``[0, t1]``; ``combine="sum"`` adds the two final states, ``"concat"`` concatenates them along
+    dimension 1. Extra keyword arguments go to both :class:`NeuralODEBlock` s.
+    """
+
+    def __init__(
+        self,
+        fast_func: nn.Module,
+        slow_func: nn.Module,
+        t1: float = 1.0,
+        speedup: float = 10.0,
+        combine: str = "sum",
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if combine not in ("sum", "concat"):
+            raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
+        if not speedup > 0:
+            raise ValueError(f"speedup must be positive, got {speedup!r}")
+        self.fast = NeuralODEBlock(_Scaled(fast_func, speedup), t1, **block_kwargs)
+        self.slow = NeuralODEBlock(slow_func, t1, **block_kwargs)
+        self.combine = combine
+
+    def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fast, reg_fast = self.fast.integrate(h)
+        slow, reg_slow = self.slow.integrate(h)
+        out = fast + slow if self.combine == "sum" else torch.cat([fast, slow], dim=1)
+        return out, _sum_reg(reg_fast, reg_slow)
+
+    def forward(self, h: torch.Tensor) -> Any:
+        out, reg = self.integrate(h)
+        return out if reg is None else (out, reg)
+
+
+class HybridNeuralODE(nn.Module):
+    """Continuous segment, discrete residual jump, continuous segment.
+
+    ``h ← ODE_1(h)`` over ``[0, t_split]``, then ``h ← h + jump(h)``, then ``h ← ODE_2(h)`` over
+    ``[t_split, t1]``. Extra keyword arguments go to both :class:`NeuralODEBlock` s.
+    """
+
+    def __init__(
+        self,
+        func_before: nn.Module,
+        jump: nn.Module,
+        func_after: nn.Module,
+        t_split: float = 0.5,
+        t1: float = 1.0,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < t_split < t1:
+            raise ValueError(f"t_split must lie strictly inside (0, t1={t1}), got {t_split!r}")
+        self.before = NeuralODEBlock(func_before, t_split, t0=0.0, **block_kwargs)
+        self.jump = jump
+        self.after = NeuralODEBlock(func_after, t1, t0=t_split, **block_kwargs)
+
+    def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h, reg_before = self.before.integrate(h)
+        h = h + self.jump(h)
+        h, reg_after = self.after.integrate(h)
+        return h, _sum_reg(reg_before, reg_after)
+
+    def forward(self, h: torch.Tensor) -> Any:
+        out, reg = self.integrate(h)
+        return out if reg is None else (out, reg)
+
+
+class ResidualStack(nn.Module):
+    """``h ← h + f_i(i, h)`` for ``i = 0 … L-1``: the discrete network a Neural ODE generalises.
+
+    ``make_func`` builds one dynamics module (``forward(t, h)``). With ``shared=True`` one module
+    serves every layer, and the stack equals the Euler solve with step 1 over ``[0, L]``.
+    """
+
+    def __init__(
+        self, make_func: Callable[[], nn.Module], num_blocks: int, shared: bool = False
+    ) -> None:
+        super().__init__()
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        self.num_blocks = num_blocks
+        self.shared = shared
+        count = 1 if shared else num_blocks
+        self.funcs = nn.ModuleList(make_func() for _ in range(count))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i in range(self.num_blocks):
+            f = self.funcs[0 if self.shared else i]
+            h = h + f(torch.tensor(float(i), dtype=h.dtype, device=h.device), h)
+        return h
+
+
+def _blocks(module: nn.Module) -> list[NeuralODEBlock]:
+    return [m for m in module.modules() if isinstance(m, NeuralODEBlock)]
+
+
+def solve_stats(module: nn.Module) -> SolveStats:
+    """The counters of the last solve of every Neural ODE block in ``module``, summed.
+
+    Call it after a forward pass for forward NFE, and after ``backward()`` for backward NFE too.
+    """
+    return SolveStats.total(b.stats for b in _blocks(module))
+
+
+def regularization_loss(module: nn.Module) -> torch.Tensor | None:
+    """The weighted regularization terms of the last forward pass of every block in ``module``,
+    summed; None if no block has regularizers."""
+    total: torch.Tensor | None = None
+    for b in _blocks(module):
+        total = _sum_reg(total, b.last_regularization)
+    return total

@@ -1,0 +1,240 @@
+"""A health report of a model on a batch: what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .blocks import solve_stats
+from .solvers import SolveStats
+
+__all__ = ["DiagnosticReport", "diagnose"]
+
+logger = logging.getLogger(__name__)
+
+EXPLODING_GRAD_NORM = 1e3
+VANISHING_GRAD_NORM = 1e-7
+
+
+@dataclasses.dataclass
+class DiagnosticReport:
+    """What :func:`diagnose` found. ``str(report)`` gives a readable text."""
+
+    num_parameters: int = 0
+    nonfinite_parameters: list[str] = dataclasses.field(default_factory=list)
+    forward_ok: bool = False
+    forward_error: str | None = None
+    output_shape: tuple[int, ...] | None = None
+    output_min: float | None = None
+    output_max: float | None = None
+    output_nonfinite: bool = False
+    loss: float | None = None
+    backward_ok: bool = False
+    backward_error: str | None = None
+    grad_norm_total: float | None = None
+    grad_norm_min: tuple[str, float] | None = None
+    grad_norm_max: tuple[str, float] | None = None
+    nonfinite_gradients: list[str] = dataclasses.field(default_factory=list)
+    parameters_without_grad: list[str] = dataclasses.field(default_factory=list)
+    solve: SolveStats | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the forward and backward passes ran and nothing was flagged."""
+        return self.forward_ok and self.backward_ok and not self.warnings
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["solve"] = None if self.solve is None else self.solve.as_dict()
+        d["ok"] = self.ok
+        return d
+
+    def __str__(self) -> str:
+        lines = ["neuralode diagnostics", "=" * 21]
+        lines.append(f"parameters:        {self.num_parameters:,}")
+        if self.nonfinite_parameters:
+            lines.append(f"NaN/inf parameters: {', '.join(self.nonfinite_parameters)}")
+        else:
+            lines.append("NaN/inf parameters: none")
+        if self.forward_ok:
+            lines.append(f"forward pass:      ok, output shape {self.output_shape}")
+            lines.append(f"output range:      [{self.output_min:.4g}, {self.output_max:.4g}]")
+        else:
+            lines.append(f"forward pass:      FAILED: {self.forward_error}")
+        if self.loss is not None:
+            lines.append(f"loss:              {self.loss:.6g}")
+        if self.backward_ok:
+            lines.append(f"gradient norm:     total {self.grad_norm_total:.4g}")
+            if self.grad_norm_min is not None and self.grad_norm_max is not None:
+                lines.append(
+                    f"                   min {self.grad_norm_min[1]:.3g} ({self.grad_norm_min[0]}),"
+                    f" max {self.grad_norm_max[1]:.3g} ({self.grad_norm_max[0]})"
+                )
+        elif self.backward_error is not None:
+            lines.append(f"backward pass:     FAILED: {self.backward_error}")
+        if self.solve is not None and self.solve.solves:
+            lines.append(f"NFE:               forward {self.solve.nfe_forward}, "
+                         f"backward {self.solve.nfe_backward}")
+            lines.append(f"solve statistics:  {self.solve}")
+        else:
+            lines.append("NFE:               no ODE solve in this model")
+        if self.warnings:
+            lines.append("warnings:")
+            lines.extend(f"  - {w}" for w in self.warnings)
+        else:
+            lines.append("warnings:          none — the model looks healthy")
+        return "\n".join(lines)
+
+
+def _default_loss(output: torch.Tensor, target: Any) -> torch.Tensor:
+    if target is None:
+        return output.float().pow(2).mean()
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and output.ndim == 2:
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output, target)
+
+
+def _short(err: BaseException) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def diagnose(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+) -> DiagnosticReport:
+    """Run one forward and backward pass of ``model`` on ``batch`` and report on its health.
+
+    ``batch`` is ``(inputs, targets)`` or just the inputs. Without ``loss_fn`` the loss is cross
+    entropy for integer targets, mean squared error for float targets and the mean squared output
+    without targets. The model's parameters, gradients and mode are left as they were. Never
+    raises because of the model: an exception becomes part of the report.
+    """
+    report = DiagnosticReport()
+    try:
+        _diagnose(model, batch, loss_fn, report)
+    except Exception as err:  # a report must always come back
+        logger.debug("diagnose failed", exc_info=True)
+        report.warnings.append(f"diagnosis stopped early: {_short(err)}")
+    return report
+
+
+def _diagnose(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None,
+    report: DiagnosticReport,
+) -> None:
+    named = list(model.named_parameters())
+    report.num_parameters = sum(p.numel() for _, p in named)
+    report.nonfinite_parameters = [
+        n for n, p in named if not bool(torch.isfinite(p.detach()).all())
+    ]
+    if report.nonfinite_parameters:
+        report.warnings.append(
+            f"{len(report.nonfinite_parameters)} parameter tensor(s) hold NaN/inf "
+            "(training diverged): reload the last good checkpoint and lower the learning rate"
+        )
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, target = batch
+    else:
+        inputs, target = batch, None
+
+    saved_grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in named}
+    for _, p in named:
+        p.grad = None
+    try:
+        try:
+            output = model(inputs)
+            if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
+                output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
+        except Exception as err:
+            report.forward_error = _short(err)
+            report.warnings.append(
+                "the forward pass failed; the error above says where — see the hint in its "
+                "message"
+            )
+            report.solve = solve_stats(model)
+            return
+        report.forward_ok = True
+        out = output.detach()
+        report.output_shape = tuple(out.shape)
+        finite = out[torch.isfinite(out)]
+        report.output_nonfinite = finite.numel() != out.numel()
+        if finite.numel():
+            report.output_min = float(finite.min())
+            report.output_max = float(finite.max())
+        else:
+            report.output_min = report.output_max = math.nan
+        if report.output_nonfinite:
+            report.warnings.append(
+                "the output holds NaN/inf: check the input scale and lower the learning rate"
+            )
+        try:
+            loss = (loss_fn or _default_loss)(output, target)
+            report.loss = float(loss.detach())
+            loss.backward()
+            report.backward_ok = True
+        except Exception as err:
+            report.backward_error = _short(err)
+            report.warnings.append("the backward pass failed")
+        report.solve = solve_stats(model)
+        if report.backward_ok:
+            _grad_report(named, report)
+    finally:
+        for n, p in named:
+            p.grad = saved_grads[n]
+
+
+def _grad_report(named: list[tuple[str, nn.Parameter]], report: DiagnosticReport) -> None:
+    norms: list[tuple[str, float]] = []
+    for n, p in named:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            report.parameters_without_grad.append(n)
+            continue
+        g = float(p.grad.detach().norm())
+        if not math.isfinite(g):
+            report.nonfinite_gradients.append(n)
+        else:
+            norms.append((n, g))
+    if norms:
+        report.grad_norm_total = math.sqrt(sum(g * g for _, g in norms))
+        report.grad_norm_min = min(norms, key=lambda x: x[1])
+        report.grad_norm_max = max(norms, key=lambda x: x[1])
+    if report.nonfinite_gradients:
+        report.warnings.append(
+            f"NaN/inf gradients in {', '.join(report.nonfinite_gradients)}: lower the learning "
+            "rate, tighten the solver tolerance or clip gradients"
+        )
+    if report.parameters_without_grad:
+        report.warnings.append(
+            "parameters that received no gradient (unused in the forward pass?): "
+            + ", ".join(report.parameters_without_grad)
+        )
+    total = report.grad_norm_total
+    if total is not None and total > EXPLODING_GRAD_NORM:
+        report.warnings.append(
+            f"exploding gradients (total norm {total:.3g} > {EXPLODING_GRAD_NORM:g}): clip "
+            "gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, or use "
+            "small_init=True for the dynamics"
+        )
+    if report.grad_norm_max is not None and report.grad_norm_max[1] < VANISHING_GRAD_NORM:
+        report.warnings.append(
+            f"vanishing gradients (largest norm {report.grad_norm_max[1]:.3g}): check the loss, "
+            "the input scale and the integration time"
+        )

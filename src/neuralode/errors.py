@@ -1,0 +1,24 @@
+"""Exceptions raised by neuralode."""
+
+from __future__ import annotations
+
+__all__ = ["NonFiniteStateError", "SolverError"]
+
+
+class SolverError(RuntimeError):
+    """An ODE solve could not be completed."""
+
+
+class NonFiniteStateError(SolverError, FloatingPointError):
+    """The state (or its derivative) became NaN or infinite during a solve."""
+
+    def __init__(self, time: float | None, detail: str = "") -> None:
+        self.time = time
+        where = "during the solve" if time is None else f"at t ≈ {time:.6g}"
+        message = (
+            f"the ODE state became NaN or infinite {where}{detail}. What usually helps: "
+            "a smaller learning rate, a tighter tolerance (smaller rtol/atol), "
+            "smaller initial weights of the dynamics (e.g. ODEFunc(..., small_init=True)), "
+            "gradient clipping, or a regularizer such as KineticEnergy."
+        )
+        super().__init__(message)

@@ -1,0 +1,277 @@
+"""Classifiers: Neural ODE models and ResNet baselines that share their stem and head, so that
+each pair differs only in the middle. ``create_model(name, **kwargs)`` builds one by name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .blocks import NeuralODEBlock, ResidualStack
+from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc
+from .regularizers import AbstractRegularizer
+
+__all__ = [
+    "MODELS",
+    "MNISTHead",
+    "MNISTStem",
+    "NeuralODEClassifier",
+    "ODENet",
+    "ODENetResNet",
+    "ResNetClassifier",
+    "create_model",
+    "list_models",
+]
+
+_DYNAMICS: dict[str, type[nn.Module]] = {
+    "mlp": ODEFunc,
+    "time": TimeConcatODEFunc,
+}
+
+
+def _make_dynamics(
+    kind: str, dim: int, hidden: int, depth: int, activation: str, small_init: bool
+) -> nn.Module:
+    if kind == "hypernet":  # one generated hidden layer; depth does not apply
+        return HypernetODEFunc(dim, hidden, activation=activation, small_init=small_init)
+    try:
+        cls = _DYNAMICS[kind]
+    except KeyError:
+        valid = ", ".join(sorted([*_DYNAMICS, "hypernet"]))
+        raise ValueError(f"unknown dynamics {kind!r}; valid dynamics are: {valid}") from None
+    return cls(dim, hidden, depth, activation=activation, small_init=small_init)
+
+
+class MNISTStem(nn.Module):
+    """Convolutional downsampling 28→14→7, then a linear map to the hidden size."""
+
+    def __init__(self, hidden: int = 64, channels: int = 32, in_channels: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(channels * 7 * 7, hidden),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MNISTHead(nn.Module):
+    """ReLU and a linear layer to the class logits."""
+
+    def __init__(self, hidden: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class NeuralODEClassifier(nn.Module):
+    """The tutorial's MNIST Neural ODE: stem → ODE block on the hidden vector → head.
+
+    Args:
+        hidden: size of the hidden vector the ODE evolves.
+        ode_hidden, ode_depth: width and number of hidden layers of the dynamics MLP.
+        dynamics: ``"mlp"`` (autonomous), ``"time"`` (time-concatenated) or ``"hypernet"``.
+        activation: activation of the dynamics.
+        small_init: near-identity initialisation of the dynamics.
+        augment_dim: ANODE — zero dimensions appended to the state.
+        num_classes, in_channels: output classes and input image channels.
+        **block_kwargs: method, rtol, atol, eval_rtol, eval_atol, adjoint, regularizers, ... of
+            :class:`NeuralODEBlock`.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        ode_hidden: int = 64,
+        ode_depth: int = 2,
+        dynamics: str = "mlp",
+        activation: str = "tanh",
+        small_init: bool = True,
+        augment_dim: int = 0,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        t1: float = 1.0,
+        regularizers: Iterable[AbstractRegularizer] = (),
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.stem = MNISTStem(hidden, in_channels=in_channels)
+        dim = hidden + augment_dim
+        func = _make_dynamics(dynamics, dim, ode_hidden, ode_depth, activation, small_init)
+        self.ode = NeuralODEBlock(
+            func, t1, augment_dim=augment_dim, regularizers=regularizers, **block_kwargs
+        )
+        self.head = MNISTHead(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.ode.integrate(self.stem(x))
+        return self.head(h)
+
+
+class ResNetClassifier(nn.Module):
+    """The Neural ODE classifier's discrete twin: same stem and head, ``num_blocks`` residual
+    blocks ``h ← h + MLP_i(h)`` (each MLP shaped like the ODE's dynamics) in the middle."""
+
+    def __init__(
+        self,
+        num_blocks: int = 6,
+        hidden: int = 64,
+        block_hidden: int = 64,
+        block_depth: int = 2,
+        activation: str = "tanh",
+        small_init: bool = True,
+        shared: bool = False,
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.stem = MNISTStem(hidden, in_channels=in_channels)
+        self.blocks = ResidualStack(
+            lambda: ODEFunc(
+                hidden, block_hidden, block_depth, activation=activation, small_init=small_init
+            ),
+            num_blocks,
+            shared=shared,
+        )
+        self.head = MNISTHead(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class _ODENetStem(nn.Module):
+    """Chen et al. (2018) MNIST downsampling: 28×28 → 64 × 6 × 6 feature maps."""
+
+    def __init__(self, in_channels: int = 1, channels: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, 1),
+            _norm(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1),
+            _norm(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _ODENetHead(nn.Module):
+    def __init__(self, channels: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            _norm(channels),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels, num_classes),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class ODENet(nn.Module):
+    """The MNIST ODE-Net of Chen et al. (2018): an ODE block with convolutional dynamics on
+    64×6×6 feature maps (about 0.22M parameters)."""
+
+    def __init__(
+        self,
+        channels: int = 64,
+        augment_dim: int = 0,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        small_init: bool = False,
+        t1: float = 1.0,
+        regularizers: Iterable[AbstractRegularizer] = (),
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.stem = _ODENetStem(in_channels, channels)
+        dim = channels + augment_dim
+        self.ode = NeuralODEBlock(
+            ConvODEFunc(dim, small_init=small_init),
+            t1,
+            augment_dim=augment_dim,
+            regularizers=regularizers,
+            **block_kwargs,
+        )
+        self.head = _ODENetHead(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.ode.integrate(self.stem(x))
+        return self.head(h)
+
+
+class _ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv(relu(norm(conv(relu(norm(x))))))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.norm2 = _norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(torch.relu(self.norm1(x)))
+        out = self.conv2(torch.relu(self.norm2(out)))
+        return x + out
+
+
+class ODENetResNet(nn.Module):
+    """The ODE-Net's ResNet counterpart: the same stem and head, ``num_blocks`` (6) residual
+    blocks in the middle."""
+
+    def __init__(
+        self, num_blocks: int = 6, channels: int = 64, num_classes: int = 10, in_channels: int = 1
+    ) -> None:
+        super().__init__()
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        self.stem = _ODENetStem(in_channels, channels)
+        self.blocks = nn.Sequential(*(_ResBlock(channels) for _ in range(num_blocks)))
+        self.head = _ODENetHead(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "ode": NeuralODEClassifier,
+    "resnet": ResNetClassifier,
+    "odenet": ODENet,
+    "odenet-resnet": ODENetResNet,
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(MODELS)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name, e.g. ``create_model("resnet", num_blocks=6)``."""
+    try:
+        factory = MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown model {name!r}; valid models are: {', '.join(list_models())}"
+        ) from None
+    return factory(**kwargs)

@@ -1,0 +1,156 @@
+"""Regularizers of the dynamics, integrated alongside the state in the same solve.
+
+Each regularizer contributes one extra scalar per sample to the ODE state whose derivative is
+its integrand; after the solve the value at the final time is the integral over the interval.
+This works with direct backpropagation and with the adjoint (the integrand is differentiable).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AbstractRegularizer",
+    "JacobianFrobenius",
+    "KineticEnergy",
+    "RegularizedDynamics",
+]
+
+
+def _per_sample_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+class AbstractRegularizer(nn.Module, abc.ABC):
+    """A term ``weight * mean_over_batch(∫ integrand dt)`` added to the training loss."""
+
+    name: ClassVar[str]
+    needs_jacobian: ClassVar[bool] = False
+
+    def __init__(self, weight: float = 0.01) -> None:
+        super().__init__()
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+            raise ValueError(f"regularizer weight must be a non-negative number, got {weight!r}")
+        self.weight = float(weight)
+
+    def begin_solve(self, h0: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """Called once before each solve (e.g. to draw a random probe)."""
+
+    @abc.abstractmethod
+    def integrand(
+        self, t: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, create_graph: bool
+    ) -> torch.Tensor:
+        """The per-sample integrand, shape ``(batch,)``."""
+
+
+class KineticEnergy(AbstractRegularizer):
+    """Kinetic energy ``∫ ‖f(t, h)‖² dt`` (Finlay et al., 2020): favours straight, slow paths
+    that need few solver steps."""
+
+    name = "kinetic"
+
+    def integrand(
+        self, t: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, create_graph: bool
+    ) -> torch.Tensor:
+        return _per_sample_sum(dh * dh)
+
+
+class JacobianFrobenius(AbstractRegularizer):
+    """Jacobian Frobenius norm ``∫ ‖∂f/∂h‖²_F dt`` (Finlay et al., 2020).
+
+    Args:
+        weight: multiplier of the term in the loss.
+        estimator: ``"hutchinson"`` — unbiased one-probe estimate ``‖εᵀ J‖²`` with one
+            vector-Jacobian product per evaluation (the probe ε is drawn once per solve); or
+            ``"exact"`` — the full Jacobian row by row, one product per state element (small
+            dimensions only).
+        probe: ``"gaussian"`` or ``"rademacher"`` (Hutchinson only).
+
+    Samples must be independent under ``f`` (no batch statistics inside the dynamics).
+    """
+
+    name = "jacobian"
+    needs_jacobian = True
+
+    def __init__(
+        self, weight: float = 0.01, estimator: str = "hutchinson", probe: str = "gaussian"
+    ) -> None:
+        super().__init__(weight)
+        if estimator not in ("hutchinson", "exact"):
+            raise ValueError(f"estimator must be 'hutchinson' or 'exact', got {estimator!r}")
+        if probe not in ("gaussian", "rademacher"):
+            raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
+        self.estimator = estimator
+        self.probe = probe
+        self._eps: torch.Tensor | None = None
+
+    def begin_solve(self, h0: torch.Tensor) -> None:
+        if self.estimator == "exact":
+            return
+        if self.probe == "gaussian":
+            self._eps = torch.randn_like(h0)
+        else:
+            self._eps = torch.randint_like(h0, 0, 2) * 2 - 1
+
+    def integrand(
+        self, t: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, create_graph: bool
+    ) -> torch.Tensor:
+        if self.estimator == "exact":
+            return self._exact(h, dh, create_graph)
+        eps = self._eps
+        if eps is None or eps.shape != h.shape:
+            self.begin_solve(h)
+            eps = self._eps
+        (vjp,) = torch.autograd.grad(dh, h, eps, create_graph=create_graph, allow_unused=True)
+        if vjp is None:
+            return h.new_zeros(h.shape[0])
+        return _per_sample_sum(vjp * vjp)
+
+    @staticmethod
+    def _exact(h: torch.Tensor, dh: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        flat = dh.reshape(dh.shape[0], -1)
+        total = h.new_zeros(h.shape[0])
+        for i in range(flat.shape[1]):
+            (row,) = torch.autograd.grad(
+                flat[:, i].sum(), h, create_graph=create_graph, retain_graph=True, allow_unused=True
+            )
+            if row is not None:
+                total = total + _per_sample_sum(row * row)
+        return total
+
+
+class RegularizedDynamics(nn.Module):
+    """The dynamics ``func`` augmented with one accumulator per regularizer.
+
+    The state is the tuple ``(h, r_1, ..., r_k)`` with ``r_i`` of shape ``(batch,)`` and
+    ``dr_i/dt = integrand_i(t, h)``.
+    """
+
+    def __init__(self, func: nn.Module, regularizers: list[AbstractRegularizer]) -> None:
+        super().__init__()
+        self.func = func
+        self.regularizers = nn.ModuleList(regularizers)
+        self._jacobian = any(r.needs_jacobian for r in regularizers)
+
+    def begin_solve(self, h0: torch.Tensor) -> None:
+        for r in self.regularizers:
+            r.begin_solve(h0)
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        h = state[0]
+        outer_grad = torch.is_grad_enabled()
+        if not self._jacobian:
+            dh = self.func(t, h)
+            return (dh, *(r.integrand(t, h, dh, outer_grad) for r in self.regularizers))
+        with torch.enable_grad():
+            if not h.requires_grad:
+                h = h.detach().requires_grad_(True)
+            dh = self.func(t, h)
+            terms = [r.integrand(t, h, dh, outer_grad) for r in self.regularizers]
+        if not outer_grad:
+            return (dh.detach(), *(x.detach() for x in terms))
+        return (dh, *terms)

@@ -1,0 +1,237 @@
+"""Solver engines behind :func:`neuralode.odeint`: an abstract backend and a registry.
+
+A backend receives a validated :class:`SolveRequest` and fills in a :class:`SolveStats`.
+Callers never depend on a particular engine: ``backend=`` picks one by name.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import NonFiniteStateError, SolverError
+from ._instrument import InstrumentedFunc, is_finite
+from ._stats import SolveStats
+
+__all__ = [
+    "AbstractBackend",
+    "SolveRequest",
+    "TorchdiffeqBackend",
+    "available_backends",
+    "get_backend",
+    "get_default_backend",
+    "register_backend",
+    "set_default_backend",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SolveRequest:
+    """Everything a backend needs for one solve, already validated."""
+
+    func: Callable
+    y0: Any
+    t: torch.Tensor
+    rtol: Any
+    atol: Any
+    method: str
+    options: dict[str, Any]
+    event_fn: Callable | None = None
+    adjoint: bool = False
+    adjoint_rtol: Any = None
+    adjoint_atol: Any = None
+    adjoint_method: str | None = None
+    adjoint_options: dict[str, Any] | None = None
+    adjoint_params: tuple[torch.Tensor, ...] | None = None
+
+
+class AbstractBackend(abc.ABC):
+    """A solver engine. Subclasses implement :meth:`solve`."""
+
+    name: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def methods(self) -> frozenset[str]:
+        """Method names this backend can solve with."""
+
+    @abc.abstractmethod
+    def valid_options(self, method: str) -> frozenset[str]:
+        """Keys accepted in ``options`` for ``method``."""
+
+    def valid_adjoint_options(self, method: str) -> frozenset[str]:
+        """Keys accepted in ``adjoint_options`` for ``method``."""
+        return self.valid_options(method)
+
+    @abc.abstractmethod
+    def solve(self, request: SolveRequest, stats: SolveStats) -> Any:
+        """Solve and return what torchdiffeq's function of the same name would return."""
+
+
+_BACKENDS: dict[str, AbstractBackend] = {}
+_DEFAULT: list[str] = ["torchdiffeq"]
+
+
+def register_backend(backend: AbstractBackend) -> None:
+    """Make ``backend`` selectable as ``odeint(..., backend=backend.name)``."""
+    if not isinstance(backend, AbstractBackend):
+        raise TypeError(f"expected an AbstractBackend instance, got {type(backend).__name__}")
+    _BACKENDS[backend.name] = backend
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str | AbstractBackend | None) -> AbstractBackend:
+    if isinstance(name, AbstractBackend):
+        return name
+    if name is None:
+        name = _DEFAULT[0]
+    try:
+        return _BACKENDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown backend {name!r}; valid backends are: {', '.join(available_backends())}"
+        ) from None
+
+
+def get_default_backend() -> str:
+    return _DEFAULT[0]
+
+
+def set_default_backend(name: str) -> None:
+    """Change the engine used when ``backend=`` is not given."""
+    get_backend(name)
+    _DEFAULT[0] = name
+
+
+# --------------------------------------------------------------------------------------------
+# torchdiffeq
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _torchdiffeq_solvers() -> dict[str, type]:
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    return dict(SOLVERS)
+
+
+@functools.cache
+def _torchdiffeq_option_keys(method: str) -> frozenset[str]:
+    cls = _torchdiffeq_solvers()[method]
+    keys = {"norm"}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                keys.add(p.name)
+    return frozenset(keys - {"self", "func", "y0", "rtol", "atol"})
+
+
+class TorchdiffeqBackend(AbstractBackend):
+    """Delegates the numerics to torchdiffeq, adding counters and clear errors."""
+
+    name = "torchdiffeq"
+
+    @property
+    def methods(self) -> frozenset[str]:
+        return frozenset(_torchdiffeq_solvers())
+
+    def valid_options(self, method: str) -> frozenset[str]:
+        return _torchdiffeq_option_keys(method)
+
+    def _callbacks(self, method: str) -> frozenset[str]:
+        return frozenset(_torchdiffeq_solvers()[method].valid_callbacks())
+
+    def solve(self, request: SolveRequest, stats: SolveStats) -> Any:
+        import torchdiffeq
+
+        r = request
+        fixed = "callback_accept_step" not in self._callbacks(r.method)
+        adjoint_callbacks: frozenset[str] = frozenset()
+        if r.adjoint:
+            adjoint_callbacks = self._callbacks(r.adjoint_method or r.method)
+        func = InstrumentedFunc(
+            r.func,
+            r.y0,
+            stats,
+            callbacks=self._callbacks(r.method),
+            adjoint_callbacks=adjoint_callbacks,
+            fixed_grid=fixed,
+        )
+        if self._callbacks(r.method):
+            stats.steps_accepted = 0
+            if not fixed:
+                stats.steps_rejected = 0
+        try:
+            if r.adjoint:
+                params = r.adjoint_params
+                if params is None:
+                    params = tuple(p for p in func.parameters())
+                out = torchdiffeq.odeint_adjoint(
+                    func,
+                    r.y0,
+                    r.t,
+                    rtol=r.rtol,
+                    atol=r.atol,
+                    method=r.method,
+                    options=r.options,
+                    event_fn=r.event_fn,
+                    adjoint_rtol=r.adjoint_rtol,
+                    adjoint_atol=r.adjoint_atol,
+                    adjoint_method=r.adjoint_method,
+                    adjoint_options=r.adjoint_options,
+                    adjoint_params=params,
+                )
+            else:
+                out = torchdiffeq.odeint(
+                    func,
+                    r.y0,
+                    r.t,
+                    rtol=r.rtol,
+                    atol=r.atol,
+                    method=r.method,
+                    options=r.options,
+                    event_fn=r.event_fn,
+                )
+        except AssertionError as err:
+            raise _translate(err, func) from err
+        func.end_forward()
+        return out
+
+
+def _translate(err: AssertionError, func: InstrumentedFunc) -> Exception:
+    t = None if func.last_t is None else float(func.last_t)
+    if not is_finite(func.last_dy):
+        return NonFiniteStateError(t)
+    msg = str(err)
+    where = "" if t is None else f" near t ≈ {t:.6g}"
+    if "underflow" in msg:
+        return SolverError(
+            f"the step size shrank to nothing{where} ({msg}). The problem is probably stiff or "
+            "the dynamics change too fast there: try looser tolerances, a fixed-step method "
+            "(method='rk4', options={'step_size': ...}), or regularize the dynamics."
+        )
+    if "max_num_steps" in msg:
+        return SolverError(
+            f"the solver took more than max_num_steps steps{where}. Raise "
+            "options['max_num_steps'], loosen rtol/atol, or regularize the dynamics "
+            "(e.g. KineticEnergy) so they become easier to integrate."
+        )
+    return SolverError(f"torchdiffeq failed{where}: {msg}")
+
+
+register_backend(TorchdiffeqBackend())

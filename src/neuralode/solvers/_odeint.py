@@ -1,0 +1,183 @@
+"""The public solve functions, call-compatible with torchdiffeq's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import NonFiniteStateError
+from . import _validate as v
+from ._backends import AbstractBackend, SolveRequest, get_backend
+from ._instrument import first_nonfinite_time
+from ._stats import SolveStats
+
+__all__ = ["odeint", "odeint_adjoint"]
+
+
+def _prepare(
+    func: Callable,
+    y0: Any,
+    t: torch.Tensor,
+    rtol: Any,
+    atol: Any,
+    method: str | None,
+    options: Mapping[str, Any] | None,
+    event_fn: Callable | None,
+    backend: str | AbstractBackend | None,
+) -> tuple[AbstractBackend, SolveRequest]:
+    engine = get_backend(backend)
+    v.check_func(func)
+    v.check_y0(y0)
+    v.check_t(t)
+    v.check_tolerance(rtol, "rtol")
+    v.check_tolerance(atol, "atol")
+    method = v.check_method(method, engine.methods)
+    opts = v.check_options(options, method, engine.valid_options(method))
+    v.check_event_fn(event_fn)
+    request = SolveRequest(
+        func=func, y0=y0, t=t, rtol=rtol, atol=atol, method=method, options=opts, event_fn=event_fn
+    )
+    return engine, request
+
+
+def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | None) -> Any:
+    if stats is None:
+        stats = SolveStats()
+    stats.method = request.method
+    stats.backend = engine.name
+    stats.solves += 1
+    out = engine.solve(request, stats)
+    solution = out[1] if request.event_fn is not None else out
+    times = request.t if request.event_fn is None else None
+    if times is not None:
+        bad = first_nonfinite_time(solution, times)
+        if bad is not None:
+            raise NonFiniteStateError(bad, detail=" (first output time with a non-finite state)")
+    else:
+        bad = first_nonfinite_time(solution[-1:], request.t[:1])
+        if bad is not None:
+            raise NonFiniteStateError(None)
+    return out
+
+
+def odeint(
+    func: Callable,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    backend: str | AbstractBackend | None = None,
+    stats: SolveStats | None = None,
+) -> Any:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
+
+    Same arguments and return value as ``torchdiffeq.odeint``; code written for torchdiffeq
+    ports by changing the import. Gradients flow by direct backpropagation through the solver.
+
+    Args:
+        func: callable ``func(t, y)`` returning ``dy/dt`` with the shape of ``y``.
+        y0: initial state, a floating-point tensor or a tuple of them.
+        t: 1-D strictly increasing or decreasing tensor of output times; ``t[0]`` is the start.
+        rtol, atol: relative and absolute tolerances (floats or tensors), used by adaptive
+            methods.
+        method: ``"dopri5"`` (default), ``"rk4"``, ``"euler"``, ... — any method name of
+            torchdiffeq.
+        options: method options, as in torchdiffeq (e.g. ``{"step_size": 0.1}``); an unknown
+            key is an error, not a warning.
+        event_fn: optional ``event_fn(t, y)``; the solve stops where it crosses zero and
+            ``(event_t, solution)`` is returned, as in torchdiffeq.
+        backend: engine name (``"torchdiffeq"``) or instance; ``None`` picks the default.
+        stats: optional :class:`SolveStats` filled with NFE and step counters; backward
+            counters keep counting when gradients are computed later.
+
+    Returns:
+        A tensor (or tuple of tensors) whose first dimension indexes ``t``.
+
+    Raises:
+        TypeError, ValueError: for invalid arguments, before any work is done.
+        NonFiniteStateError: if the state becomes NaN or infinite.
+        SolverError: if the solver cannot proceed (step size underflow, too many steps).
+    """
+    engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
+    return _run(engine, request, stats)
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | torch.Tensor | None = None,
+    adjoint_atol: float | torch.Tensor | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Iterable[torch.Tensor] | None = None,
+    backend: str | AbstractBackend | None = None,
+    stats: SolveStats | None = None,
+) -> Any:
+    """Like :func:`odeint`, with gradients by the adjoint method in O(1) memory.
+
+    Same arguments and return value as ``torchdiffeq.odeint_adjoint``. ``func`` must be an
+    ``nn.Module`` unless ``adjoint_params`` lists the tensors to differentiate (``()`` for none).
+    ``adjoint_options={"norm": "seminorm"}`` ignores the parameter adjoints in the backward
+    error estimate (fewer backward steps, same accuracy of the state).
+    """
+    engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
+    if adjoint_params is None and not isinstance(func, nn.Module):
+        raise ValueError(
+            "func must be an nn.Module so that the adjoint can find its parameters; otherwise "
+            "pass them explicitly with adjoint_params=(...) (adjoint_params=() if there are none)"
+        )
+    if adjoint_params is not None:
+        adjoint_params = tuple(adjoint_params)
+        for i, p in enumerate(adjoint_params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}; pass e.g. "
+                    "adjoint_params=tuple(model.parameters())"
+                )
+    if adjoint_rtol is not None:
+        v.check_tolerance(adjoint_rtol, "adjoint_rtol")
+    if adjoint_atol is not None:
+        v.check_tolerance(adjoint_atol, "adjoint_atol")
+    a_method = request.method if adjoint_method is None else adjoint_method
+    a_method = v.check_method(a_method, engine.methods, name="adjoint_method")
+    a_opts: dict[str, Any] | None = None
+    if a_method != request.method and adjoint_options is None:
+        if request.options:
+            raise ValueError(
+                "adjoint_method differs from method, so adjoint_options cannot be inferred from "
+                "options; pass adjoint_options as well (e.g. adjoint_options={})"
+            )
+        a_opts = {}
+    if adjoint_options is not None:
+        a_opts = v.check_options(
+            adjoint_options,
+            a_method,
+            engine.valid_adjoint_options(a_method),
+            name="adjoint_options",
+        )
+        norm = a_opts.get("norm")
+        if isinstance(norm, str) and norm != "seminorm":
+            raise ValueError(
+                f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
+            )
+    request.adjoint = True
+    request.adjoint_rtol = request.rtol if adjoint_rtol is None else adjoint_rtol
+    request.adjoint_atol = request.atol if adjoint_atol is None else adjoint_atol
+    request.adjoint_method = a_method
+    request.adjoint_options = a_opts
+    request.adjoint_params = adjoint_params
+    return _run(engine, request, stats)

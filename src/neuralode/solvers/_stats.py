@@ -1,0 +1,95 @@
+"""Solve statistics, counted without any help from the user's dynamics function."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+__all__ = ["SolveStats"]
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+@dataclasses.dataclass
+class SolveStats:
+    """Counters of one solve (or, summed, of several).
+
+    ``nfe_forward`` counts evaluations of the dynamics during the forward solve and
+    ``nfe_backward`` those made while gradients are computed: the adjoint's backward solve.
+    With direct backpropagation the backward pass replays the recorded graph and evaluates the
+    dynamics zero times, so ``nfe_backward`` stays 0. Step counters are ``None`` where the engine
+    does not report them (e.g. torchdiffeq's Adams and scipy methods).
+    """
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    steps_accepted: int | None = None
+    steps_rejected: int | None = None
+    steps_accepted_backward: int | None = None
+    steps_rejected_backward: int | None = None
+    method: str | None = None
+    backend: str | None = None
+    solves: int = 0
+
+    @property
+    def nfe(self) -> int:
+        """Total number of function evaluations, forward and backward."""
+        return self.nfe_forward + self.nfe_backward
+
+    def reset(self) -> None:
+        """Set every counter back to its initial value."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, field.default)
+
+    def __add__(self, other: SolveStats) -> SolveStats:
+        if not isinstance(other, SolveStats):
+            return NotImplemented
+        return SolveStats(
+            nfe_forward=self.nfe_forward + other.nfe_forward,
+            nfe_backward=self.nfe_backward + other.nfe_backward,
+            steps_accepted=_add(self.steps_accepted, other.steps_accepted),
+            steps_rejected=_add(self.steps_rejected, other.steps_rejected),
+            steps_accepted_backward=_add(
+                self.steps_accepted_backward, other.steps_accepted_backward
+            ),
+            steps_rejected_backward=_add(
+                self.steps_rejected_backward, other.steps_rejected_backward
+            ),
+            method=self.method if self.method == other.method else None,
+            backend=self.backend if self.backend == other.backend else None,
+            solves=self.solves + other.solves,
+        )
+
+    @staticmethod
+    def total(stats: Iterable[SolveStats]) -> SolveStats:
+        """Sum of several statistics (an empty iterable gives zero counters)."""
+        out = SolveStats()
+        first = True
+        for s in stats:
+            out = dataclasses.replace(s) if first else out + s
+            first = False
+        return out
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        """The counters as a plain dictionary (for metrics files)."""
+        d = dataclasses.asdict(self)
+        d["nfe"] = self.nfe
+        return d
+
+    def __str__(self) -> str:
+        parts = [f"nfe forward={self.nfe_forward}", f"backward={self.nfe_backward}"]
+        if self.steps_accepted is not None:
+            parts.append(f"steps accepted={self.steps_accepted}")
+        if self.steps_rejected is not None:
+            parts.append(f"rejected={self.steps_rejected}")
+        if self.steps_accepted_backward is not None:
+            parts.append(f"backward steps accepted={self.steps_accepted_backward}")
+        if self.steps_rejected_backward is not None:
+            parts.append(f"rejected={self.steps_rejected_backward}")
+        return ", ".join(parts)
