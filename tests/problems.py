@@ -53,7 +53,10 @@ def exponential_decay() -> Problem:
     k = 1.3
     y0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     return Problem(
-        "decay", Decay(k), y0, lambda ts, t0: torch.stack([y0 * math.exp(-k * (s - t0)) for s in ts])
+        "decay",
+        Decay(k),
+        y0,
+        lambda ts, t0: torch.stack([y0 * math.exp(-k * (s - t0)) for s in ts]),
     )
 
 
@@ -64,7 +67,7 @@ class Oscillator(nn.Module):
 
     def forward(self, t, y):
         x, v = y[..., 0], y[..., 1]
-        return torch.stack([v, -self.omega**2 * x], dim=-1)
+        return torch.stack([v, -(self.omega**2) * x], dim=-1)
 
 
 def harmonic_oscillator() -> Problem:

@@ -72,7 +72,9 @@ class DiagnosticReport:
             lines.append(f"forward pass:      FAILED: {self.forward_error}")
         if self.loss is not None:
             lines.append(f"loss:              {self.loss:.6g}")
-        if self.backward_ok:
+        if self.backward_ok and self.grad_norm_total is None:
+            lines.append("gradient norm:     no finite gradient")
+        elif self.backward_ok:
             lines.append(f"gradient norm:     total {self.grad_norm_total:.4g}")
             if self.grad_norm_min is not None and self.grad_norm_max is not None:
                 lines.append(
@@ -82,8 +84,10 @@ class DiagnosticReport:
         elif self.backward_error is not None:
             lines.append(f"backward pass:     FAILED: {self.backward_error}")
         if self.solve is not None and self.solve.solves:
-            lines.append(f"NFE:               forward {self.solve.nfe_forward}, "
-                         f"backward {self.solve.nfe_backward}")
+            lines.append(
+                f"NFE:               forward {self.solve.nfe_forward}, "
+                f"backward {self.solve.nfe_backward}"
+            )
             lines.append(f"solve statistics:  {self.solve}")
         else:
             lines.append("NFE:               no ODE solve in this model")
@@ -164,8 +168,7 @@ def _diagnose(
         except Exception as err:
             report.forward_error = _short(err)
             report.warnings.append(
-                "the forward pass failed; the error above says where — see the hint in its "
-                "message"
+                "the forward pass failed; the error above says where — see the hint in its message"
             )
             report.solve = solve_stats(model)
             return

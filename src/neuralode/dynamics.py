@@ -6,6 +6,8 @@ Every dynamics module here has ``forward(t, h)`` and returns ``dh/dt`` with the 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -133,7 +135,7 @@ class TimeConcatODEFunc(nn.Module):
         _check_positive_int(depth, "depth")
         widths = [dim] + [hidden] * depth + [dim]
         self.layers = nn.ModuleList(
-            nn.Linear(w_in + 1, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
+            nn.Linear(w_in + 1, w_out) for w_in, w_out in itertools.pairwise(widths)
         )
         self.activation = get_activation(activation)
         self.dim = dim
@@ -222,25 +224,27 @@ class ConcatConv2d(nn.Module):
         return self.conv(torch.cat([x, tt], dim=1))
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+def group_norm(channels: int) -> nn.GroupNorm:
+    """Group normalisation with up to 32 groups (the largest divisor of ``channels`` ≤ 32 that
+    divides 32), as in the ODE-Net; works for augmented channel counts too."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 class ConvODEFunc(nn.Module):
     """Convolutional dynamics of the ODE-Net of Chen et al. (2018) for feature maps.
 
     norm → ReLU → conv(t) → norm → ReLU → conv(t) → norm, where conv(t) sees the time as an extra
-    channel and norm is group normalisation (``min(32, channels)`` groups).
+    channel and norm is group normalisation (32 groups for 64 channels).
     """
 
     def __init__(self, channels: int, activation: str = "relu", small_init: bool = False) -> None:
         super().__init__()
         _check_positive_int(channels, "channels")
-        self.norm1 = _group_norm(channels)
+        self.norm1 = group_norm(channels)
         self.conv1 = ConcatConv2d(channels, channels)
-        self.norm2 = _group_norm(channels)
+        self.norm2 = group_norm(channels)
         self.conv2 = ConcatConv2d(channels, channels)
-        self.norm3 = _group_norm(channels)
+        self.norm3 = group_norm(channels)
         self.activation = get_activation(activation)
         self.dim = channels
         if small_init:

@@ -3,7 +3,6 @@ each pair differs only in the middle. ``create_model(name, **kwargs)`` builds on
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import NeuralODEBlock, ResidualStack
-from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc
+from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc, group_norm
 from .regularizers import AbstractRegularizer
 
 __all__ = [
@@ -149,10 +148,6 @@ class ResNetClassifier(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
 class _ODENetStem(nn.Module):
     """Chen et al. (2018) MNIST downsampling: 28×28 → 64 × 6 × 6 feature maps."""
 
@@ -160,10 +155,10 @@ class _ODENetStem(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, 1),
-            _norm(channels),
+            group_norm(channels),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 4, 2, 1),
-            _norm(channels),
+            group_norm(channels),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 4, 2, 1),
         )
@@ -176,7 +171,7 @@ class _ODENetHead(nn.Module):
     def __init__(self, channels: int = 64, num_classes: int = 10) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            _norm(channels),
+            group_norm(channels),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
@@ -224,9 +219,9 @@ class _ResBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1 = _norm(channels)
+        self.norm1 = group_norm(channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.norm2 = _norm(channels)
+        self.norm2 = group_norm(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

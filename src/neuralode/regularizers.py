@@ -37,7 +37,7 @@ class AbstractRegularizer(nn.Module, abc.ABC):
             raise ValueError(f"regularizer weight must be a non-negative number, got {weight!r}")
         self.weight = float(weight)
 
-    def begin_solve(self, h0: torch.Tensor) -> None:  # noqa: B027 - optional hook
+    def begin_solve(self, h0: torch.Tensor) -> None:
         """Called once before each solve (e.g. to draw a random probe)."""
 
     @abc.abstractmethod

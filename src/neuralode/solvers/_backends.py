@@ -214,7 +214,7 @@ class TorchdiffeqBackend(AbstractBackend):
 
 
 def _translate(err: AssertionError, func: InstrumentedFunc) -> Exception:
-    t = None if func.last_t is None else float(func.last_t)
+    t = None if func.last_t is None else float(func.last_t.detach())
     if not is_finite(func.last_dy):
         return NonFiniteStateError(t)
     msg = str(err)

@@ -148,7 +148,7 @@ def first_nonfinite_time(solution: Any, t: torch.Tensor) -> float | None:
     idx = torch.nonzero(bad)
     if idx.numel() == 0:
         return None
-    return float(t[int(idx[0])])
+    return float(t[int(idx[0])].detach())
 
 
 def is_finite(y: Any) -> bool:

@@ -54,8 +54,7 @@ def check_y0(y0: Any) -> bool:
 def check_t(t: Any) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(
-            f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), "
-            f"got {type(t).__name__}"
+            f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), got {type(t).__name__}"
         )
     if t.ndim != 1:
         raise ValueError(
@@ -125,9 +124,8 @@ def check_options(
         )
     for key in ("step_size", "first_step", "max_step"):
         v = options.get(key)
-        if v is not None and not isinstance(v, torch.Tensor) and isinstance(v, numbers.Real):
-            if not v > 0:
-                raise ValueError(f"{name}[{key!r}] must be positive, got {v!r}")
+        if isinstance(v, numbers.Real) and not v > 0:
+            raise ValueError(f"{name}[{key!r}] must be positive, got {v!r}")
     v = options.get("min_step")
     if isinstance(v, numbers.Real) and v < 0:
         raise ValueError(f"{name}['min_step'] must be non-negative, got {v!r}")

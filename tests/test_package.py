@@ -1,0 +1,34 @@
+"""The package surface: light import, the README's example runs as printed."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_light():
+    heavy = ("matplotlib", "neuralode.cli", "neuralode.experiments")
+    code = f"import sys, neuralode; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _readme_blocks(lang):
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_examples_run_as_printed():
+    blocks = _readme_blocks("python")
+    assert blocks, "the README must show a first example"
+    for block in blocks:
+        subprocess.run([sys.executable, "-c", block], check=True, cwd=ROOT, timeout=300)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"## Test\n.*?```bash\n(.*?)\n```", readme, flags=re.S).group(1).strip()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci
