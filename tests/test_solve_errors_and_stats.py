@@ -132,7 +132,7 @@ def test_adjoint_argument_errors():
         neuralode.odeint_adjoint(Counting(), y0, _t(), adjoint_rtol=-1.0)
     with pytest.raises(ValueError, match="unknown adjoint_options"):
         neuralode.odeint_adjoint(Counting(), y0, _t(), adjoint_options={"nrom": "seminorm"})
-    with pytest.raises(ValueError, match="'seminorm' or a callable"):
+    with pytest.raises(ValueError, match="'seminorm', 'full' or a callable"):
         neuralode.odeint_adjoint(Counting(), y0, _t(), adjoint_options={"norm": "max"})
     with pytest.raises(TypeError, match=r"adjoint_params\[0\] must be a tensor"):
         neuralode.odeint_adjoint(Counting(), y0, _t(), adjoint_params=[1.0])

@@ -10,11 +10,14 @@ from ._backends import (
     register_backend,
     set_default_backend,
 )
+from ._native import GRADIENT_METHODS, NativeBackend
 from ._odeint import odeint, odeint_adjoint
 from ._stats import SolveStats
 
 __all__ = [
+    "GRADIENT_METHODS",
     "AbstractBackend",
+    "NativeBackend",
     "SolveRequest",
     "SolveStats",
     "TorchdiffeqBackend",

@@ -52,6 +52,7 @@ class SolveRequest:
     adjoint_method: str | None = None
     adjoint_options: dict[str, Any] | None = None
     adjoint_params: tuple[torch.Tensor, ...] | None = None
+    gradient: str = "direct"
 
 
 class AbstractBackend(abc.ABC):
@@ -160,6 +161,13 @@ class TorchdiffeqBackend(AbstractBackend):
         import torchdiffeq
 
         r = request
+        if r.gradient != "direct":
+            raise ValueError(
+                f"gradient={r.gradient!r} needs backend='native'; torchdiffeq backpropagates "
+                "directly (odeint) or by the adjoint (odeint_adjoint)"
+            )
+        if r.adjoint_options is not None and r.adjoint_options.get("norm") == "full":
+            r.adjoint_options = {k: v for k, v in r.adjoint_options.items() if k != "norm"}
         fixed = "callback_accept_step" not in self._callbacks(r.method)
         adjoint_callbacks: frozenset[str] = frozenset()
         if r.adjoint:

@@ -75,6 +75,7 @@ def odeint(
     event_fn: Callable | None = None,
     backend: str | AbstractBackend | None = None,
     stats: SolveStats | None = None,
+    gradient: str = "direct",
 ) -> Any:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
@@ -96,6 +97,9 @@ def odeint(
         backend: engine name (``"torchdiffeq"``) or instance; ``None`` picks the default.
         stats: optional :class:`SolveStats` filled with NFE and step counters; backward
             counters keep counting when gradients are computed later.
+        gradient: ``"direct"`` (backpropagate through the solver's operations) or
+            ``"checkpoint"`` (native engine: the exact gradient of the discrete solve, keeping
+            only the accepted states and recomputing each step in the backward pass).
 
     Returns:
         A tensor (or tuple of tensors) whose first dimension indexes ``t``.
@@ -106,6 +110,12 @@ def odeint(
         SolverError: if the solver cannot proceed (step size underflow, too many steps).
     """
     engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
+    if gradient not in ("direct", "checkpoint"):
+        raise ValueError(
+            f"gradient must be 'direct' or 'checkpoint', got {gradient!r}; for the continuous "
+            "adjoint call odeint_adjoint"
+        )
+    request.gradient = gradient
     return _run(engine, request, stats)
 
 
@@ -170,9 +180,9 @@ def odeint_adjoint(
             name="adjoint_options",
         )
         norm = a_opts.get("norm")
-        if isinstance(norm, str) and norm != "seminorm":
+        if isinstance(norm, str) and norm not in ("seminorm", "full"):
             raise ValueError(
-                f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
+                f"adjoint_options['norm'] must be 'seminorm', 'full' or a callable, got {norm!r}"
             )
     request.adjoint = True
     request.adjoint_rtol = request.rtol if adjoint_rtol is None else adjoint_rtol

@@ -24,7 +24,9 @@ class SolveStats:
     ``nfe_backward`` those made while gradients are computed: the adjoint's backward solve.
     With direct backpropagation the backward pass replays the recorded graph and evaluates the
     dynamics zero times, so ``nfe_backward`` stays 0. Step counters are ``None`` where the engine
-    does not report them (e.g. torchdiffeq's Adams and scipy methods).
+    does not report them (e.g. torchdiffeq's Adams and scipy methods). In per-sample batch mode
+    (native engine) the ``*_per_sample`` lists hold each sample's own counters, and
+    ``steps_accepted``/``steps_rejected`` those of the hardest sample.
     """
 
     nfe_forward: int = 0
@@ -36,6 +38,9 @@ class SolveStats:
     method: str | None = None
     backend: str | None = None
     solves: int = 0
+    nfe_per_sample: list[int] | None = None
+    steps_accepted_per_sample: list[int] | None = None
+    steps_rejected_per_sample: list[int] | None = None
 
     @property
     def nfe(self) -> int:

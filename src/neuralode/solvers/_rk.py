@@ -1,0 +1,555 @@
+"""The native Runge–Kutta loops: fixed grid, adaptive (joint step size) and adaptive per sample.
+
+Times are Python floats on the host (one synchronisation per step, for the accept/reject
+decision), states are tensors. Every loop integrates in the direction of increasing time; a
+decreasing ``t`` is handled by :class:`Evaluator` (``s ↦ -f(-s, y)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import NonFiniteStateError, SolverError
+from ._stats import SolveStats
+from ._tableau import ButcherTableau
+
+__all__ = [
+    "AdaptiveConfig",
+    "Evaluator",
+    "StepRecord",
+    "rk_step",
+    "solve_adaptive",
+    "solve_adaptive_per_sample",
+    "solve_fixed",
+]
+
+
+class Evaluator:
+    """Calls the user's dynamics on the flat internal state, counting evaluations.
+
+    Handles the time direction (``sign``), tuple states (``shapes``: the state is one flat vector
+    internally) and checks the shape of the first derivative returned.
+    """
+
+    def __init__(
+        self,
+        func: Callable,
+        sign: float,
+        dtype: torch.dtype,
+        device: torch.device,
+        stats: SolveStats,
+        shapes: Sequence[torch.Size] | None = None,
+        backward: bool = False,
+        count: bool = True,
+    ) -> None:
+        self.func = func
+        self.sign = sign
+        self.dtype = dtype
+        self.device = device
+        self.stats = stats
+        self.shapes = None if shapes is None else list(shapes)
+        self.numels = None if shapes is None else [math.prod(s) for s in shapes]
+        self.backward = backward
+        self.count = count
+        self.checked = False
+        self.last_t: float | None = None
+
+    def time(self, s: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(s, torch.Tensor):
+            return (s * self.sign).to(self.dtype)
+        return torch.tensor(s * self.sign, dtype=self.dtype, device=self.device)
+
+    def unflatten(self, y: torch.Tensor) -> Any:
+        if self.shapes is None:
+            return y
+        parts = torch.split(y, self.numels, dim=-1)
+        return tuple(p.reshape(s) for p, s in zip(parts, self.shapes, strict=True))
+
+    def flatten(self, dy: Any) -> torch.Tensor:
+        if self.shapes is None:
+            return dy
+        return torch.cat([d.reshape(-1) for d in dy])
+
+    def __call__(self, s: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dy = self.func(self.time(s), self.unflatten(y))
+        if not self.checked:
+            self._check(dy, y)
+        if not self.count:
+            pass
+        elif self.backward:
+            self.stats.nfe_backward += 1
+        else:
+            self.stats.nfe_forward += 1
+        self.last_t = s if isinstance(s, float) else None
+        dy = self.flatten(dy)
+        return dy if self.sign > 0 else -dy
+
+    def _check(self, dy: Any, y: torch.Tensor) -> None:
+        if self.shapes is None:
+            if not isinstance(dy, torch.Tensor):
+                raise TypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
+            got, want = tuple(dy.shape), tuple(y.shape)
+        else:
+            if not isinstance(dy, (tuple, list)) or len(dy) != len(self.shapes):
+                raise ValueError(
+                    f"func(t, y) must return a tuple of {len(self.shapes)} tensors for a tuple "
+                    f"state, got {type(dy).__name__}"
+                )
+            got = tuple(tuple(d.shape) for d in dy)
+            want = tuple(tuple(s) for s in self.shapes)
+        if got != want:
+            raise ValueError(
+                f"func(t, y) returned dy/dt of shape {got} but the state y has shape {want}; "
+                "the dynamics must return a derivative of the same shape as the state (check the "
+                "output size of the last layer)"
+            )
+        self.checked = True
+
+
+# --------------------------------------------------------------------------- one RK step
+
+
+def _combine(y: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[float], dt: Any):
+    """``y + dt * sum(coeffs[j] * ks[j])``, skipping zero coefficients."""
+    out = None
+    for k, a in zip(ks, coeffs):
+        if a == 0.0:
+            continue
+        if out is None:
+            out = torch.add(y, k, alpha=a * dt) if isinstance(dt, float) else y + (a * dt) * k
+        elif isinstance(dt, float):
+            out = out.add(k, alpha=a * dt) if torch.is_grad_enabled() else out.add_(k, alpha=a * dt)
+        else:
+            out = out + (a * dt) * k
+    return y if out is None else out
+
+
+def rk_step(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    t: float,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    dt: float,
+    last_node: float | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One explicit RK step; returns ``y1`` and the stage derivatives ``k``.
+
+    ``last_node`` overrides the evaluation time of stages at ``c == 1`` (just before a jump).
+    """
+    ks = [f0]
+    yi = y
+    for i in range(1, tab.stages):
+        yi = _combine(y, ks, tab.a[i], dt)
+        ti = t + tab.c[i] * dt
+        if last_node is not None and tab.c[i] == 1.0:
+            ti = last_node
+        ks.append(ev(ti, yi))
+    y1 = yi if tab.fsal else _combine(y, ks, tab.b, dt)
+    return y1, ks
+
+
+def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Weights of ``y0, y1, y_mid, dt*f0, dt*f1`` in the quartic through ``y0, y_mid, y1`` with
+    slopes ``f0, f1`` at ``theta`` in [0, 1]."""
+    t2 = theta * theta
+    t3 = t2 * theta
+    t4 = t3 * theta
+    w_y0 = 1 - 11 * t2 + 18 * t3 - 8 * t4
+    w_y1 = -5 * t2 + 14 * t3 - 8 * t4
+    w_mid = 16 * t2 - 32 * t3 + 16 * t4
+    w_f0 = theta - 4 * t2 + 5 * t3 - 2 * t4
+    w_f1 = t2 - 3 * t3 + 2 * t4
+    return w_y0, w_y1, w_mid, w_f0, w_f1
+
+
+def interpolate(
+    tab: ButcherTableau,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    f1: torch.Tensor,
+    dt: float,
+    theta: float,
+) -> torch.Tensor:
+    """4th-order dense output inside an accepted step (the method's own midpoint weights)."""
+    if theta >= 1.0:
+        return y1
+    w_y0, w_y1, w_mid, w_f0, w_f1 = _interp_weights(theta)
+    # y_mid = y0 + dt * sum(c_mid * k): fold it into one weighted sum
+    out = y0 * (w_y0 + w_mid) + y1 * w_y1
+    for j, (k, cm) in enumerate(zip(ks, tab.c_mid or (0.0,) * len(ks))):
+        coeff = w_mid * cm + (w_f0 if j == 0 else 0.0)
+        if coeff != 0.0:
+            out = out + (coeff * dt) * k
+    return out + (w_f1 * dt) * f1
+
+
+# --------------------------------------------------------------------------- fixed grid
+
+
+def fixed_grid(t: Sequence[float], step_size: float | None) -> list[float]:
+    """torchdiffeq's grid: ``t0 + i * step_size`` with the last point moved onto ``t[-1]``."""
+    if step_size is None:
+        return list(t)
+    start, end = t[0], t[-1]
+    n = math.ceil((end - start) / step_size + 1)
+    grid = [start + i * step_size for i in range(n)]
+    grid[-1] = end
+    return grid
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """An accepted step, as kept by the checkpointed adjoint."""
+
+    t: float
+    dt: float
+    y: torch.Tensor
+    outputs: list[tuple[int, float]]  # (index into t, theta)
+    last_node: float | None = None  # evaluation time of c == 1 stages before a jump
+    f1_time: float | None = None  # where f(t1, y1) was evaluated when not reused (FSAL)
+
+
+def solve_fixed(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    y0: torch.Tensor,
+    t: Sequence[float],
+    step_size: float | None,
+    interp: str = "linear",
+    record: list[StepRecord] | None = None,
+) -> list[torch.Tensor]:
+    """Fixed-grid RK with linear (or cubic Hermite) interpolation at the output times, as
+    torchdiffeq."""
+    grid = fixed_grid(t, step_size)
+    out = [y0]
+    j = 1
+    y = y0
+    stats = ev.stats
+    stats.steps_accepted = stats.steps_accepted or 0
+    for t0, t1 in itertools.pairwise(grid):
+        dt = t1 - t0
+        f0 = ev(t0, y)
+        y1, _ks = rk_step(ev, tab, t0, y, f0, dt)
+        stats.steps_accepted += 1
+        rec = None if record is None else StepRecord(t0, dt, y, [])
+        while j < len(t) and t1 >= t[j]:
+            out.append(_grid_interp(ev, interp, t0, t1, y, y1, f0, t[j]))
+            if rec is not None:
+                rec.outputs.append((j, (t[j] - t0) / dt))
+            j += 1
+        if rec is not None:
+            record.append(rec)
+        y = y1
+    return out
+
+
+def _grid_interp(ev, interp, t0, t1, y0, y1, f0, s):
+    if s == t0:
+        return y0
+    if s == t1:
+        return y1
+    if interp == "linear":
+        return y0 + (y1 - y0) * ((s - t0) / (t1 - t0))
+    f1 = ev(t1, y1)
+    h = t1 - t0
+    x = (s - t0) / h
+    h00 = (1 + 2 * x) * (1 - x) * (1 - x)
+    h10 = x * (1 - x) * (1 - x)
+    h01 = x * x * (3 - 2 * x)
+    h11 = x * x * (x - 1)
+    return h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
+
+
+# --------------------------------------------------------------------------- adaptive
+
+
+@dataclasses.dataclass
+class AdaptiveConfig:
+    rtol: Any
+    atol: Any
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    first_step: float | None = None
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    min_step: float = 0.0
+    max_step: float = math.inf
+    max_num_steps: int = 2**31 - 1
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+
+
+def _scale(cfg: AdaptiveConfig, y0: torch.Tensor, y1: torch.Tensor | None = None):
+    mag = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+    return mag.mul_(cfg.rtol).add_(cfg.atol)
+
+
+def initial_step(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    cfg: AdaptiveConfig,
+) -> float:
+    """torchdiffeq's (Hairer's) initial step heuristic; costs one evaluation."""
+    with torch.no_grad():
+        scale = _scale(cfg, y0)
+        d0 = float(cfg.norm(y0 / scale))
+        d1 = float(cfg.norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        h0 = min(h0, cfg.max_step)
+        y1 = y0 + h0 * f0
+        f1 = ev(t0 + h0, y1)
+        d2 = float(cfg.norm((f1 - f0) / scale)) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (tab.order + 1))
+    return min(100 * h0, h1)
+
+
+def _next_step(cfg: AdaptiveConfig, dt: float, ratio: float, prev_ratio: float, order: int):
+    if ratio == 0.0:
+        factor = cfg.ifactor
+    else:
+        k = float(order)
+        factor = cfg.safety * ratio ** (-(cfg.icoeff + cfg.pcoeff) / k)
+        if cfg.pcoeff:
+            factor *= prev_ratio ** (cfg.pcoeff / k)
+        lower = 1.0 if ratio < 1.0 else cfg.dfactor
+        factor = min(cfg.ifactor, max(factor, lower))
+    return min(max(dt * factor, cfg.min_step), cfg.max_step)
+
+
+def solve_adaptive(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    y0: torch.Tensor,
+    t: Sequence[float],
+    cfg: AdaptiveConfig,
+    record: list[StepRecord] | None = None,
+) -> list[torch.Tensor]:
+    """Adaptive RK with one step size for the whole state (torchdiffeq's behaviour)."""
+    stats = ev.stats
+    stats.steps_accepted = stats.steps_accepted or 0
+    stats.steps_rejected = stats.steps_rejected or 0
+    t_now = t[0]
+    y = y0
+    f0 = ev(t_now, y)
+    dt = cfg.first_step if cfg.first_step is not None else initial_step(ev, tab, t_now, y, f0, cfg)
+    boundaries = sorted({*cfg.step_t, *cfg.jump_t})
+    jumps = set(cfg.jump_t)
+    b_idx = 0
+    while b_idx < len(boundaries) and boundaries[b_idx] <= t_now:
+        b_idx += 1
+    out = [y0]
+    j = 1
+    n_steps = 0
+    prev_ratio = 1.0
+    err_w = tab.b_err
+    t_end = t[-1]
+    while j < len(t):
+        if n_steps >= cfg.max_num_steps:
+            raise SolverError(
+                f"the solver took more than max_num_steps={cfg.max_num_steps} steps near "
+                f"t ≈ {ev.sign * t_now:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
+                "or regularize the dynamics (e.g. KineticEnergy) so they become easier to "
+                "integrate."
+            )
+        n_steps += 1
+        # land exactly on step_t / jump_t boundaries
+        hit = None
+        if b_idx < len(boundaries) and t_now + dt >= boundaries[b_idx]:
+            hit = boundaries[b_idx]
+            dt = hit - t_now
+        t1 = t_now + dt if hit is None else hit
+        if t1 == t_now:
+            raise SolverError(
+                f"the step size shrank to nothing near t ≈ {ev.sign * t_now:.6g}. The problem is "
+                "probably stiff or the dynamics change too fast there: try looser tolerances, a "
+                "fixed-step method (method='rk4', options={'step_size': ...}), or regularize the "
+                "dynamics."
+            )
+        last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
+        y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
+        with torch.no_grad():
+            err = _combine(torch.zeros_like(y), ks, err_w, dt)
+            ratio = float(cfg.norm(err.div_(_scale(cfg, y, y1))))
+        if math.isnan(ratio):
+            raise NonFiniteStateError(ev.sign * t_now)
+        if ratio <= 1.0:
+            stats.steps_accepted += 1
+            f1_time = None
+            if tab.fsal and last_node is None:
+                f1 = ks[-1]
+            else:
+                f1_time = math.nextafter(t1, t_end + 1.0) if hit in jumps else t1
+                f1 = ev(f1_time, y1)
+            rec = None
+            if record is not None:
+                rec = StepRecord(t_now, dt, y, [], last_node, f1_time)
+            while j < len(t) and t[j] <= t1:
+                theta = (t[j] - t_now) / dt
+                out.append(interpolate(tab, y, y1, ks, f1, dt, theta))
+                if rec is not None:
+                    rec.outputs.append((j, theta))
+                j += 1
+            if rec is not None:
+                record.append(rec)
+            y, f0, t_now = y1, f1, t1
+            if hit is not None:
+                b_idx += 1
+            dt_next = _next_step(cfg, dt, ratio, prev_ratio, tab.order)
+            prev_ratio = max(ratio, 1e-4)
+        else:
+            stats.steps_rejected += 1
+            dt_next = _next_step(cfg, dt, ratio, prev_ratio, tab.order)
+        dt = dt_next
+    return out
+
+
+# --------------------------------------------------------------------------- per sample
+
+
+def solve_adaptive_per_sample(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    y0: torch.Tensor,
+    t: Sequence[float],
+    cfg: AdaptiveConfig,
+) -> list[torch.Tensor]:
+    """Adaptive RK where every sample (first dimension) has its own time, step size and error
+    test, so that its result and NFE do not depend on the rest of the batch.
+
+    The dynamics receive ``t`` as a tensor of shape ``(batch,)``.
+    """
+    if y0.ndim == 0:
+        raise ValueError("batch_mode='per_sample' needs a state with a batch dimension")
+    B = y0.shape[0]
+    dev = y0.device
+    tdt = torch.float64 if y0.dtype == torch.float64 or dev.type == "cpu" else torch.float32
+    view = (B,) + (1,) * (y0.ndim - 1)
+    n_out = len(t)
+    times = torch.tensor(list(t), dtype=tdt, device=dev)
+    stats = ev.stats
+    nfe = torch.zeros(B, dtype=torch.long, device=dev)
+    acc = torch.zeros(B, dtype=torch.long, device=dev)
+    rej = torch.zeros(B, dtype=torch.long, device=dev)
+
+    def norm(x):  # per-sample RMS
+        return x.reshape(B, -1).pow(2).mean(dim=1).sqrt()
+
+    def evaluate(s, y, active):
+        nonlocal nfe
+        nfe = nfe + active.long()
+        return ev(s, y)
+
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    t_now = times[0].expand(B).clone()
+    y = y0
+    f0 = evaluate(t_now, y, active)
+    with torch.no_grad():
+        scale = y.abs().mul(cfg.rtol).add(cfg.atol)
+        d0, d1 = norm(y / scale), norm(f0 / scale)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+        h0 = h0.to(tdt).clamp(max=cfg.max_step)
+        f1 = evaluate(t_now + h0, y + h0.to(y.dtype).reshape(view) * f0, active)
+        d2 = (norm((f1 - f0) / scale) / h0.to(y.dtype)).to(tdt)
+        d1, d2 = d1.to(tdt), d2
+        big = torch.maximum(d1, d2)
+        h1 = torch.where(
+            (d1 <= 1e-15) & (d2 <= 1e-15),
+            torch.clamp(h0 * 1e-3, min=1e-6),
+            (0.01 / big.clamp(min=1e-300)) ** (1.0 / (tab.order + 1)),
+        )
+        dt = (
+            torch.minimum(100 * h0, h1)
+            if cfg.first_step is None
+            else torch.full_like(h0, cfg.first_step)
+        )
+    out: list[torch.Tensor | None] = [y0] + [None] * (n_out - 1)
+    nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
+    n_iter = 0
+    err_w = tab.b_err
+    while bool(active.any()):
+        if n_iter >= cfg.max_num_steps:
+            raise SolverError(
+                f"the solver took more than max_num_steps={cfg.max_num_steps} steps; raise "
+                "options['max_num_steps'] or loosen rtol/atol"
+            )
+        n_iter += 1
+        dt_eff = torch.where(active, dt, torch.zeros_like(dt))
+        dty = dt_eff.to(y.dtype).reshape(view)
+        ks = [f0]
+        yi = y
+        for i in range(1, tab.stages):
+            yi = _combine(y, ks, tab.a[i], dty)
+            ks.append(evaluate(t_now + tab.c[i] * dt_eff, yi, active))
+        y1 = yi if tab.fsal else _combine(y, ks, tab.b, dty)
+        with torch.no_grad():
+            err = _combine(torch.zeros_like(y), ks, err_w, dty)
+            scale = torch.maximum(y.abs(), y1.abs()).mul_(cfg.rtol).add_(cfg.atol)
+            ratio = norm(err / scale).to(tdt)
+            bad = torch.isnan(ratio) & active
+            if bool(bad.any()):
+                raise NonFiniteStateError(float(ev.sign * t_now[bad][0]))
+            accept = (ratio <= 1.0) & active
+            reject = (~accept) & active
+            acc += accept.long()
+            rej += reject.long()
+            # next step size, per sample (integral controller with optional PI term)
+            k = float(tab.order)
+            factor = cfg.safety * ratio.clamp(min=1e-300) ** (-(cfg.icoeff + cfg.pcoeff) / k)
+            lower = torch.where(
+                ratio < 1.0, torch.ones_like(ratio), torch.full_like(ratio, cfg.dfactor)
+            )
+            factor = torch.minimum(
+                torch.maximum(factor, lower), torch.full_like(ratio, cfg.ifactor)
+            )
+            factor = torch.where(ratio == 0, torch.full_like(ratio, cfg.ifactor), factor)
+            dt_new = (dt * factor).clamp(min=cfg.min_step, max=cfg.max_step)
+        f1 = ks[-1] if tab.fsal else evaluate(t_now + dt_eff, y1, accept)
+        t1 = t_now + dt_eff
+        # outputs crossed by accepted samples
+        while True:
+            with torch.no_grad():
+                idx = nxt.clamp(max=n_out - 1)
+                due = accept & (nxt < n_out) & (times[idx] <= t1)
+            if not bool(due.any()):
+                break
+            with torch.no_grad():
+                theta = ((times[idx] - t_now) / dt_eff.clamp(min=1e-300)).clamp(0.0, 1.0)
+            w = [x.to(y.dtype).reshape(view) for x in _interp_weights(theta)]
+            w_y0, w_y1, w_mid, w_f0, w_f1 = w
+            val = y * (w_y0 + w_mid) + y1 * w_y1 + (w_f1 * dty) * f1
+            for jj, (kk, cm) in enumerate(zip(ks, tab.c_mid)):
+                coeff = w_mid * cm + (w_f0 if jj == 0 else 0.0)
+                val = val + (coeff * dty) * kk
+            for j in sorted(set(idx[due].tolist())):
+                m = (due & (idx == j)).reshape(view)
+                prev = out[j] if out[j] is not None else torch.zeros_like(y0)
+                out[j] = torch.where(m, val, prev)
+            nxt = nxt + due.long()
+        am = accept.reshape(view)
+        y = torch.where(am, y1, y)
+        f0 = torch.where(am, f1, f0)
+        t_now = torch.where(accept, t1, t_now)
+        dt = torch.where(active, dt_new, dt)
+        active = nxt < n_out
+    stats.steps_accepted = (stats.steps_accepted or 0) + int(acc.max())
+    stats.steps_rejected = (stats.steps_rejected or 0) + int(rej.max())
+    stats.nfe_per_sample = nfe.tolist()
+    stats.steps_accepted_per_sample = acc.tolist()
+    stats.steps_rejected_per_sample = rej.tolist()
+    return out  # type: ignore[return-value]
