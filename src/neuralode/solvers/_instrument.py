@@ -3,6 +3,7 @@ where a solve was when it failed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -125,10 +126,18 @@ def _fmt(shape: Any) -> str:
     return "(" + ", ".join(str(tuple(s)) if s is not None else "?" for s in shape) + ")"
 
 
+def _finite(y: torch.Tensor) -> bool:
+    y = y.detach()
+    # NaN and inf propagate into the sum: one cheap reduction settles the common case
+    if y.numel() == 0 or math.isfinite(float(y.sum())):
+        return True
+    return bool(torch.isfinite(y).all())
+
+
 def _all_finite(y: Any) -> bool:
     if isinstance(y, torch.Tensor):
-        return bool(torch.isfinite(y.detach()).all())
-    return all(bool(torch.isfinite(v.detach()).all()) for v in y)
+        return _finite(y)
+    return all(_finite(v) for v in y)
 
 
 def first_nonfinite_time(solution: Any, t: torch.Tensor) -> float | None:

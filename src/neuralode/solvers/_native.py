@@ -4,6 +4,7 @@ modes, behind the same seam as torchdiffeq."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -42,15 +43,15 @@ _FIXED_KEYS = frozenset({"step_size", "interp", "norm", "grid_constructor", "per
 _FALL_THROUGH_KEYS = frozenset({"grid_constructor", "perturb"})
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+def _rms(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
 
 
-def _mixed_norm(sizes: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _mixed_norm(sizes: Sequence[int]) -> Callable[[torch.Tensor], float]:
     """Max over components of their RMS (torchdiffeq's norm for tuple states)."""
 
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([_rms(p) for p in torch.split(x, list(sizes))]).max()
+    def norm(x: torch.Tensor) -> float:
+        return max(_rms(p) for p in torch.split(x, list(sizes)))
 
     return norm
 
@@ -272,14 +273,18 @@ class _ContinuousAdjoint(torch.autograd.Function):
         n = math.prod(shape)
         p_sizes = [p.numel() for p in params]
 
-        def aug(t, z):
+        def aug(s, z, sign):
+            """Internal-time derivative of z = [y, a, g] (s = sign * t): sign * [f, -aᵀ∂f/∂y,
+            -aᵀ∂f/∂θ]."""
             y = z[:n].reshape(shape)
             a = z[n : 2 * n].reshape(shape)
             with torch.enable_grad():
                 y_ = y.detach().requires_grad_(True)
-                fy = user_ev(t, y_)
-                vjps = torch.autograd.grad(fy, (y_, *params), -a, allow_unused=True)
-            parts = [fy.detach().reshape(-1)]
+                fy = user_ev(s * sign, y_)
+                vjps = torch.autograd.grad(
+                    fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
+                )
+            parts = [(-fy if sign < 0 else fy).detach().reshape(-1)]
             parts += [
                 (torch.zeros_like(x) if g is None else g).reshape(-1)
                 for g, x in zip(vjps, (y_, *params), strict=True)
@@ -302,7 +307,15 @@ class _ContinuousAdjoint(torch.autograd.Function):
         for i in range(len(user_times) - 1, 0, -1):
             t_hi, t_lo = user_times[i], user_times[i - 1]
             sign = 1.0 if t_lo > t_hi else -1.0
-            ev = Evaluator(aug, sign, plan.dtype, plan.device, tmp, None, count=False)
+            ev = Evaluator(
+                functools.partial(aug, sign=sign),
+                1.0,
+                plan.dtype,
+                plan.device,
+                tmp,
+                None,
+                count=False,
+            )
             z0 = torch.cat([sol[i].reshape(-1), adj_y, adj_p])
             internal = [sign * t_hi, sign * t_lo]
             if cfg is None:
@@ -323,11 +336,11 @@ class _ContinuousAdjoint(torch.autograd.Function):
         return (None, None, None, adj_y.reshape(shape), *grads)
 
 
-def _semi(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _semi(n: int) -> Callable[[torch.Tensor], float]:
     """Seminorm: the error of the parameter adjoints does not control the step size."""
 
-    def norm(z: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(_rms(z[:n]), _rms(z[n : 2 * n]))
+    def norm(z: torch.Tensor) -> float:
+        return max(_rms(z[:n]), _rms(z[n : 2 * n]))
 
     return norm
 

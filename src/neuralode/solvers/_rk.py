@@ -63,7 +63,7 @@ class Evaluator:
     def time(self, s: float | torch.Tensor) -> torch.Tensor:
         if isinstance(s, torch.Tensor):
             return (s * self.sign).to(self.dtype)
-        return torch.tensor(s * self.sign, dtype=self.dtype, device=self.device)
+        return torch.scalar_tensor(s * self.sign, dtype=self.dtype, device=self.device)
 
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None:
@@ -118,13 +118,17 @@ class Evaluator:
 def _combine(y: torch.Tensor, ks: Sequence[torch.Tensor], coeffs: Sequence[float], dt: Any):
     """``y + dt * sum(coeffs[j] * ks[j])``, skipping zero coefficients."""
     out = None
+    scalar = isinstance(dt, float)
+    inplace = scalar and not torch.is_grad_enabled()
     for k, a in zip(ks, coeffs):
         if a == 0.0:
             continue
         if out is None:
-            out = torch.add(y, k, alpha=a * dt) if isinstance(dt, float) else y + (a * dt) * k
-        elif isinstance(dt, float):
-            out = out.add(k, alpha=a * dt) if torch.is_grad_enabled() else out.add_(k, alpha=a * dt)
+            out = torch.add(y, k, alpha=a * dt) if scalar else y + (a * dt) * k
+        elif inplace:
+            out.add_(k, alpha=a * dt)
+        elif scalar:
+            out = out.add(k, alpha=a * dt)
         else:
             out = out + (a * dt) * k
     return y if out is None else out
@@ -155,6 +159,16 @@ def rk_step(
     return y1, ks
 
 
+def error_estimate(tab: ButcherTableau, ks: Sequence[torch.Tensor], dt: float) -> torch.Tensor:
+    """``dt * sum(b_err * k)``; call without gradient."""
+    err = None
+    for k, e in zip(ks, tab.b_err or ()):
+        if e == 0.0:
+            continue
+        err = torch.mul(k, e * dt) if err is None else err.add_(k, alpha=e * dt)
+    return err
+
+
 def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
     """Weights of ``y0, y1, y_mid, dt*f0, dt*f1`` in the quartic through ``y0, y_mid, y1`` with
     slopes ``f0, f1`` at ``theta`` in [0, 1]."""
@@ -183,12 +197,12 @@ def interpolate(
         return y1
     w_y0, w_y1, w_mid, w_f0, w_f1 = _interp_weights(theta)
     # y_mid = y0 + dt * sum(c_mid * k): fold it into one weighted sum
-    out = y0 * (w_y0 + w_mid) + y1 * w_y1
-    for j, (k, cm) in enumerate(zip(ks, tab.c_mid or (0.0,) * len(ks))):
-        coeff = w_mid * cm + (w_f0 if j == 0 else 0.0)
-        if coeff != 0.0:
-            out = out + (coeff * dt) * k
-    return out + (w_f1 * dt) * f1
+    c_mid = tab.c_mid or (0.0,) * tab.stages
+    coeffs = [w_mid * cm for cm in c_mid]
+    coeffs[0] += w_f0
+    out = torch.add(y0 * (w_y0 + w_mid), y1, alpha=w_y1)
+    out = _combine(out, [*ks, f1], [*coeffs, w_f1], dt)
+    return out
 
 
 # --------------------------------------------------------------------------- fixed grid
@@ -302,7 +316,9 @@ def initial_step(
     f0: torch.Tensor,
     cfg: AdaptiveConfig,
 ) -> float:
-    """torchdiffeq's (Hairer's) initial step heuristic; costs one evaluation."""
+    """torchdiffeq's (Hairer's) initial step heuristic; costs one evaluation.
+
+    As torchdiffeq, the exponent is ``1 / order`` (the error estimate's order plus one)."""
     with torch.no_grad():
         scale = _scale(cfg, y0)
         d0 = float(cfg.norm(y0 / scale))
@@ -315,7 +331,7 @@ def initial_step(
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / (tab.order + 1))
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / tab.order)
     return min(100 * h0, h1)
 
 
@@ -357,8 +373,9 @@ def solve_adaptive(
     j = 1
     n_steps = 0
     prev_ratio = 1.0
-    err_w = tab.b_err
     t_end = t[-1]
+    with torch.no_grad():
+        abs0 = y0.abs()
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
             raise SolverError(
@@ -384,12 +401,15 @@ def solve_adaptive(
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
         y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
         with torch.no_grad():
-            err = _combine(torch.zeros_like(y), ks, err_w, dt)
-            ratio = float(cfg.norm(err.div_(_scale(cfg, y, y1))))
+            err = error_estimate(tab, ks, dt)
+            abs1 = y1.abs()
+            scale = torch.maximum(abs0, abs1).mul_(cfg.rtol).add_(cfg.atol)
+            ratio = float(cfg.norm(err.div_(scale)))
         if math.isnan(ratio):
             raise NonFiniteStateError(ev.sign * t_now)
         if ratio <= 1.0:
             stats.steps_accepted += 1
+            abs0 = abs1
             f1_time = None
             if tab.fsal and last_node is None:
                 f1 = ks[-1]
@@ -471,7 +491,7 @@ def solve_adaptive_per_sample(
         h1 = torch.where(
             (d1 <= 1e-15) & (d2 <= 1e-15),
             torch.clamp(h0 * 1e-3, min=1e-6),
-            (0.01 / big.clamp(min=1e-300)) ** (1.0 / (tab.order + 1)),
+            (0.01 / big.clamp(min=1e-300)) ** (1.0 / tab.order),
         )
         dt = (
             torch.minimum(100 * h0, h1)
@@ -481,7 +501,6 @@ def solve_adaptive_per_sample(
     out: list[torch.Tensor | None] = [y0] + [None] * (n_out - 1)
     nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
     n_iter = 0
-    err_w = tab.b_err
     while bool(active.any()):
         if n_iter >= cfg.max_num_steps:
             raise SolverError(
@@ -498,7 +517,7 @@ def solve_adaptive_per_sample(
             ks.append(evaluate(t_now + tab.c[i] * dt_eff, yi, active))
         y1 = yi if tab.fsal else _combine(y, ks, tab.b, dty)
         with torch.no_grad():
-            err = _combine(torch.zeros_like(y), ks, err_w, dty)
+            err = _combine(torch.zeros_like(y), ks, tab.b_err, dty)
             scale = torch.maximum(y.abs(), y1.abs()).mul_(cfg.rtol).add_(cfg.atol)
             ratio = norm(err / scale).to(tdt)
             bad = torch.isnan(ratio) & active

@@ -70,6 +70,7 @@ class ButcherTableau:
                 )
         if self.order < 1:
             raise ValueError(f"{self.name}: order must be positive")
+        object.__setattr__(self, "_fsal", self._is_fsal())
 
     @property
     def stages(self) -> int:
@@ -82,6 +83,9 @@ class ButcherTableau:
     @property
     def fsal(self) -> bool:
         """The last stage evaluates ``f(t0 + dt, y1)``: reusable as the next first stage."""
+        return self._fsal
+
+    def _is_fsal(self) -> bool:
         return (
             self.stages > 1
             and self.c[-1] == 1.0

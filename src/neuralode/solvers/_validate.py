@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -69,14 +70,15 @@ def check_t(t: Any) -> None:
     if t.numel() == 0:
         raise ValueError(f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}")
     if t.numel() > 1:
-        tt = t.detach()
-        if not bool(torch.isfinite(tt).all()):
-            raise ValueError(f"t must hold finite times, got {tt.tolist()}")
-        d = tt[1:] - tt[:-1]
-        if not (bool((d > 0).all()) or bool((d < 0).all())):
+        times = t.detach().tolist()
+        if not all(math.isfinite(x) for x in times):
+            raise ValueError(f"t must hold finite times, got {times}")
+        inc = all(b > a for a, b in itertools.pairwise(times))
+        if not (inc or all(b < a for a, b in itertools.pairwise(times))):
+            shown = times if len(times) <= 10 else f"{times[:10]} ..."
             raise ValueError(
                 "t must be strictly increasing or strictly decreasing (no repeated times), "
-                f"got {tt.tolist() if tt.numel() <= 10 else tt}"
+                f"got {shown}"
             )
 
 

@@ -1,0 +1,198 @@
+"""Native engine vs torchdiffeq (and torchode when installed), side by side in one process.
+
+Problem (issue #3): dynamics Linear(64,128) → tanh → Linear(128,64), batch 128, t = [0, 1],
+dopri5, rtol 1e-3, atol 1e-5, CPU, 1 thread. For each engine and mode it prints the time per
+solve (median), the NFE, and the ratio to the *bare* cost of the same number of function
+evaluations (what an ideal solver with zero overhead would cost).
+
+    python benchmarks/solver_speed.py [--width 128] [--repeats 30] [--threads 1]
+
+Modes: forward (no grad), forward+backward (direct backprop, or the checkpointed adjoint),
+adjoint (continuous adjoint / backsolve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import neuralode
+
+warnings.filterwarnings("ignore")
+
+
+class Dynamics(nn.Module):
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, width), nn.Tanh(), nn.Linear(width, dim))
+        self.calls = 0
+        self.counting = False
+
+    def forward(self, t, y):
+        if self.counting:
+            self.calls += 1
+        return self.net(y)
+
+
+def median_time(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_nfe(f: Dynamics, fn) -> int:
+    f.calls, f.counting = 0, True
+    fn()
+    f.counting = False
+    return f.calls
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=float, default=1e-5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    f = Dynamics(args.dim, args.width)
+    params = list(f.parameters())
+    y0 = torch.randn(args.batch, args.dim)
+    t = torch.tensor([0.0, 1.0])
+    tol = dict(rtol=args.rtol, atol=args.atol)
+
+    # ---- bare costs of one evaluation
+    with torch.no_grad():
+        t_f = median_time(lambda: f(t[0], y0), 200)
+
+    def fwd_bwd_20():
+        y = y0.clone().requires_grad_(True)
+        total = sum(f(t[0], y).sum() for _ in range(20))
+        total.backward()
+
+    t_fb = median_time(fwd_bwd_20, 50) / 20
+
+    def vjp_once():
+        y = y0.clone().requires_grad_(True)
+        out = f(t[0], y)
+        torch.autograd.grad(out, [y, *params], torch.ones_like(out))
+
+    t_vjp = median_time(vjp_once, 200)
+
+    # ---- engines
+    import torchdiffeq
+
+    engines: dict[str, dict[str, object]] = {
+        "torchdiffeq": {
+            "forward": lambda: torchdiffeq.odeint(f, y0, t, **tol),
+            "forward+backward": lambda: torchdiffeq.odeint(f, y0, t, **tol)[-1].sum().backward(),
+            "adjoint": lambda: torchdiffeq.odeint_adjoint(f, y0, t, **tol)[-1].sum().backward(),
+        },
+        "native": {
+            "forward": lambda: neuralode.odeint(f, y0, t, backend="native", **tol),
+            "forward+backward": lambda: neuralode.odeint(f, y0, t, backend="native", **tol)[-1]
+            .sum()
+            .backward(),
+            "checkpoint": lambda: neuralode.odeint(
+                f, y0, t, backend="native", gradient="checkpoint", **tol
+            )[-1]
+            .sum()
+            .backward(),
+            "adjoint": lambda: neuralode.odeint_adjoint(f, y0, t, backend="native", **tol)[-1]
+            .sum()
+            .backward(),
+        },
+    }
+    try:
+        import torchode as to
+
+        term = to.ODETerm(f)
+        step = to.Dopri5(term=term)
+        ctrl = to.IntegralController(atol=args.atol, rtol=args.rtol, term=term)
+        autodiff = to.AutoDiffAdjoint(step, ctrl)
+        backsolve = to.BacksolveAdjoint(term, step, ctrl)
+        t_eval = t.expand(args.batch, 2)
+        ivp = to.InitialValueProblem(y0=y0, t_eval=t_eval)
+        engines["torchode"] = {
+            "forward": lambda: autodiff.solve(ivp),
+            "forward+backward": lambda: autodiff.solve(ivp).ys[:, -1].sum().backward(),
+            "adjoint": lambda: backsolve.solve(ivp).ys[:, -1].sum().backward(),
+        }
+    except Exception as err:  # torchode is optional
+        print(f"(torchode not available: {type(err).__name__}: {err})")
+
+    print(
+        f"dynamics Linear({args.dim},{args.width})→tanh→Linear({args.width},{args.dim}), "
+        f"batch {args.batch}, dopri5, rtol {args.rtol:g}, atol {args.atol:g}, "
+        f"{args.threads} thread(s), torch {torch.__version__}"
+    )
+    print(f"bare cost per evaluation: forward {t_f * 1e6:.1f} µs, forward+backward "
+          f"{t_fb * 1e6:.1f} µs, vjp {t_vjp * 1e6:.1f} µs\n")
+    header = f"{'engine':<12} {'mode':<17} {'time/solve':>11} {'NFE f/b':>9} {'×bare':>7}"
+    print(header)
+    print("-" * len(header))
+    results: dict[tuple[str, str], float] = {}
+    for name, modes in engines.items():
+        for mode, fn in modes.items():
+            no_grad = mode == "forward"
+
+            def run(fn=fn, no_grad=no_grad):
+                for prm in params:
+                    prm.grad = None
+                if no_grad:
+                    with torch.no_grad():
+                        fn()
+                else:
+                    fn()
+
+            # NFE: forward and backward evaluations counted separately
+            stats_f = count_nfe(f, lambda fn=fn: _forward_only(fn, no_grad))
+            total = count_nfe(f, run)
+            nfe_b = total - stats_f if not no_grad else 0
+            nfe_f = stats_f
+            secs = median_time(run, args.repeats)
+            if mode == "forward":
+                bare = nfe_f * t_f
+            elif mode == "adjoint":
+                bare = nfe_f * t_f + nfe_b * t_vjp
+            else:
+                bare = (nfe_f + nfe_b) * t_fb if mode == "checkpoint" else nfe_f * t_fb
+            results[(name, mode)] = secs
+            print(f"{name:<12} {mode:<17} {secs * 1e3:>8.2f} ms {nfe_f:>4}/{nfe_b:<4} "
+                  f"{secs / bare:>7.2f}")
+    print()
+    for mode in ("forward", "forward+backward", "adjoint"):
+        if ("native", mode) in results:
+            ref = results[("torchdiffeq", mode)] / results[("native", mode)]
+            line = f"speed-up of native over torchdiffeq, {mode}: {ref:.2f}×"
+            if ("torchode", mode) in results:
+                line += f"; over torchode: {results[('torchode', mode)] / results[('native', mode)]:.2f}×"
+            print(line)
+
+
+def _forward_only(fn, no_grad: bool) -> None:
+    """Run only the forward part of a benchmark closure (for counting forward NFE)."""
+    with torch.no_grad():
+        try:
+            fn()
+        except RuntimeError:
+            pass  # backward() under no_grad: the forward part has run
+
+
+if __name__ == "__main__":
+    main()
