@@ -273,9 +273,16 @@ class _ContinuousAdjoint(torch.autograd.Function):
         n = math.prod(shape)
         p_sizes = [p.numel() for p in params]
 
+        # With the seminorm the parameter adjoints g never control the step size and never
+        # feed back into the dynamics, so they are not part of the integrated state: each
+        # accepted step adds dt * sum(b_i * k_i^g) (quadrature on the same stages).
+        quadrature = spec.user_norm is None and spec.seminorm
+        side: dict[int, torch.Tensor] = {}
+        p_total = sum(p_sizes)
+
         def aug(s, z, sign):
-            """Internal-time derivative of z = [y, a, g] (s = sign * t): sign * [f, -aᵀ∂f/∂y,
-            -aᵀ∂f/∂θ]."""
+            """Internal-time derivative of [y, a] (and of g unless by quadrature), s = sign*t:
+            sign * [f, -aᵀ∂f/∂y, -aᵀ∂f/∂θ]."""
             y = z[:n].reshape(shape)
             a = z[n : 2 * n].reshape(shape)
             with torch.enable_grad():
@@ -284,26 +291,42 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 vjps = torch.autograd.grad(
                     fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
                 )
-            parts = [(-fy if sign < 0 else fy).detach().reshape(-1)]
-            parts += [
-                (torch.zeros_like(x) if g is None else g).reshape(-1)
-                for g, x in zip(vjps, (y_, *params), strict=True)
+            parts = [(-fy if sign < 0 else fy).detach().reshape(-1), vjps[0].reshape(-1)]
+            g = [
+                (torch.zeros_like(x) if v is None else v).reshape(-1)
+                for v, x in zip(vjps[1:], params, strict=True)
             ]
-            return torch.cat(parts)
+            if quadrature:
+                out = torch.cat(parts)
+                side[id(out)] = torch.cat(g) if g else out.new_zeros(0)
+                return out
+            return torch.cat(parts + g)
 
         if spec.user_norm is not None:
             norm = spec.user_norm
         elif spec.seminorm:
             norm = _semi(n)
         else:
-            norm = _mixed_norm([n, n, sum(p_sizes)]) if p_sizes else _mixed_norm([n, n])
+            norm = _mixed_norm([n, n, p_total]) if p_sizes else _mixed_norm([n, n])
         cfg = None
         if spec.cfg is not None:
             cfg = dataclasses.replace(spec.cfg, norm=norm, step_t=(), jump_t=())
         user_times = [plan.sign * s for s in plan.times]
         adj_y = grad_sol[-1].reshape(-1)
-        adj_p = sol.new_zeros(sum(p_sizes))
+        adj_p = sol.new_zeros(p_total)
         tmp = SolveStats()
+        b = spec.tab.b
+
+        def accumulate(ks, dt):
+            nonlocal adj_p
+            for k, w in zip(ks, b, strict=True):
+                if w != 0.0:
+                    adj_p = adj_p.add(side[id(k)], alpha=w * dt)
+            last = side.get(id(ks[-1]))
+            side.clear()
+            if last is not None and spec.tab.fsal:
+                side[id(ks[-1])] = last
+
         for i in range(len(user_times) - 1, 0, -1):
             t_hi, t_lo = user_times[i], user_times[i - 1]
             sign = 1.0 if t_lo > t_hi else -1.0
@@ -316,14 +339,22 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 None,
                 count=False,
             )
-            z0 = torch.cat([sol[i].reshape(-1), adj_y, adj_p])
             internal = [sign * t_hi, sign * t_lo]
+            parts = (
+                [sol[i].reshape(-1), adj_y] if quadrature else [sol[i].reshape(-1), adj_y, adj_p]
+            )
+            z0 = torch.cat(parts)
+            hook = accumulate if quadrature else None
             if cfg is None:
-                z = solve_fixed(ev, spec.tab, z0, internal, spec.step_size)[-1]
+                z = solve_fixed(ev, spec.tab, z0, internal, spec.step_size, on_accept=hook)[-1]
             else:
-                z = solve_adaptive(ev, spec.tab, z0, internal, cfg)[-1]
+                # the quadrature needs whole steps: land exactly on the end of the interval
+                seg_cfg = dataclasses.replace(cfg, step_t=(internal[1],)) if quadrature else cfg
+                z = solve_adaptive(ev, spec.tab, z0, internal, seg_cfg, on_accept=hook)[-1]
+            side.clear()
             adj_y = z[n : 2 * n] + grad_sol[i - 1].reshape(-1)
-            adj_p = z[2 * n :]
+            if not quadrature:
+                adj_p = z[2 * n :]
         stats.steps_accepted_backward = (stats.steps_accepted_backward or 0) + (
             tmp.steps_accepted or 0
         )

@@ -239,6 +239,7 @@ def solve_fixed(
     step_size: float | None,
     interp: str = "linear",
     record: list[StepRecord] | None = None,
+    on_accept: Callable[[list[torch.Tensor], float], None] | None = None,
 ) -> list[torch.Tensor]:
     """Fixed-grid RK with linear (or cubic Hermite) interpolation at the output times, as
     torchdiffeq."""
@@ -251,8 +252,10 @@ def solve_fixed(
     for t0, t1 in itertools.pairwise(grid):
         dt = t1 - t0
         f0 = ev(t0, y)
-        y1, _ks = rk_step(ev, tab, t0, y, f0, dt)
+        y1, ks = rk_step(ev, tab, t0, y, f0, dt)
         stats.steps_accepted += 1
+        if on_accept is not None:
+            on_accept(ks, dt)
         rec = None if record is None else StepRecord(t0, dt, y, [])
         while j < len(t) and t1 >= t[j]:
             out.append(_grid_interp(ev, interp, t0, t1, y, y1, f0, t[j]))
@@ -355,8 +358,12 @@ def solve_adaptive(
     t: Sequence[float],
     cfg: AdaptiveConfig,
     record: list[StepRecord] | None = None,
+    on_accept: Callable[[list[torch.Tensor], float], None] | None = None,
 ) -> list[torch.Tensor]:
-    """Adaptive RK with one step size for the whole state (torchdiffeq's behaviour)."""
+    """Adaptive RK with one step size for the whole state (torchdiffeq's behaviour).
+
+    ``on_accept(ks, dt)`` is called with the stage derivatives of every accepted step (the
+    continuous adjoint integrates its parameter adjoints by quadrature with it)."""
     stats = ev.stats
     stats.steps_accepted = stats.steps_accepted or 0
     stats.steps_rejected = stats.steps_rejected or 0
@@ -406,9 +413,11 @@ def solve_adaptive(
             scale = torch.maximum(abs0, abs1).mul_(cfg.rtol).add_(cfg.atol)
             ratio = float(cfg.norm(err.div_(scale)))
         if math.isnan(ratio):
-            raise NonFiniteStateError(ev.sign * t_now)
+            raise _nonfinite(ev, tab, t_now, dt, ks)
         if ratio <= 1.0:
             stats.steps_accepted += 1
+            if on_accept is not None:
+                on_accept(ks, dt)
             abs0 = abs1
             f1_time = None
             if tab.fsal and last_node is None:
@@ -437,6 +446,16 @@ def solve_adaptive(
             dt_next = _next_step(cfg, dt, ratio, prev_ratio, tab.order)
         dt = dt_next
     return out
+
+
+def _nonfinite(ev: Evaluator, tab: ButcherTableau, t: float, dt: float, ks) -> Exception:
+    """Locate the first stage whose derivative is not finite (only on the failure path)."""
+    for c, k in zip(tab.c, ks):
+        if not bool(torch.isfinite(k).all()):
+            return NonFiniteStateError(ev.sign * (t + c * dt))
+    return NonFiniteStateError(
+        ev.sign * t, detail=f" (within the step to t ≈ {ev.sign * (t + dt):.6g})"
+    )
 
 
 # --------------------------------------------------------------------------- per sample
@@ -566,8 +585,10 @@ def solve_adaptive_per_sample(
         t_now = torch.where(accept, t1, t_now)
         dt = torch.where(active, dt_new, dt)
         active = nxt < n_out
-    stats.steps_accepted = (stats.steps_accepted or 0) + int(acc.max())
-    stats.steps_rejected = (stats.steps_rejected or 0) + int(rej.max())
+    # the batch takes as many steps as its hardest sample: report that sample's counters
+    hardest = int(torch.argmax(acc + rej))
+    stats.steps_accepted = (stats.steps_accepted or 0) + int(acc[hardest])
+    stats.steps_rejected = (stats.steps_rejected or 0) + int(rej[hardest])
     stats.nfe_per_sample = nfe.tolist()
     stats.steps_accepted_per_sample = acc.tolist()
     stats.steps_rejected_per_sample = rej.tolist()

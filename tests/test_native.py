@@ -1,0 +1,462 @@
+"""The native engine: tableaux, agreement with torchdiffeq and exact solutions, order of
+convergence, the three gradient methods, per-sample batches, fall-through."""
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import neuralode
+from neuralode import NonFiniteStateError, SolverError, SolveStats
+from neuralode.solvers._rk import Evaluator, solve_fixed
+from neuralode.solvers._tableau import ADAPTIVE, FIXED, TABLEAUX, ButcherTableau
+from problems import PROBLEMS
+
+NATIVE = dict(backend="native")
+
+
+class Field(nn.Module):
+    def __init__(self, dim=3, hidden=16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, t, y):
+        return self.net(y) * torch.cos(t)
+
+
+# ------------------------------------------------------------------------------ tableaux
+
+
+def test_tableaux_are_consistent_and_know_fsal():
+    assert set(FIXED) == {"euler", "midpoint", "heun2", "heun3", "rk4"}
+    assert set(ADAPTIVE) == {"adaptive_heun", "fehlberg2", "bosh3", "dopri5", "dopri8", "tsit5"}
+    for tab in TABLEAUX.values():
+        assert abs(math.fsum(tab.b) - 1) < 1e-12
+        for c, row in zip(tab.c, tab.a):
+            assert abs(math.fsum(row) - c) < 1e-12
+    assert TABLEAUX["dopri5"].fsal and TABLEAUX["tsit5"].fsal and TABLEAUX["bosh3"].fsal
+    assert not TABLEAUX["rk4"].fsal and not TABLEAUX["fehlberg2"].fsal
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(b=(0.5, 0.4)), "sum to"),
+        (dict(a=((), (0.4,))), "row 1 of a sums"),
+        (dict(b_err=(0.1, 0.2)), "error weights sum"),
+        (dict(c=(0.1, 1.0)), "first node"),
+        (dict(a=((),)), "one entry per stage"),
+    ],
+)
+def test_bad_tableau_is_rejected(kwargs, match):
+    base = dict(name="bad", order=2, c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5))
+    with pytest.raises(ValueError, match=match):
+        ButcherTableau(**{**base, **kwargs})
+
+
+# ------------------------------------------------------------------------------ agreement
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("grid", ["step_size", "t-grid", "cubic"])
+@pytest.mark.parametrize("method", sorted(FIXED))
+def test_fixed_step_methods_match_torchdiffeq(method, grid, reverse):
+    torch.manual_seed(0)
+    f = Field().double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 7, dtype=torch.float64)
+    if reverse:
+        t = t.flip(0)
+    options = {"t-grid": None, "step_size": {"step_size": 0.03},
+               "cubic": {"step_size": 0.07, "interp": "cubic"}}[grid]
+    ours = neuralode.odeint(f, y0, t, method=method, options=options, **NATIVE)
+    ref = torchdiffeq.odeint(f, y0, t, method=method, options=options)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+@pytest.mark.parametrize("method", sorted(ADAPTIVE))
+def test_adaptive_methods_within_tolerance_of_exact(method, problem, direction):
+    p = PROBLEMS[problem]()
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    if direction == "reverse":
+        t = t.flip(0)
+    tol = 1e-7 if TABLEAUX[method].order <= 2 else 1e-9
+    exact = p.exact(t, float(t[0]))
+    with torch.no_grad():
+        sol = neuralode.odeint(p.func, p.y0, t, method=method, rtol=tol, atol=tol, **NATIVE)
+        err = (sol - exact).abs().max().item()
+        bound = 1e3 * tol
+        if method != "tsit5":  # torchdiffeq, same method and tolerance: as accurate or better
+            ref = torchdiffeq.odeint(p.func, p.y0, t, method=method, rtol=tol, atol=tol)
+            # dopri8 takes long steps and, as torchdiffeq, interpolates at 4th order
+            factor = 5 if method == "dopri8" else 2
+            bound = max(bound, factor * (ref - exact).abs().max().item())
+    assert err < bound, f"{method}: error {err:.3g} for tolerance {tol:g}"
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
+def test_adaptive_agrees_with_torchdiffeq_and_uses_its_step_heuristic(method):
+    torch.manual_seed(0)
+    f = Field().double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
+    ours_stats, ref_stats = SolveStats(), SolveStats()
+    ours = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ours_stats,
+                            **NATIVE)
+    ref = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ref_stats,
+                           backend="torchdiffeq")
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert abs(ours_stats.nfe_forward - ref_stats.nfe_forward) <= 0.1 * ref_stats.nfe_forward
+
+
+def _convergence_slope(tab, hs, problem, T):
+    p = PROBLEMS[problem]()
+    errors = []
+    for h in hs:
+        ev = Evaluator(p.func, 1.0, torch.float64, torch.device("cpu"), SolveStats())
+        with torch.no_grad():
+            y = solve_fixed(ev, tab, p.y0, [0.0, T], h)[-1]
+        errors.append((y - p.exact([T], 0.0)[0]).abs().max().item())
+    x = [math.log(h) for h in hs]
+    y = [math.log(e) for e in errors]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return slope, errors
+
+
+@pytest.mark.parametrize("method", sorted(TABLEAUX))
+def test_order_of_convergence(method):
+    """Least-squares slope of log error against log step size ≈ the method's order."""
+    tab = TABLEAUX[method]
+    if tab.order <= 4:
+        slope, errors = _convergence_slope(tab, [1 / 8, 1 / 16, 1 / 32, 1 / 64],
+                                           "linear_system", 2.0)
+    else:  # high orders reach round-off quickly: a longer, oscillating problem
+        hs = [0.8, 0.4, 0.2] if tab.order >= 8 else [0.2, 0.1, 0.05, 0.025]
+        slope, errors = _convergence_slope(tab, hs, "harmonic_oscillator", 10.0)
+    assert errors[-1] < errors[0]
+    assert abs(slope - tab.order) < max(0.4, 0.12 * tab.order), (
+        f"{method}: slope {slope:.2f}, order {tab.order}"
+    )
+
+
+def test_dense_output_is_fourth_order():
+    """Interpolated values inside steps converge at least like h^4 when the steps shrink."""
+    p = PROBLEMS["harmonic_oscillator"]()
+    t = torch.linspace(0.0, 2.0, 41, dtype=torch.float64)
+    exact = p.exact(t, 0.0)
+    errs = []
+    for first in (0.4, 0.2, 0.1):
+        with torch.no_grad():
+            sol = neuralode.odeint(p.func, p.y0, t, method="dopri5", rtol=1e3, atol=1e3,
+                                   options={"first_step": first, "max_step": first,
+                                            "ifactor": 1.0}, **NATIVE)
+        errs.append((sol - exact).abs().max().item())
+    assert errs[0] / errs[1] > 2**4 * 0.8 and errs[1] / errs[2] > 2**4 * 0.8
+
+
+# ------------------------------------------------------------------------------ gradients
+
+
+def _grads(f, y0, t, solve=neuralode.odeint, **kw):
+    y = y0.clone().requires_grad_(True)
+    out = solve(f, y, t, **kw)
+    return torch.autograd.grad((out**2).sum() + out[-1].sum(), [y, *f.parameters()])
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4"])
+def test_three_gradient_methods_agree(method):
+    torch.manual_seed(0)
+    f = Field().double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    # outputs on the fixed grid, so that no linear interpolation separates the gradients
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    opts = {"step_size": 1 / 64} if method == "rk4" else None
+    kw = dict(method=method, options=opts, rtol=1e-10, atol=1e-10, **NATIVE)
+    direct = _grads(f, y0, t, **kw)
+    checkpoint = _grads(f, y0, t, gradient="checkpoint", **kw)
+    adjoint = _grads(f, y0, t, solve=neuralode.odeint_adjoint,
+                     adjoint_options=None if opts is None else dict(opts), **kw)
+    for d, c, a in zip(direct, checkpoint, adjoint):
+        torch.testing.assert_close(c, d, rtol=1e-10, atol=1e-12)  # same discrete gradient
+        torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_is_exact_for_loose_adaptive_solves():
+    torch.manual_seed(0)
+    f = Field().double()
+    y0 = torch.randn(8, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 5, dtype=torch.float64)
+    kw = dict(rtol=1e-3, atol=1e-4, **NATIVE)
+    for d, c in zip(_grads(f, y0, t, **kw), _grads(f, y0, t, gradient="checkpoint", **kw)):
+        torch.testing.assert_close(c, d, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_gradcheck(gradient):
+    torch.manual_seed(0)
+    A = (torch.randn(2, 2, dtype=torch.float64) * 0.5).requires_grad_(True)
+    y0 = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    class Lin(nn.Module):
+        def __init__(self, a):
+            super().__init__()
+            self.a = a
+
+        def forward(self, t, y):
+            return torch.tanh(y @ self.a.T)
+
+    def run(a, y):
+        f = Lin(a)
+        t = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
+        if gradient == "adjoint":
+            return neuralode.odeint_adjoint(f, y, t, rtol=1e-11, atol=1e-11, adjoint_params=(a,),
+                                            **NATIVE)
+        return neuralode.odeint(f, y, t, method="rk4", options={"step_size": 0.05},
+                                gradient=gradient, **NATIVE) if gradient == "checkpoint" else (
+            neuralode.odeint(f, y, t, method="rk4", options={"step_size": 0.05}, **NATIVE))
+
+    if gradient == "checkpoint":
+        # parameters are found on the module: wrap A in a parameter-holding module
+        class Holder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Parameter(A.detach().clone())
+
+            def forward(self, t, y):
+                return torch.tanh(y @ self.a.T)
+
+        h = Holder().double()
+        t = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
+
+        def run_ckpt(y):
+            return neuralode.odeint(h, y, t, method="rk4", options={"step_size": 0.05},
+                                    gradient="checkpoint", **NATIVE)
+
+        assert torch.autograd.gradcheck(run_ckpt, (y0,))
+        # parameter gradient against finite differences
+        (g,) = torch.autograd.grad(run_ckpt(y0.detach()).sum(), h.a)
+        eps = 1e-6
+        with torch.no_grad():
+            h.a[0, 1] += eps
+            up = run_ckpt(y0.detach()).sum()
+            h.a[0, 1] -= 2 * eps
+            down = run_ckpt(y0.detach()).sum()
+            h.a[0, 1] += eps
+        assert abs(float(g[0, 1]) - float((up - down) / (2 * eps))) < 1e-7
+    else:
+        assert torch.autograd.gradcheck(run, (A, y0), atol=1e-6, rtol=1e-5)
+
+
+def test_adjoint_counts_backward_work_and_seminorm_is_default():
+    torch.manual_seed(0)
+    f = Field(8, 32)
+    y0 = torch.randn(16, 8)
+    t = torch.tensor([0.0, 1.0])
+    counts = {}
+    for norm in ("seminorm", "full"):
+        stats = SolveStats()
+        neuralode.odeint_adjoint(f, y0, t, rtol=1e-6, atol=1e-7, stats=stats,
+                                 adjoint_options={"norm": norm}, **NATIVE).sum().backward()
+        counts[norm] = stats.nfe_backward
+        assert stats.steps_accepted_backward > 0
+    stats = SolveStats()
+    neuralode.odeint_adjoint(f, y0, t, rtol=1e-6, atol=1e-7, stats=stats, **NATIVE).sum().backward()
+    assert stats.nfe_backward == counts["seminorm"] <= counts["full"]
+
+
+def test_checkpoint_needs_a_module():
+    with pytest.raises(ValueError, match="nn.Module"):
+        neuralode.odeint(lambda t, y: -y, torch.ones(2, requires_grad=True),
+                         torch.tensor([0.0, 1.0]), gradient="checkpoint", **NATIVE)
+    with pytest.raises(ValueError, match="gradient must be"):
+        neuralode.odeint(Field(), torch.ones(1, 3), torch.tensor([0.0, 1.0]), gradient="adjoint")
+    with pytest.raises(ValueError, match="needs backend='native'"):
+        neuralode.odeint(Field(), torch.ones(1, 3), torch.tensor([0.0, 1.0]),
+                         gradient="checkpoint", backend="torchdiffeq")
+
+
+# ------------------------------------------------------------------------------ per sample
+
+
+class VanDerPol(nn.Module):
+    def __init__(self, mu):
+        super().__init__()
+        self.mu = mu
+
+    def forward(self, t, y):
+        x, v = y[:, 0], y[:, 1]
+        return torch.stack([v, self.mu * (1 - x * x) * v - x], dim=1)
+
+
+def _vdp(mu, **kw):
+    stats = SolveStats()
+    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).expand(len(mu), 2).clone()
+    t = torch.linspace(0.0, 4.0, 5, dtype=torch.float64)
+    sol = neuralode.odeint(VanDerPol(mu), y0, t, rtol=1e-6, atol=1e-8, stats=stats, **NATIVE,
+                           **kw)
+    return sol, stats
+
+
+def test_per_sample_result_and_nfe_do_not_depend_on_the_batch():
+    mu = torch.tensor([0.5, 1.0, 3.0, 8.0], dtype=torch.float64)
+    batch, stats = _vdp(mu, options={"batch_mode": "per_sample"})
+    other, other_stats = _vdp(torch.tensor([8.0, 0.1, 1.0], dtype=torch.float64),
+                              options={"batch_mode": "per_sample"})
+    for i in range(4):
+        alone, alone_stats = _vdp(mu[i : i + 1], options={"batch_mode": "per_sample"})
+        torch.testing.assert_close(batch[:, i], alone[:, 0], rtol=1e-12, atol=1e-12)
+        assert stats.nfe_per_sample[i] == alone_stats.nfe_per_sample[0]
+    # mu = 8 alone, first in one batch and last in another
+    torch.testing.assert_close(other[:, 0], batch[:, 3], rtol=1e-12, atol=1e-12)
+    assert other_stats.nfe_per_sample[0] == stats.nfe_per_sample[3]
+
+
+def test_per_sample_takes_the_steps_of_the_hardest_sample():
+    mu = torch.tensor([0.2, 1.0, 2.0, 5.0, 10.0], dtype=torch.float64)
+    _, joint = _vdp(mu)
+    _, per = _vdp(mu, options={"batch_mode": "per_sample"})
+    hardest = max(
+        (s.steps_accepted + s.steps_rejected)
+        for s in (_vdp(mu[i : i + 1])[1] for i in range(len(mu)))
+    )
+    iterations = per.steps_accepted + per.steps_rejected
+    assert iterations <= 1.1 * hardest
+    # each sample only pays for itself; the joint step size makes the easy ones pay too
+    assert sum(per.nfe_per_sample) < len(mu) * joint.nfe_forward
+
+
+def test_per_sample_accuracy_and_errors():
+    mu = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    per, _ = _vdp(mu, options={"batch_mode": "per_sample"})
+    joint, _ = _vdp(mu)
+    torch.testing.assert_close(per, joint, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_mode"):
+        _vdp(mu, options={"batch_mode": "each"})
+    with pytest.raises(ValueError, match="direct backpropagation only"):
+        neuralode.odeint(Field(), torch.randn(2, 3, requires_grad=True),
+                         torch.tensor([0.0, 1.0]), gradient="checkpoint",
+                         options={"batch_mode": "per_sample"}, **NATIVE)
+
+
+# ------------------------------------------------------------------------------ options etc.
+
+
+def test_jump_t_handles_a_discontinuity():
+    def f(t, y):
+        return torch.ones_like(y) if float(t) < 0.5 else -torch.ones_like(y)
+
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.zeros(1, dtype=torch.float64)
+    with_jump, without = SolveStats(), SolveStats()
+    a = neuralode.odeint(f, y0, t, rtol=1e-8, atol=1e-8, options={"jump_t": [0.5]},
+                         stats=with_jump, **NATIVE)
+    b = neuralode.odeint(f, y0, t, rtol=1e-8, atol=1e-8, stats=without, **NATIVE)
+    assert abs(float(a[-1])) < 1e-12  # exact: up to 0.5 and back down
+    assert abs(float(b[-1])) < 1e-6
+    assert with_jump.nfe_forward < without.nfe_forward
+
+
+def test_step_t_min_max_step_and_pi_controller():
+    p = PROBLEMS["harmonic_oscillator"]()
+    t = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
+    exact = p.exact(t, 0.0)
+    for options in ({"step_t": [1.234]}, {"max_step": 0.05}, {"pcoeff": 0.2, "icoeff": 0.8},
+                    {"first_step": 0.01, "safety": 0.8, "ifactor": 5.0, "dfactor": 0.3}):
+        stats = SolveStats()
+        sol = neuralode.odeint(p.func, p.y0, t, rtol=1e-8, atol=1e-8, options=options,
+                               stats=stats, **NATIVE)
+        torch.testing.assert_close(sol, exact, rtol=1e-5, atol=1e-6)
+        if "max_step" in options:
+            assert stats.steps_accepted >= 60
+    with pytest.raises(SolverError, match="max_num_steps"):
+        neuralode.odeint(p.func, p.y0, t, options={"max_num_steps": 2}, **NATIVE)
+    with pytest.raises(ValueError, match=r"unknown options \['step_size'\]"):
+        neuralode.odeint(p.func, p.y0, t, options={"step_size": 0.1}, **NATIVE)
+
+
+def test_tuple_state_and_custom_norm():
+    def f(t, y):
+        a, b = y
+        return (b, -a)
+
+    y0 = (torch.tensor([1.0, 0.5], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
+    a, b = neuralode.odeint(f, y0, t, rtol=1e-9, atol=1e-9, **NATIVE)
+    torch.testing.assert_close(a, torch.cos(t)[:, None] * y0[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b, -torch.sin(t)[:, None] * y0[0], rtol=1e-6, atol=1e-7)
+    seen = []
+
+    def norm(state):
+        seen.append(isinstance(state, tuple))
+        return max(s.abs().max() for s in state)
+
+    neuralode.odeint(f, y0, t, options={"norm": norm}, **NATIVE)
+    assert seen and all(seen)
+
+
+def test_unsupported_features_fall_through_to_torchdiffeq():
+    f = Field().double()
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    stats = SolveStats()
+    ours = neuralode.odeint(f, y0, t, method="implicit_adams", options={"step_size": 0.1},
+                            stats=stats, **NATIVE)
+    ref = torchdiffeq.odeint(f, y0, t, method="implicit_adams", options={"step_size": 0.1})
+    assert torch.equal(ours, ref)
+    assert stats.backend == "torchdiffeq"
+    event_t, _ = neuralode.odeint(lambda s, y: -torch.ones_like(y), torch.ones(1),
+                                  torch.tensor([0.0, 5.0]), event_fn=lambda s, y: y[0], **NATIVE)
+    assert abs(float(event_t) - 1.0) < 1e-5
+
+
+def test_native_errors():
+    t = torch.tensor([0.0, 1.0])
+    with pytest.raises(NonFiniteStateError, match=r"t ≈ 0\.4") as info:
+        neuralode.odeint(lambda s, y: y * (float("nan") if float(s) > 0.4 else 1.0),
+                         torch.ones(2), t, **NATIVE)
+    assert 0.4 < info.value.time <= 0.5
+    with pytest.raises(ValueError, match=r"returned dy/dt of shape"):
+        neuralode.odeint(lambda s, y: y[:, :1], torch.ones(2, 3), t, **NATIVE)
+    with pytest.raises(SolverError, match=r"t ≈"):
+        neuralode.odeint(lambda s, y: y * y, torch.ones(1), torch.tensor([0.0, 2.0]), **NATIVE)
+
+
+def test_native_stats_match_a_counter():
+    calls = []
+
+    class Counting(Field):
+        def forward(self, t, y):
+            calls.append(1)
+            return super().forward(t, y)
+
+    f = Counting()
+    stats = SolveStats()
+    y = neuralode.odeint_adjoint(f, torch.randn(3, 3), torch.tensor([0.0, 1.0]), stats=stats,
+                                 **NATIVE)
+    assert stats.nfe_forward == len(calls)
+    y.sum().backward()
+    assert stats.nfe_forward + stats.nfe_backward == len(calls)
+    assert stats.backend == "native"
+
+
+def test_regularized_block_on_native_backend():
+    f = neuralode.ODEFunc(3, 8).double()
+    h = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for kw in ({"backend": "torchdiffeq"}, {"backend": "native"},
+               {"backend": "native", "adjoint": True}):
+        block = neuralode.NeuralODEBlock(
+            f, rtol=1e-9, atol=1e-9,
+            regularizers=[neuralode.KineticEnergy(1.0), neuralode.JacobianFrobenius(1.0, "exact")],
+            **kw,
+        )
+        out, reg = block(h)
+        grads.append(torch.autograd.grad(out.sum() + reg, list(f.parameters())))
+    for g in grads[1:]:
+        for a, b in zip(g, grads[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
