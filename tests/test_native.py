@@ -69,8 +69,11 @@ def test_fixed_step_methods_match_torchdiffeq(method, grid, reverse):
     t = torch.linspace(0.0, 1.0, 7, dtype=torch.float64)
     if reverse:
         t = t.flip(0)
-    options = {"t-grid": None, "step_size": {"step_size": 0.03},
-               "cubic": {"step_size": 0.07, "interp": "cubic"}}[grid]
+    options = {
+        "t-grid": None,
+        "step_size": {"step_size": 0.03},
+        "cubic": {"step_size": 0.07, "interp": "cubic"},
+    }[grid]
     ours = neuralode.odeint(f, y0, t, method=method, options=options, **NATIVE)
     ref = torchdiffeq.odeint(f, y0, t, method=method, options=options)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
@@ -105,10 +108,12 @@ def test_adaptive_agrees_with_torchdiffeq_and_uses_its_step_heuristic(method):
     y0 = torch.randn(4, 3, dtype=torch.float64)
     t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
     ours_stats, ref_stats = SolveStats(), SolveStats()
-    ours = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ours_stats,
-                            **NATIVE)
-    ref = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ref_stats,
-                           backend="torchdiffeq")
+    ours = neuralode.odeint(
+        f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ours_stats, **NATIVE
+    )
+    ref = neuralode.odeint(
+        f, y0, t, method=method, rtol=1e-6, atol=1e-8, stats=ref_stats, backend="torchdiffeq"
+    )
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     assert abs(ours_stats.nfe_forward - ref_stats.nfe_forward) <= 0.1 * ref_stats.nfe_forward
 
@@ -133,8 +138,9 @@ def test_order_of_convergence(method):
     """Least-squares slope of log error against log step size ≈ the method's order."""
     tab = TABLEAUX[method]
     if tab.order <= 4:
-        slope, errors = _convergence_slope(tab, [1 / 8, 1 / 16, 1 / 32, 1 / 64],
-                                           "linear_system", 2.0)
+        slope, errors = _convergence_slope(
+            tab, [1 / 8, 1 / 16, 1 / 32, 1 / 64], "linear_system", 2.0
+        )
     else:  # high orders reach round-off quickly: a longer, oscillating problem
         hs = [0.8, 0.4, 0.2] if tab.order >= 8 else [0.2, 0.1, 0.05, 0.025]
         slope, errors = _convergence_slope(tab, hs, "harmonic_oscillator", 10.0)
@@ -152,9 +158,16 @@ def test_dense_output_is_fourth_order():
     errs = []
     for first in (0.4, 0.2, 0.1):
         with torch.no_grad():
-            sol = neuralode.odeint(p.func, p.y0, t, method="dopri5", rtol=1e3, atol=1e3,
-                                   options={"first_step": first, "max_step": first,
-                                            "ifactor": 1.0}, **NATIVE)
+            sol = neuralode.odeint(
+                p.func,
+                p.y0,
+                t,
+                method="dopri5",
+                rtol=1e3,
+                atol=1e3,
+                options={"first_step": first, "max_step": first, "ifactor": 1.0},
+                **NATIVE,
+            )
         errs.append((sol - exact).abs().max().item())
     assert errs[0] / errs[1] > 2**4 * 0.8 and errs[1] / errs[2] > 2**4 * 0.8
 
@@ -179,8 +192,14 @@ def test_three_gradient_methods_agree(method):
     kw = dict(method=method, options=opts, rtol=1e-10, atol=1e-10, **NATIVE)
     direct = _grads(f, y0, t, **kw)
     checkpoint = _grads(f, y0, t, gradient="checkpoint", **kw)
-    adjoint = _grads(f, y0, t, solve=neuralode.odeint_adjoint,
-                     adjoint_options=None if opts is None else dict(opts), **kw)
+    adjoint = _grads(
+        f,
+        y0,
+        t,
+        solve=neuralode.odeint_adjoint,
+        adjoint_options=None if opts is None else dict(opts),
+        **kw,
+    )
     for d, c, a in zip(direct, checkpoint, adjoint):
         torch.testing.assert_close(c, d, rtol=1e-10, atol=1e-12)  # same discrete gradient
         torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
@@ -214,11 +233,16 @@ def test_gradcheck(gradient):
         f = Lin(a)
         t = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
         if gradient == "adjoint":
-            return neuralode.odeint_adjoint(f, y, t, rtol=1e-11, atol=1e-11, adjoint_params=(a,),
-                                            **NATIVE)
-        return neuralode.odeint(f, y, t, method="rk4", options={"step_size": 0.05},
-                                gradient=gradient, **NATIVE) if gradient == "checkpoint" else (
-            neuralode.odeint(f, y, t, method="rk4", options={"step_size": 0.05}, **NATIVE))
+            return neuralode.odeint_adjoint(
+                f, y, t, rtol=1e-11, atol=1e-11, adjoint_params=(a,), **NATIVE
+            )
+        return (
+            neuralode.odeint(
+                f, y, t, method="rk4", options={"step_size": 0.05}, gradient=gradient, **NATIVE
+            )
+            if gradient == "checkpoint"
+            else (neuralode.odeint(f, y, t, method="rk4", options={"step_size": 0.05}, **NATIVE))
+        )
 
     if gradient == "checkpoint":
         # parameters are found on the module: wrap A in a parameter-holding module
@@ -234,8 +258,9 @@ def test_gradcheck(gradient):
         t = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
 
         def run_ckpt(y):
-            return neuralode.odeint(h, y, t, method="rk4", options={"step_size": 0.05},
-                                    gradient="checkpoint", **NATIVE)
+            return neuralode.odeint(
+                h, y, t, method="rk4", options={"step_size": 0.05}, gradient="checkpoint", **NATIVE
+            )
 
         assert torch.autograd.gradcheck(run_ckpt, (y0,))
         # parameter gradient against finite differences
@@ -260,8 +285,9 @@ def test_adjoint_counts_backward_work_and_seminorm_is_default():
     counts = {}
     for norm in ("seminorm", "full"):
         stats = SolveStats()
-        neuralode.odeint_adjoint(f, y0, t, rtol=1e-6, atol=1e-7, stats=stats,
-                                 adjoint_options={"norm": norm}, **NATIVE).sum().backward()
+        neuralode.odeint_adjoint(
+            f, y0, t, rtol=1e-6, atol=1e-7, stats=stats, adjoint_options={"norm": norm}, **NATIVE
+        ).sum().backward()
         counts[norm] = stats.nfe_backward
         assert stats.steps_accepted_backward > 0
     stats = SolveStats()
@@ -271,13 +297,23 @@ def test_adjoint_counts_backward_work_and_seminorm_is_default():
 
 def test_checkpoint_needs_a_module():
     with pytest.raises(ValueError, match="nn.Module"):
-        neuralode.odeint(lambda t, y: -y, torch.ones(2, requires_grad=True),
-                         torch.tensor([0.0, 1.0]), gradient="checkpoint", **NATIVE)
+        neuralode.odeint(
+            lambda t, y: -y,
+            torch.ones(2, requires_grad=True),
+            torch.tensor([0.0, 1.0]),
+            gradient="checkpoint",
+            **NATIVE,
+        )
     with pytest.raises(ValueError, match="gradient must be"):
         neuralode.odeint(Field(), torch.ones(1, 3), torch.tensor([0.0, 1.0]), gradient="adjoint")
     with pytest.raises(ValueError, match="needs backend='native'"):
-        neuralode.odeint(Field(), torch.ones(1, 3), torch.tensor([0.0, 1.0]),
-                         gradient="checkpoint", backend="torchdiffeq")
+        neuralode.odeint(
+            Field(),
+            torch.ones(1, 3),
+            torch.tensor([0.0, 1.0]),
+            gradient="checkpoint",
+            backend="torchdiffeq",
+        )
 
 
 # ------------------------------------------------------------------------------ per sample
@@ -297,16 +333,16 @@ def _vdp(mu, **kw):
     stats = SolveStats()
     y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).expand(len(mu), 2).clone()
     t = torch.linspace(0.0, 4.0, 5, dtype=torch.float64)
-    sol = neuralode.odeint(VanDerPol(mu), y0, t, rtol=1e-6, atol=1e-8, stats=stats, **NATIVE,
-                           **kw)
+    sol = neuralode.odeint(VanDerPol(mu), y0, t, rtol=1e-6, atol=1e-8, stats=stats, **NATIVE, **kw)
     return sol, stats
 
 
 def test_per_sample_result_and_nfe_do_not_depend_on_the_batch():
     mu = torch.tensor([0.5, 1.0, 3.0, 8.0], dtype=torch.float64)
     batch, stats = _vdp(mu, options={"batch_mode": "per_sample"})
-    other, other_stats = _vdp(torch.tensor([8.0, 0.1, 1.0], dtype=torch.float64),
-                              options={"batch_mode": "per_sample"})
+    other, other_stats = _vdp(
+        torch.tensor([8.0, 0.1, 1.0], dtype=torch.float64), options={"batch_mode": "per_sample"}
+    )
     for i in range(4):
         alone, alone_stats = _vdp(mu[i : i + 1], options={"batch_mode": "per_sample"})
         torch.testing.assert_close(batch[:, i], alone[:, 0], rtol=1e-12, atol=1e-12)
@@ -338,9 +374,14 @@ def test_per_sample_accuracy_and_errors():
     with pytest.raises(ValueError, match="batch_mode"):
         _vdp(mu, options={"batch_mode": "each"})
     with pytest.raises(ValueError, match="direct backpropagation only"):
-        neuralode.odeint(Field(), torch.randn(2, 3, requires_grad=True),
-                         torch.tensor([0.0, 1.0]), gradient="checkpoint",
-                         options={"batch_mode": "per_sample"}, **NATIVE)
+        neuralode.odeint(
+            Field(),
+            torch.randn(2, 3, requires_grad=True),
+            torch.tensor([0.0, 1.0]),
+            gradient="checkpoint",
+            options={"batch_mode": "per_sample"},
+            **NATIVE,
+        )
 
 
 # ------------------------------------------------------------------------------ options etc.
@@ -353,8 +394,9 @@ def test_jump_t_handles_a_discontinuity():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     y0 = torch.zeros(1, dtype=torch.float64)
     with_jump, without = SolveStats(), SolveStats()
-    a = neuralode.odeint(f, y0, t, rtol=1e-8, atol=1e-8, options={"jump_t": [0.5]},
-                         stats=with_jump, **NATIVE)
+    a = neuralode.odeint(
+        f, y0, t, rtol=1e-8, atol=1e-8, options={"jump_t": [0.5]}, stats=with_jump, **NATIVE
+    )
     b = neuralode.odeint(f, y0, t, rtol=1e-8, atol=1e-8, stats=without, **NATIVE)
     assert abs(float(a[-1])) < 1e-12  # exact: up to 0.5 and back down
     assert abs(float(b[-1])) < 1e-6
@@ -365,11 +407,16 @@ def test_step_t_min_max_step_and_pi_controller():
     p = PROBLEMS["harmonic_oscillator"]()
     t = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
     exact = p.exact(t, 0.0)
-    for options in ({"step_t": [1.234]}, {"max_step": 0.05}, {"pcoeff": 0.2, "icoeff": 0.8},
-                    {"first_step": 0.01, "safety": 0.8, "ifactor": 5.0, "dfactor": 0.3}):
+    for options in (
+        {"step_t": [1.234]},
+        {"max_step": 0.05},
+        {"pcoeff": 0.2, "icoeff": 0.8},
+        {"first_step": 0.01, "safety": 0.8, "ifactor": 5.0, "dfactor": 0.3},
+    ):
         stats = SolveStats()
-        sol = neuralode.odeint(p.func, p.y0, t, rtol=1e-8, atol=1e-8, options=options,
-                               stats=stats, **NATIVE)
+        sol = neuralode.odeint(
+            p.func, p.y0, t, rtol=1e-8, atol=1e-8, options=options, stats=stats, **NATIVE
+        )
         torch.testing.assert_close(sol, exact, rtol=1e-5, atol=1e-6)
         if "max_step" in options:
             assert stats.steps_accepted >= 60
@@ -404,21 +451,28 @@ def test_unsupported_features_fall_through_to_torchdiffeq():
     y0 = torch.randn(2, 3, dtype=torch.float64)
     t = torch.linspace(0, 1, 3, dtype=torch.float64)
     stats = SolveStats()
-    ours = neuralode.odeint(f, y0, t, method="implicit_adams", options={"step_size": 0.1},
-                            stats=stats, **NATIVE)
+    ours = neuralode.odeint(
+        f, y0, t, method="implicit_adams", options={"step_size": 0.1}, stats=stats, **NATIVE
+    )
     ref = torchdiffeq.odeint(f, y0, t, method="implicit_adams", options={"step_size": 0.1})
     assert torch.equal(ours, ref)
     assert stats.backend == "torchdiffeq"
-    event_t, _ = neuralode.odeint(lambda s, y: -torch.ones_like(y), torch.ones(1),
-                                  torch.tensor([0.0, 5.0]), event_fn=lambda s, y: y[0], **NATIVE)
+    event_t, _ = neuralode.odeint(
+        lambda s, y: -torch.ones_like(y),
+        torch.ones(1),
+        torch.tensor([0.0, 5.0]),
+        event_fn=lambda s, y: y[0],
+        **NATIVE,
+    )
     assert abs(float(event_t) - 1.0) < 1e-5
 
 
 def test_native_errors():
     t = torch.tensor([0.0, 1.0])
     with pytest.raises(NonFiniteStateError, match=r"t ≈ 0\.4") as info:
-        neuralode.odeint(lambda s, y: y * (float("nan") if float(s) > 0.4 else 1.0),
-                         torch.ones(2), t, **NATIVE)
+        neuralode.odeint(
+            lambda s, y: y * (float("nan") if float(s) > 0.4 else 1.0), torch.ones(2), t, **NATIVE
+        )
     assert 0.4 < info.value.time <= 0.5
     with pytest.raises(ValueError, match=r"returned dy/dt of shape"):
         neuralode.odeint(lambda s, y: y[:, :1], torch.ones(2, 3), t, **NATIVE)
@@ -436,8 +490,9 @@ def test_native_stats_match_a_counter():
 
     f = Counting()
     stats = SolveStats()
-    y = neuralode.odeint_adjoint(f, torch.randn(3, 3), torch.tensor([0.0, 1.0]), stats=stats,
-                                 **NATIVE)
+    y = neuralode.odeint_adjoint(
+        f, torch.randn(3, 3), torch.tensor([0.0, 1.0]), stats=stats, **NATIVE
+    )
     assert stats.nfe_forward == len(calls)
     y.sum().backward()
     assert stats.nfe_forward + stats.nfe_backward == len(calls)
@@ -448,10 +503,15 @@ def test_regularized_block_on_native_backend():
     f = neuralode.ODEFunc(3, 8).double()
     h = torch.randn(4, 3, dtype=torch.float64)
     grads = []
-    for kw in ({"backend": "torchdiffeq"}, {"backend": "native"},
-               {"backend": "native", "adjoint": True}):
+    for kw in (
+        {"backend": "torchdiffeq"},
+        {"backend": "native"},
+        {"backend": "native", "adjoint": True},
+    ):
         block = neuralode.NeuralODEBlock(
-            f, rtol=1e-9, atol=1e-9,
+            f,
+            rtol=1e-9,
+            atol=1e-9,
             regularizers=[neuralode.KineticEnergy(1.0), neuralode.JacobianFrobenius(1.0, "exact")],
             **kw,
         )

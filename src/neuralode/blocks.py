@@ -35,6 +35,9 @@ class NeuralODEBlock(nn.Module):
         rtol, atol: tolerances in training mode.
         eval_rtol, eval_atol: (tighter) tolerances in evaluation mode, after ``.eval()``.
         adjoint: gradients by the adjoint method (O(1) memory) instead of backpropagation.
+        gradient: ``"direct"`` (default), ``"adjoint"`` (same as ``adjoint=True``) or
+            ``"checkpoint"`` (native engine: exact gradient of the discrete solve with memory
+            proportional to steps × state).
         options, adjoint_options: solver options, as for :func:`neuralode.odeint`.
         regularizers: e.g. ``[KineticEnergy(0.01), JacobianFrobenius(0.01)]``; integrated in the
             same solve. With regularizers the block returns ``(h, reg)`` where ``reg`` is the sum
@@ -61,6 +64,7 @@ class NeuralODEBlock(nn.Module):
         eval_rtol: float = 1e-5,
         eval_atol: float = 1e-6,
         adjoint: bool = False,
+        gradient: str | None = None,
         options: Mapping[str, Any] | None = None,
         adjoint_options: Mapping[str, Any] | None = None,
         regularizers: Iterable[AbstractRegularizer] = (),
@@ -98,7 +102,16 @@ class NeuralODEBlock(nn.Module):
         self.method = method
         self.rtol, self.atol = rtol, atol
         self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
-        self.adjoint = adjoint
+        if gradient is None:
+            gradient = "adjoint" if adjoint else "direct"
+        if gradient not in ("direct", "adjoint", "checkpoint"):
+            raise ValueError(
+                f"gradient must be 'direct', 'adjoint' or 'checkpoint', got {gradient!r}"
+            )
+        if adjoint and gradient != "adjoint":
+            raise ValueError(f"adjoint=True contradicts gradient={gradient!r}; pass one of them")
+        self.gradient = gradient
+        self.adjoint = gradient == "adjoint"
         self.options = dict(options or {})
         self.adjoint_options = None if adjoint_options is None else dict(adjoint_options)
         self.augment_dim = augment_dim
@@ -144,7 +157,7 @@ class NeuralODEBlock(nn.Module):
                 **kwargs,
             )
         else:
-            sol = odeint(self.dynamics, y0, times, **kwargs)
+            sol = odeint(self.dynamics, y0, times, gradient=self.gradient, **kwargs)
         if not self.has_regularizers:
             self.last_regularization = None
             self.last_regularization_terms = {}
@@ -167,7 +180,7 @@ class NeuralODEBlock(nn.Module):
         rtol, atol = self.tolerances
         return (
             f"method={self.method!r}, t={self.integration_times.tolist()}, rtol={rtol}, "
-            f"atol={atol}, adjoint={self.adjoint}, augment_dim={self.augment_dim}"
+            f"atol={atol}, gradient={self.gradient!r}, augment_dim={self.augment_dim}"
         )
 
 

@@ -1,0 +1,231 @@
+"""The training configuration: one dataclass, validated before any work, saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..blocks import NeuralODEBlock
+from ..dynamics import ODEFunc
+from ..models import create_model, list_models
+from ..regularizers import JacobianFrobenius, KineticEnergy
+from ..solvers import available_backends, get_backend
+
+__all__ = [
+    "DATASETS",
+    "GRADIENTS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SpiralODE",
+    "TrainConfig",
+    "build_model",
+]
+
+DATASETS = ("mnist", "spiral")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+GRADIENTS = ("direct", "adjoint", "checkpoint")
+ODE_MODELS = ("ode", "odenet")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run. Saved as ``config.json`` in the run folder."""
+
+    model: str = "ode"
+    dataset: str = "mnist"
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "none"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    eval_rtol: float = 1e-5
+    eval_atol: float = 1e-6
+    gradient: str = "direct"
+    backend: str = "native"
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+    augment_dim: int = 0
+    num_blocks: int = 6
+    hidden: int = 64
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    max_train_batches: int | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    threads: int | None = None
+    spiral_window: int = 10
+    spiral_noise: float = 0.01
+    spiral_iters: int = 100
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first bad option; return ``self``."""
+
+        def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose from: {', '.join(choices)}")
+
+        def positive(name: str, value: Any, integer: bool = False, allow_zero: bool = False):
+            kind = int if integer else (int, float)
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if not ok or value < 0 or (value == 0 and not allow_zero):
+                word = "a non-negative" if allow_zero else "a positive"
+                raise ValueError(
+                    f"{name} must be {word} {'integer' if integer else 'number'}, got {value!r}"
+                )
+
+        choice("dataset", self.dataset, DATASETS)
+        models = ["ode"] if self.dataset == "spiral" else list_models()
+        choice("model", self.model, models)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("gradient", self.gradient, GRADIENTS)
+        choice("backend", self.backend, available_backends())
+        choice("method", self.method, sorted(get_backend(self.backend).methods))
+        for name in (
+            "epochs",
+            "batch_size",
+            "num_blocks",
+            "hidden",
+            "spiral_window",
+            "spiral_iters",
+        ):
+            positive(name, getattr(self, name), integer=True)
+        for name in ("lr", "rtol", "atol", "eval_rtol", "eval_atol"):
+            positive(name, getattr(self, name))
+        for name in ("kinetic", "jacobian", "weight_decay", "momentum", "spiral_noise"):
+            positive(name, getattr(self, name), allow_zero=True)
+        positive("augment_dim", self.augment_dim, integer=True, allow_zero=True)
+        positive("seed", self.seed, integer=True, allow_zero=True)
+        for name in ("max_train_batches", "train_subset", "test_subset", "threads"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name), integer=True)
+        if self.dataset == "spiral" and self.spiral_window < 2:
+            raise ValueError("spiral_window must be at least 2")
+        if self.gradient == "checkpoint" and self.backend != "native":
+            raise ValueError("gradient 'checkpoint' needs backend 'native'")
+        if self.device != "auto":
+            try:
+                dev = torch.device(self.device)
+            except RuntimeError as err:
+                raise ValueError(f"invalid device {self.device!r}: {err}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        return self
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown configuration keys {unknown}; valid keys: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> dict[str, Any]:
+        """Defaults from a JSON or TOML file (keys as in ``config.json``)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read config file {path}: {err}") from None
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"config file {path} is not valid JSON: {err}") from None
+        cls.from_dict(data)  # check the keys
+        return data
+
+
+# ---------------------------------------------------------------------- models
+
+
+class SpiralODE(nn.Module):
+    """The tutorial's spiral model: an MLP on ``y³`` as dynamics; ``forward(y0, t)`` returns the
+    trajectory ``(len(t), batch, 2)``."""
+
+    class _CubicMLP(nn.Module):
+        def __init__(self, hidden: int) -> None:
+            super().__init__()
+            self.mlp = ODEFunc(2, hidden, depth=1, activation="tanh")
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.mlp(t, y**3)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.func = self._CubicMLP(cfg.hidden)
+        self.block = NeuralODEBlock(
+            self.func,
+            output_times=[0.0, 1.0],
+            method=cfg.method,
+            rtol=cfg.rtol,
+            atol=cfg.atol,
+            eval_rtol=cfg.eval_rtol,
+            eval_atol=cfg.eval_atol,
+            gradient=cfg.gradient,
+            backend=cfg.backend,
+        )
+
+    def forward(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.block.integration_times = t.to(self.block.integration_times)
+        out, _ = self.block.integrate(y0)
+        return out
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The model a configuration describes."""
+    if cfg.dataset == "spiral":
+        return SpiralODE(cfg)
+    if cfg.model in ("resnet", "odenet-resnet"):
+        kw: dict[str, Any] = {"num_blocks": cfg.num_blocks}
+        if cfg.model == "resnet":
+            kw["hidden"] = cfg.hidden
+        return create_model(cfg.model, **kw)
+    regs = []
+    if cfg.kinetic:
+        regs.append(KineticEnergy(cfg.kinetic))
+    if cfg.jacobian:
+        regs.append(JacobianFrobenius(cfg.jacobian))
+    kw = dict(
+        method=cfg.method,
+        rtol=cfg.rtol,
+        atol=cfg.atol,
+        eval_rtol=cfg.eval_rtol,
+        eval_atol=cfg.eval_atol,
+        gradient=cfg.gradient,
+        backend=cfg.backend,
+        regularizers=regs,
+        augment_dim=cfg.augment_dim,
+    )
+    if cfg.model == "ode":
+        kw["hidden"] = cfg.hidden
+    return create_model(cfg.model, **kw)

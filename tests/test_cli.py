@@ -1,0 +1,293 @@
+"""The `neuralode` command end to end: run folder, resume after a kill, errors, evaluate,
+diagnose, spiral plots, data-parallel training under torchrun."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neuralode.cli import main
+from neuralode.training import CheckpointError, TrainConfig, load_checkpoint
+
+SMALL = [
+    "--train-subset",
+    "600",
+    "--test-subset",
+    "200",
+    "--batch-size",
+    "50",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+def run_cli(args, env=None, timeout=300):
+    """The command in a fresh process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "neuralode", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        ["-q", "train", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out), *SMALL]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "test_accuracy" in printed and "nfe_forward" in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["model"] == "ode" and cfg["backend"] == "native"
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in (
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "nfe_forward",
+        "nfe_backward",
+        "epoch_seconds",
+        "peak_memory_mb",
+    ):
+        assert col in rows[0]
+    assert float(rows[1]["test_accuracy"]) > 0.5  # it learns
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "parameters",
+        "test_accuracy",
+        "nfe_forward",
+        "nfe_backward",
+        "train_seconds",
+        "peak_memory_mb",
+        "config",
+    ):
+        assert key in summary
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only=True
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "rng", "config"} <= set(ckpt)
+
+
+def test_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
+    common = [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "3",
+        "--kinetic",
+        "0.01",
+        "--lr",
+        "3e-3",
+        *SMALL,
+    ]
+    full = run_cli([*common, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = run_cli(
+        [*common, "--out", str(tmp_path / "cut")], env={"NEURALODE_KILL_AFTER_BATCHES": "17"}
+    )  # mid-epoch 2 (12 per epoch)
+    assert killed.returncode == -9
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    resumed = run_cli(["train", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"]
+    assert a["test_accuracy"] == b["test_accuracy"]
+    rows = list(csv.DictReader((tmp_path / "cut" / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "nan"
+    res = run_cli(
+        ["train", "--data-dir", str(data_dir), "--epochs", "3", "--out", str(out), *SMALL],
+        env={"NEURALODE_NAN_AFTER_BATCHES": "15"},
+    )
+    assert res.returncode == 3
+    assert "training stopped" in res.stderr and "NaN/inf parameters" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "NaN" in (out / "diagnosis.txt").read_text()
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "vit", "--out", "x"], r"invalid choice: 'vit' \(choose from"),
+        (["train", "--dataset", "cifar", "--out", "x"], r"invalid choice: 'cifar'"),
+        (["train", "--method", "rk45", "--out", "x"], r"invalid choice: 'rk45'"),
+        (["train", "--rtol", "-1", "--out", "x"], r"rtol must be a positive number"),
+        (["train", "--epochs", "0", "--out", "x"], r"epochs must be a positive integer"),
+        (
+            ["train", "--gradient", "checkpoint", "--backend", "torchdiffeq", "--out", "x"],
+            r"needs backend 'native'",
+        ),
+        (
+            ["train", "--dataset", "spiral", "--model", "resnet", "--out", "x"],
+            r"unknown model 'resnet'; choose from: ode",
+        ),
+        (["train", "--resume", "--out", "nowhere"], r"no run to resume"),
+        (["evaluate", "nowhere"], r"not a run folder"),
+    ],
+)
+def test_bad_options_are_clear_errors(args, message, tmp_path):
+    res = run_cli(
+        args
+        if "--out" not in args
+        else [a if a not in ("x", "nowhere") else str(tmp_path / a) for a in args]
+    )
+    assert res.returncode == 2
+    assert re.search(message, res.stderr), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_resume_mismatch_and_existing_run(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    res = run_cli(["train", "--out", str(out), "--resume", "--lr", "0.5", "--no-progress"])
+    assert res.returncode == 2 and "different configuration (lr" in res.stderr
+    res = run_cli(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL])
+    assert res.returncode == 2 and "already holds a run" in res.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    (out / "checkpoint.pt").write_bytes(b"garbage" * 100)
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_checkpoint(out / "checkpoint.pt")
+    res = run_cli(["evaluate", str(out)])
+    assert res.returncode == 2 and "corrupt" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_and_diagnose(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "rtol 1e-05" in text and "accuracy" in text
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["samples"] == 200 and 0 <= ev["accuracy"] <= 1 and ev["nfe_forward"] > 0
+    assert main(["-q", "diagnose", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "neuralode diagnostics" in text and "NFE:" in text
+
+
+def test_config_file_supplies_defaults(data_dir, tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"epochs": 1, "model": "resnet", "num_blocks": 2, "lr": 0.002}))
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--config",
+                str(conf),
+                "--data-dir",
+                str(data_dir),
+                "--lr",
+                "0.003",
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert (cfg.model, cfg.num_blocks, cfg.lr) == ("resnet", 2, 0.003)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epoch": 1}))
+    res = run_cli(["train", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert res.returncode == 2 and "unknown configuration keys ['epoch']" in res.stderr
+
+
+def test_spiral_regression_writes_plots(tmp_path):
+    out = tmp_path / "spiral"
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--dataset",
+                "spiral",
+                "--epochs",
+                "2",
+                "--spiral-iters",
+                "40",
+                "--batch-size",
+                "16",
+                "--lr",
+                "0.01",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_mse"] < 0.5
+    for name in ("spiral_trajectories.png", "phase_portrait.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(summary["plots"]) == {"spiral_trajectories.png", "phase_portrait.png"}
+
+
+def test_torchrun_two_processes(data_dir, tmp_path):
+    args = [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "2",
+        "--train-subset",
+        "400",
+        "--test-subset",
+        "100",
+        "--batch-size",
+        "40",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29561",
+            "-m",
+            "neuralode",
+            *args,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+    assert main(["-q", *args, "--out", str(tmp_path / "single")]) == 0
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
