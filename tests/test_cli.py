@@ -249,8 +249,15 @@ def test_spiral_regression_writes_plots(tmp_path):
 
 
 def test_torchrun_two_processes(data_dir, tmp_path):
+    # SGD: its updates are proportional to the gradients, so rounding differences between the
+    # all-reduced and the single-process gradient stay at rounding level (Adam would amplify
+    # them for parameters whose gradient is ~0)
     args = [
         "train",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
         "--data-dir",
         str(data_dir),
         "--epochs",
@@ -289,5 +296,5 @@ def test_torchrun_two_processes(data_dir, tmp_path):
     assert main(["-q", *args, "--out", str(tmp_path / "single")]) == 0
     a = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+    for k in a:  # float32 all-reduce vs single-process sums: relative agreement per tensor
+        assert float((a[k] - b[k]).norm()) <= 1e-4 * float(b[k].norm()) + 1e-6, k

@@ -68,8 +68,9 @@ def test_ode_and_resnet_share_stem_and_head():
 def test_stem_downsamples_28_14_7():
     stem = MNISTStem(64)
     x = torch.randn(2, 1, 28, 28)
-    assert stem.net[:2](x).shape[-2:] == (14, 14)
-    assert stem.net[:4](x).shape[-2:] == (7, 7)
+    assert stem.net[:2](x).shape[-2:] == (28, 28)
+    assert stem.net[:4](x).shape[-2:] == (14, 14)
+    assert stem.net[:6](x).shape[-2:] == (7, 7)
     assert stem(x).shape == (2, 64)
 
 

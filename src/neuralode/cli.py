@@ -75,6 +75,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     g.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-allocator-tuning",
+        action="store_true",
+        help="keep the C library's default malloc thresholds (see README)",
+    )
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -96,8 +101,11 @@ def _config_from_args(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
+    from .training.allocator import tune_allocator
 
     cfg = _config_from_args(args)
+    if not args.no_allocator_tuning:
+        tune_allocator()
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if summary.get("world_size", 1) > 1 and _rank() != 0:
         return 0

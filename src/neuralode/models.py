@@ -45,14 +45,17 @@ def _make_dynamics(
 
 
 class MNISTStem(nn.Module):
-    """Convolutional downsampling 28→14→7, then a linear map to the hidden size."""
+    """Convolutional feature extractor with downsampling 28→14→7, then a linear map to the
+    hidden size: conv 3×3 (28×28), conv 4×4 stride 2 (14×14), conv 4×4 stride 2 (7×7)."""
 
-    def __init__(self, hidden: int = 64, channels: int = 32, in_channels: int = 1) -> None:
+    def __init__(self, hidden: int = 64, channels: int = 64, in_channels: int = 1) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1),
+            nn.Conv2d(in_channels, channels // 2, 3, stride=1, padding=1),
             nn.ReLU(),
-            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1),
+            nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(channels * 7 * 7, hidden),
