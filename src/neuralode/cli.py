@@ -101,11 +101,8 @@ def _config_from_args(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
-    from .training.allocator import tune_allocator
 
     cfg = _config_from_args(args)
-    if not args.no_allocator_tuning:
-        tune_allocator()
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if summary.get("world_size", 1) > 1 and _rank() != 0:
         return 0
@@ -177,7 +174,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuralode",
-        description="Train, evaluate and diagnose Neural ODEs.",
+        description="Train, evaluate, diagnose and compare Neural ODEs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -195,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_diagnose)
+    from .experiments import cli as experiments_cli
+
+    experiments_cli.register(sub)
     return parser
 
 
@@ -214,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .training import CheckpointError, TrainingDiverged
 
+    if args.command in ("train", "compare", "study") and not getattr(
+        args, "no_allocator_tuning", False
+    ):
+        from .training.allocator import tune_allocator
+
+        tune_allocator()
     try:
         return int(args.func(args) or 0)
     except TrainingDiverged as err:

@@ -1,0 +1,65 @@
+"""Child process of :func:`neuralode.experiments.memory.measure_training_step`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from neuralode.experiments.memory import cpu_step_peak_mb
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from torch.nn import functional as F
+
+    import neuralode
+
+    torch.manual_seed(0)
+    device = torch.device(spec.pop("device", "cpu"))
+    batch = int(spec.pop("batch", 128))
+    name = spec.pop("model")
+    kw = {k: v for k, v in spec.items() if k != "block_only"}
+    if name != "ode":
+        kw.pop("gradient", None)
+        kw.pop("t1", None)
+        kw.pop("backend", None)
+    model = neuralode.create_model(name, **kw).to(device)
+
+    block_only = bool(spec.get("block_only", False))
+    feats = {}
+    if block_only:  # stem features computed beforehand: only the middle and head are measured
+        with torch.no_grad():
+            for n in (2, batch):
+                feats[n] = model.stem(torch.randn(n, 1, 28, 28, device=device))
+
+    def step(n: int) -> None:
+        y = torch.randint(0, 10, (n,), device=device)
+        if block_only:
+            out, _ = model.ode.integrate(feats[n])
+            F.cross_entropy(model.head(out), y).backward()
+        else:
+            x = torch.randn(n, 1, 28, 28, device=device)
+            F.cross_entropy(model(x), y).backward()
+        model.zero_grad(set_to_none=True)
+
+    step(2)  # warm-up: libraries and kernels loaded
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(batch)
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak_mb = cpu_step_peak_mb(lambda: step(batch))
+    stats = neuralode.solve_stats(model)
+    return {
+        "peak_mb": round(peak_mb, 2),
+        "nfe_forward": stats.nfe_forward,
+        "nfe_backward": stats.nfe_backward,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
