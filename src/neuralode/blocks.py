@@ -96,7 +96,9 @@ class NeuralODEBlock(nn.Module):
                     f"regularizers must be AbstractRegularizer instances, got {type(r).__name__}"
                 )
         self.func = func
-        self.dynamics: nn.Module = RegularizedDynamics(func, regs) if regs else func
+        # not registered as a submodule: its only parameters are func's, which must appear once
+        # in state_dict()
+        object.__setattr__(self, "_regularized", RegularizedDynamics(func, regs) if regs else None)
         self.register_buffer("integration_times", times.clone())
         self.return_trajectory = output_times is not None
         self.method = method
@@ -120,6 +122,11 @@ class NeuralODEBlock(nn.Module):
         self.stats = SolveStats()
         self.last_regularization: torch.Tensor | None = None
         self.last_regularization_terms: dict[str, torch.Tensor] = {}
+
+    @property
+    def dynamics(self) -> nn.Module:
+        """What is integrated: ``func``, or ``func`` with the regularizers' accumulators."""
+        return self.func if self._regularized is None else self._regularized
 
     @property
     def tolerances(self) -> tuple[float, float]:

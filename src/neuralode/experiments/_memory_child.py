@@ -62,4 +62,4 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(json.loads(sys.argv[1]))))
+    sys.stdout.write(json.dumps(_child(json.loads(sys.argv[1]))) + "\n")
