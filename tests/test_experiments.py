@@ -61,7 +61,7 @@ def test_compare_smoke(data_dir, tmp_path, capsys):
 def test_tolerance_study_smoke_and_resume(data_dir, tmp_path):
     out = tmp_path / "tol"
     run_tolerance_study(str(out), "smoke", str(data_dir), command=["neuralode", "study"])
-    rows = _check_folder(out, ["tolerance.png"], 5)
+    rows = _check_folder(out, ["tolerance.png"], 6)
     tols = sorted(r["rtol"] for r in rows)
     assert tols[0] <= 1e-6 and tols[-1] >= 1e-2 and len(tols) >= 4
     by_tol = {r["rtol"]: r for r in rows}

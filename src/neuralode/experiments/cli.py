@@ -33,60 +33,32 @@ def _report(exp) -> int:
     return 0
 
 
-def _compare(args) -> int:
-    from . import run_compare
+def _run(args) -> int:
+    from . import run_compare, run_depth_study, run_tolerance_study
 
-    return _report(
-        run_compare(
-            args.out,
-            args.budget,
-            args.data_dir,
-            args.device,
-            not args.no_progress,
-            ["neuralode", *sys.argv[1:]],
-        )
+    runner = {"compare": run_compare, "tolerance": run_tolerance_study, "depth": run_depth_study}[
+        getattr(args, "study", None) or args.command
+    ]
+    exp = runner(
+        args.out,
+        args.budget,
+        args.data_dir,
+        args.device,
+        not args.no_progress,
+        command=["neuralode", *sys.argv[1:]],
     )
-
-
-def _tolerance(args) -> int:
-    from . import run_tolerance_study
-
-    return _report(
-        run_tolerance_study(
-            args.out,
-            args.budget,
-            args.data_dir,
-            args.device,
-            not args.no_progress,
-            command=["neuralode", *sys.argv[1:]],
-        )
-    )
-
-
-def _depth(args) -> int:
-    from . import run_depth_study
-
-    return _report(
-        run_depth_study(
-            args.out,
-            args.budget,
-            args.data_dir,
-            args.device,
-            not args.no_progress,
-            command=["neuralode", *sys.argv[1:]],
-        )
-    )
+    return _report(exp)
 
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="Neural ODE against the ResNet of the same stem and head")
     _common(p)
-    p.set_defaults(func=_compare)
+    p.set_defaults(func=_run)
     p = sub.add_parser("study", help="tolerance or depth study")
     studies = p.add_subparsers(dest="study", required=True, metavar="STUDY")
     s = studies.add_parser("tolerance", help="accuracy against NFE and time over (rtol, atol)")
     _common(s)
-    s.set_defaults(func=_tolerance)
+    s.set_defaults(func=_run)
     s = studies.add_parser("depth", help="ResNets of 2…32 blocks against the Neural ODE")
     _common(s)
-    s.set_defaults(func=_depth)
+    s.set_defaults(func=_run)

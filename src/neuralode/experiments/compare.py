@@ -142,7 +142,11 @@ def _plots(exp: Experiment) -> list[str]:
             ("test_accuracy", "test accuracy"),
         ],
     ):
-        ax.bar(names, [rows[n][key] for n in names], color=["C0", "C1"][: len(names)])
+        values = [rows[n][key] for n in names]
+        bars = ax.bar(names, values, color=["C0", "C1"][: len(names)])
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize=8)
+        if key == "test_accuracy":  # differences of a fraction of a percent: zoom in
+            ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.02))
         ax.set_title(label, fontsize=10)
     fig.suptitle("Neural ODE vs ResNet twin")
     fig.tight_layout()

@@ -82,14 +82,21 @@ class Experiment:
         write_json(self.path, {"title": self.title, "command": self.command, "rows": self.rows})
         write_csv(self.out / "results.csv", self.rows)
 
-    def report(self, columns: Sequence[tuple[str, str]], plots: Sequence[str], notes: str = ""):
+    def report(
+        self,
+        columns: Sequence[tuple[str, str]],
+        plots: Sequence[str],
+        notes: str = "",
+        sort_key: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> str:
         """Write ``report.md``: the command, a table of ``columns`` (key, heading), the plots."""
         lines = [f"# {self.title}", "", "Made with:", "", "```bash", self.command, "```", ""]
         if notes:
             lines += [notes, ""]
         lines.append("| " + " | ".join(h for _, h in columns) + " |")
         lines.append("|" + "---|" * len(columns))
-        for row in self.rows:
+        rows = self.rows if sort_key is None else sorted(self.rows, key=sort_key)
+        for row in rows:
             lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in columns) + " |")
         lines.append("")
         for p in plots:

@@ -184,37 +184,27 @@ class TorchdiffeqBackend(AbstractBackend):
             stats.steps_accepted = 0
             if not fixed:
                 stats.steps_rejected = 0
+        common = dict(
+            rtol=r.rtol, atol=r.atol, method=r.method, options=r.options, event_fn=r.event_fn
+        )
         try:
             if r.adjoint:
                 params = r.adjoint_params
                 if params is None:
-                    params = tuple(p for p in func.parameters())
+                    params = tuple(func.parameters())
                 out = torchdiffeq.odeint_adjoint(
                     func,
                     r.y0,
                     r.t,
-                    rtol=r.rtol,
-                    atol=r.atol,
-                    method=r.method,
-                    options=r.options,
-                    event_fn=r.event_fn,
                     adjoint_rtol=r.adjoint_rtol,
                     adjoint_atol=r.adjoint_atol,
                     adjoint_method=r.adjoint_method,
                     adjoint_options=r.adjoint_options,
                     adjoint_params=params,
+                    **common,
                 )
             else:
-                out = torchdiffeq.odeint(
-                    func,
-                    r.y0,
-                    r.t,
-                    rtol=r.rtol,
-                    atol=r.atol,
-                    method=r.method,
-                    options=r.options,
-                    event_fn=r.event_fn,
-                )
+                out = torchdiffeq.odeint(func, r.y0, r.t, **common)
         except AssertionError as err:
             raise _translate(err, func) from err
         func.end_forward()

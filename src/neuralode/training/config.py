@@ -126,6 +126,18 @@ class TrainConfig:
                 raise ValueError(f"device {self.device!r} requested but CUDA is not available")
         return self
 
+    def solver_kwargs(self) -> dict[str, Any]:
+        """The :class:`NeuralODEBlock` arguments this configuration sets."""
+        return dict(
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            eval_rtol=self.eval_rtol,
+            eval_atol=self.eval_atol,
+            gradient=self.gradient,
+            backend=self.backend,
+        )
+
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,17 +195,7 @@ class SpiralODE(nn.Module):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.func = self._CubicMLP(cfg.hidden)
-        self.block = NeuralODEBlock(
-            self.func,
-            output_times=[0.0, 1.0],
-            method=cfg.method,
-            rtol=cfg.rtol,
-            atol=cfg.atol,
-            eval_rtol=cfg.eval_rtol,
-            eval_atol=cfg.eval_atol,
-            gradient=cfg.gradient,
-            backend=cfg.backend,
-        )
+        self.block = NeuralODEBlock(self.func, output_times=[0.0, 1.0], **cfg.solver_kwargs())
 
     def forward(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.block.integration_times = t.to(self.block.integration_times)
@@ -215,17 +217,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         regs.append(KineticEnergy(cfg.kinetic))
     if cfg.jacobian:
         regs.append(JacobianFrobenius(cfg.jacobian))
-    kw = dict(
-        method=cfg.method,
-        rtol=cfg.rtol,
-        atol=cfg.atol,
-        eval_rtol=cfg.eval_rtol,
-        eval_atol=cfg.eval_atol,
-        gradient=cfg.gradient,
-        backend=cfg.backend,
-        regularizers=regs,
-        augment_dim=cfg.augment_dim,
-    )
+    kw = dict(regularizers=regs, augment_dim=cfg.augment_dim, **cfg.solver_kwargs())
     if cfg.model == "ode":
         kw["hidden"] = cfg.hidden
     return create_model(cfg.model, **kw)
