@@ -23,8 +23,22 @@ def _readme_blocks(lang):
 def test_readme_python_examples_run_as_printed():
     blocks = _readme_blocks("python")
     assert blocks, "the README must show a first example"
-    for block in blocks:
-        subprocess.run([sys.executable, "-c", block], check=True, cwd=ROOT, timeout=300)
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", block],
+            check=True,
+            cwd=ROOT,
+            timeout=300,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for block in blocks
+    ]
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"prints \(on a 2-core CPU\)\n\n```text\n(.*?)\n```", readme, re.S)
+    # the solver's lines are exact; the training and report lines follow from them
+    assert outputs[0].splitlines()[:2] == shown.group(1).splitlines()[:2]
+    assert outputs[0].splitlines()[3:6] == shown.group(1).splitlines()[3:6]
 
 
 def test_ci_runs_the_readme_test_command():
