@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import NonFiniteStateError
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
-from ._instrument import first_nonfinite_time
+from ._instrument import first_nonfinite_time, is_finite
 from ._stats import SolveStats
 
 __all__ = ["odeint", "odeint_adjoint"]
@@ -56,10 +56,8 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
         bad = first_nonfinite_time(solution, times)
         if bad is not None:
             raise NonFiniteStateError(bad, detail=" (first output time with a non-finite state)")
-    else:
-        bad = first_nonfinite_time(solution[-1:], request.t[:1])
-        if bad is not None:
-            raise NonFiniteStateError(None)
+    elif not is_finite(solution):  # event mode: the solution ends at the event time
+        raise NonFiniteStateError(None)
     return out
 
 
