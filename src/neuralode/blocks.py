@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .regularizers import AbstractRegularizer, RegularizedDynamics
-from .solvers import SolveStats, odeint, odeint_adjoint
+from .solvers import GRADIENT_METHODS, SolveStats, odeint, odeint_adjoint
 from .solvers import _validate as v
 
 __all__ = [
@@ -106,7 +106,7 @@ class NeuralODEBlock(nn.Module):
         self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
         if gradient is None:
             gradient = "adjoint" if adjoint else "direct"
-        if gradient not in ("direct", "adjoint", "checkpoint"):
+        if gradient not in GRADIENT_METHODS:
             raise ValueError(
                 f"gradient must be 'direct', 'adjoint' or 'checkpoint', got {gradient!r}"
             )

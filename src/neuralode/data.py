@@ -235,10 +235,6 @@ class SpiralData:
     split: int  # index of the first held-out time
 
     @property
-    def train_t(self) -> torch.Tensor:
-        return self.t[: self.split]
-
-    @property
     def test_t(self) -> torch.Tensor:
         return self.t[self.split - 1 :]
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..models import create_model
+from ..training.config import resolve_device
 from .memory import measure_training_step
 from .runner import BUDGETS, Experiment, train_configuration
 
@@ -49,7 +50,7 @@ def run_compare(
     command: Sequence[str] | None = None,
 ) -> Experiment:
     b = BUDGETS[budget]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     exp = Experiment(out_dir, "Neural ODE vs ResNet (same stem and head)", command)
     repeats = 5 if budget == "smoke" else 30
     for name, kw in MODELS.items():

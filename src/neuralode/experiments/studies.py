@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ..plotting import _save, pyplot
+from ..training.config import resolve_device
 from .runner import BUDGETS, Experiment, train_configuration
 
 __all__ = ["DEPTHS", "TOLERANCES", "run_depth_study", "run_tolerance_study"]
@@ -17,7 +16,7 @@ DEPTHS = (2, 4, 8, 16, 32)
 
 
 def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_device(device))
 
 
 def run_tolerance_study(

@@ -71,7 +71,6 @@ class _Plan:
     sign: float
     times: list[float]  # internal, increasing
     shapes: list[torch.Size] | None
-    y_shape: torch.Size
     dtype: torch.dtype
     device: torch.device
     cfg: AdaptiveConfig | None
@@ -163,7 +162,6 @@ def _make_plan(
         sign=sign,
         times=times,
         shapes=shapes,
-        y_shape=ref.shape,
         dtype=ref.dtype,
         device=ref.device,
         cfg=cfg,

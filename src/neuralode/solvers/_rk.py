@@ -306,9 +306,9 @@ class AdaptiveConfig:
     jump_t: tuple[float, ...] = ()
 
 
-def _scale(cfg: AdaptiveConfig, y0: torch.Tensor, y1: torch.Tensor | None = None):
-    mag = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
-    return mag.mul_(cfg.rtol).add_(cfg.atol)
+def _scale(cfg: AdaptiveConfig, magnitude: torch.Tensor) -> torch.Tensor:
+    """``atol + rtol * magnitude``, computed in place on ``magnitude`` (a fresh tensor)."""
+    return magnitude.mul_(cfg.rtol).add_(cfg.atol)
 
 
 def initial_step(
@@ -323,7 +323,7 @@ def initial_step(
 
     As torchdiffeq, the exponent is ``1 / order`` (the error estimate's order plus one)."""
     with torch.no_grad():
-        scale = _scale(cfg, y0)
+        scale = _scale(cfg, y0.abs())
         d0 = float(cfg.norm(y0 / scale))
         d1 = float(cfg.norm(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
@@ -410,7 +410,7 @@ def solve_adaptive(
         with torch.no_grad():
             err = error_estimate(tab, ks, dt)
             abs1 = y1.abs()
-            scale = torch.maximum(abs0, abs1).mul_(cfg.rtol).add_(cfg.atol)
+            scale = _scale(cfg, torch.maximum(abs0, abs1))
             ratio = float(cfg.norm(err.div_(scale)))
         if math.isnan(ratio):
             raise _nonfinite(ev, tab, t_now, dt, ks)
@@ -499,7 +499,7 @@ def solve_adaptive_per_sample(
     y = y0
     f0 = evaluate(t_now, y, active)
     with torch.no_grad():
-        scale = y.abs().mul(cfg.rtol).add(cfg.atol)
+        scale = _scale(cfg, y.abs())
         d0, d1 = norm(y / scale), norm(f0 / scale)
         h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
         h0 = h0.to(tdt).clamp(max=cfg.max_step)
@@ -537,7 +537,7 @@ def solve_adaptive_per_sample(
         y1 = yi if tab.fsal else _combine(y, ks, tab.b, dty)
         with torch.no_grad():
             err = _combine(torch.zeros_like(y), ks, tab.b_err, dty)
-            scale = torch.maximum(y.abs(), y1.abs()).mul_(cfg.rtol).add_(cfg.atol)
+            scale = _scale(cfg, torch.maximum(y.abs(), y1.abs()))
             ratio = norm(err / scale).to(tdt)
             bad = torch.isnan(ratio) & active
             if bool(bad.any()):

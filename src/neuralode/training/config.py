@@ -15,7 +15,7 @@ from ..blocks import NeuralODEBlock
 from ..dynamics import ODEFunc
 from ..models import create_model, list_models
 from ..regularizers import JacobianFrobenius, KineticEnergy
-from ..solvers import available_backends, get_backend
+from ..solvers import GRADIENT_METHODS, available_backends, get_backend
 
 __all__ = [
     "DATASETS",
@@ -25,13 +25,13 @@ __all__ = [
     "SpiralODE",
     "TrainConfig",
     "build_model",
+    "resolve_device",
 ]
 
 DATASETS = ("mnist", "spiral")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
-GRADIENTS = ("direct", "adjoint", "checkpoint")
-ODE_MODELS = ("ode", "odenet")
+GRADIENTS = GRADIENT_METHODS
 
 
 @dataclasses.dataclass
@@ -139,9 +139,7 @@ class TrainConfig:
         )
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +173,13 @@ class TrainConfig:
                 raise ValueError(f"config file {path} is not valid JSON: {err}") from None
         cls.from_dict(data)  # check the keys
         return data
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else the CPU; otherwise the named device."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 # ---------------------------------------------------------------------- models

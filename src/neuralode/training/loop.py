@@ -280,7 +280,7 @@ def _train(
     return summary
 
 
-def _diverged(cfg, model, batch, out: Path, epoch: int, step: int, is_main: bool):
+def _diverged(model, batch, out: Path, epoch: int, step: int, is_main: bool):
     report = diagnose(model, batch)
     text = str(report)
     if is_main:
@@ -314,11 +314,11 @@ def _mnist_epoch(cfg, wrapped, model, opt, data, epoch, device, dist, progress, 
             reg = regularization_loss(model)
             total = loss if reg is None else loss + reg
             if not math.isfinite(float(total.detach())):
-                raise _diverged(cfg, model, (x, y), out, epoch, step, dist.is_main)
+                raise _diverged(model, (x, y), out, epoch, step, dist.is_main)
             opt.zero_grad(set_to_none=True)
             total.backward()
         except SolverError as err:
-            raise _diverged(cfg, model, (x, y), out, epoch, step, dist.is_main) from err
+            raise _diverged(model, (x, y), out, epoch, step, dist.is_main) from err
         opt.step()
         stats = solve_stats(model)
         nfe_f += stats.nfe_forward
