@@ -275,30 +275,32 @@ class _ContinuousAdjoint(torch.autograd.Function):
         # feed back into the dynamics, so they are not part of the integrated state: each
         # accepted step adds dt * sum(b_i * k_i^g) (quadrature on the same stages).
         quadrature = spec.user_norm is None and spec.seminorm
-        side: dict[int, torch.Tensor] = {}
+        # quadrature: the parameter adjoints of each stage, by id of the stage's derivative
+        side: dict[int, list[torch.Tensor]] = {}
         p_total = sum(p_sizes)
 
         def aug(s, z, sign):
             """Internal-time derivative of [y, a] (and of g unless by quadrature), s = sign*t:
             sign * [f, -aᵀ∂f/∂y, -aᵀ∂f/∂θ]."""
-            y = z[:n].reshape(shape)
-            a = z[n : 2 * n].reshape(shape)
+            y = z[:n].view(shape)
+            a = z[n : 2 * n].view(shape)
             with torch.enable_grad():
                 y_ = y.detach().requires_grad_(True)
                 fy = user_ev(s * sign, y_)
                 vjps = torch.autograd.grad(
                     fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
                 )
-            parts = [(-fy if sign < 0 else fy).detach().reshape(-1), vjps[0].reshape(-1)]
+            v_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
+            f_part = fy.detach().neg() if sign < 0 else fy.detach()
             g = [
-                (torch.zeros_like(x) if v is None else v).reshape(-1)
+                torch.zeros_like(x) if v is None else v
                 for v, x in zip(vjps[1:], params, strict=True)
             ]
             if quadrature:
-                out = torch.cat(parts)
-                side[id(out)] = torch.cat(g) if g else out.new_zeros(0)
+                out = torch.cat((f_part.view(-1), v_y.view(-1)))
+                side[id(out)] = g
                 return out
-            return torch.cat(parts + g)
+            return torch.cat([f_part.reshape(-1), v_y.reshape(-1), *(x.reshape(-1) for x in g)])
 
         if spec.user_norm is not None:
             norm = spec.user_norm
@@ -312,14 +314,14 @@ class _ContinuousAdjoint(torch.autograd.Function):
         user_times = [plan.sign * s for s in plan.times]
         adj_y = grad_sol[-1].reshape(-1)
         adj_p = sol.new_zeros(p_total)
+        acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         tmp = SolveStats()
-        b = spec.tab.b
+        b_terms = spec.tab.b_terms
 
         def accumulate(ks, dt):
-            nonlocal adj_p
-            for k, w in zip(ks, b, strict=True):
-                if w != 0.0:
-                    adj_p = adj_p.add(side[id(k)], alpha=w * dt)
+            if acc_p:
+                for j, w in b_terms:
+                    torch._foreach_add_(acc_p, side[id(ks[j])], alpha=w * dt)
             last = side.get(id(ks[-1]))
             side.clear()
             if last is not None and spec.tab.fsal:
@@ -336,6 +338,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 tmp,
                 None,
                 count=False,
+                float_time=True,
             )
             internal = [sign * t_hi, sign * t_lo]
             parts = (
@@ -360,8 +363,10 @@ class _ContinuousAdjoint(torch.autograd.Function):
             stats.steps_rejected_backward = (stats.steps_rejected_backward or 0) + (
                 tmp.steps_rejected
             )
-        grads = list(torch.split(adj_p, p_sizes)) if p_sizes else []
-        grads = [g.reshape(p.shape) for g, p in zip(grads, params, strict=True)]
+        if quadrature:
+            grads = acc_p
+        else:
+            grads = [g.view(p.shape) for g, p in zip(torch.split(adj_p, p_sizes), params)]
         return (None, None, None, adj_y.reshape(shape), *grads)
 
 

@@ -38,6 +38,16 @@ class ButcherTableau:
     b: tuple[float, ...]
     b_err: tuple[float, ...] | None = None
     c_mid: tuple[float, ...] | None = None
+    # derived: the non-zero coefficients as (stage index, coefficient) pairs
+    a_terms: tuple[tuple[tuple[int, float], ...], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    b_terms: tuple[tuple[int, float], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    b_err_terms: tuple[tuple[int, float], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -71,6 +81,9 @@ class ButcherTableau:
         if self.order < 1:
             raise ValueError(f"{self.name}: order must be positive")
         object.__setattr__(self, "_fsal", self._is_fsal())
+        object.__setattr__(self, "a_terms", tuple(_terms(row) for row in self.a))
+        object.__setattr__(self, "b_terms", _terms(self.b))
+        object.__setattr__(self, "b_err_terms", _terms(self.b_err or ()))
 
     @property
     def stages(self) -> int:
@@ -92,6 +105,10 @@ class ButcherTableau:
             and self.b[-1] == 0.0
             and all(abs(x - y) <= _TOL for x, y in zip(self.a[-1], self.b[:-1], strict=True))
         )
+
+
+def _terms(coeffs) -> tuple[tuple[int, float], ...]:
+    return tuple((j, x) for j, x in enumerate(coeffs) if x != 0.0)
 
 
 def _t(name, order, c, a, b, b_err=None, c_mid=None) -> ButcherTableau:
