@@ -17,7 +17,7 @@ import torch
 
 from ..errors import NonFiniteStateError, SolverError
 from ._stats import SolveStats
-from ._tableau import ButcherTableau
+from ._tableau import ButcherTableau, nonzero_terms
 
 __all__ = [
     "AdaptiveConfig",
@@ -56,16 +56,9 @@ class Evaluator:
         self.stats = stats
         self.shapes = None if shapes is None else list(shapes)
         self.numels = None if shapes is None else [math.prod(s) for s in shapes]
-        self.backward = backward
-        self.count = count
         self.float_time = float_time  # internal callers (the adjoint) take the time as a float
         self.checked = False
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
-
-    def time(self, s: float | torch.Tensor) -> torch.Tensor:
-        if isinstance(s, torch.Tensor):
-            return (s * self.sign).to(self.dtype)
-        return torch.scalar_tensor(s * self.sign, dtype=self.dtype, device=self.device)
 
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None:
@@ -81,10 +74,10 @@ class Evaluator:
     def __call__(self, s: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.float_time:
             t = s
-        elif type(s) is float:  # the common case, kept short: this runs once per stage
-            t = torch.scalar_tensor(s * self.sign, dtype=self.dtype, device=self.device)
+        elif isinstance(s, torch.Tensor):  # per-sample times
+            t = (s * self.sign).to(self.dtype)
         else:
-            t = self.time(s)
+            t = torch.scalar_tensor(s * self.sign, dtype=self.dtype, device=self.device)
         dy = self.func(t, y if self.shapes is None else self.unflatten(y))
         if not self.checked:
             self._check(dy, y)
@@ -120,10 +113,6 @@ class Evaluator:
 
 
 Terms = Sequence[tuple[int, float]]
-
-
-def _terms(coeffs: Sequence[float]) -> tuple[tuple[int, float], ...]:
-    return tuple((j, c) for j, c in enumerate(coeffs) if c != 0.0)
 
 
 def _combine(y: torch.Tensor, ks: Sequence[torch.Tensor], terms: Terms, dt: Any) -> torch.Tensor:
@@ -215,7 +204,7 @@ def interpolate(
     coeffs = [w_mid * cm for cm in c_mid]
     coeffs[0] += w_f0
     out = torch.add(y0 * (w_y0 + w_mid), y1, alpha=w_y1)
-    return _combine(out, [*ks, f1], _terms([*coeffs, w_f1]), dt)
+    return _combine(out, [*ks, f1], nonzero_terms([*coeffs, w_f1]), dt)
 
 
 # --------------------------------------------------------------------------- fixed grid

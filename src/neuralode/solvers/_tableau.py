@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["ADAPTIVE", "FIXED", "TABLEAUX", "ButcherTableau"]
+__all__ = ["ADAPTIVE", "FIXED", "TABLEAUX", "ButcherTableau", "nonzero_terms"]
 
 _TOL = 1e-12
 
@@ -81,9 +81,9 @@ class ButcherTableau:
         if self.order < 1:
             raise ValueError(f"{self.name}: order must be positive")
         object.__setattr__(self, "_fsal", self._is_fsal())
-        object.__setattr__(self, "a_terms", tuple(_terms(row) for row in self.a))
-        object.__setattr__(self, "b_terms", _terms(self.b))
-        object.__setattr__(self, "b_err_terms", _terms(self.b_err or ()))
+        object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
+        object.__setattr__(self, "b_terms", nonzero_terms(self.b))
+        object.__setattr__(self, "b_err_terms", nonzero_terms(self.b_err or ()))
 
     @property
     def stages(self) -> int:
@@ -107,7 +107,8 @@ class ButcherTableau:
         )
 
 
-def _terms(coeffs) -> tuple[tuple[int, float], ...]:
+def nonzero_terms(coeffs) -> tuple[tuple[int, float], ...]:
+    """The non-zero coefficients as ``(index, coefficient)`` pairs."""
     return tuple((j, x) for j, x in enumerate(coeffs) if x != 0.0)
 
 
