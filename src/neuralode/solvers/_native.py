@@ -13,12 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _kernels as kernels
 from ._backends import AbstractBackend, SolveRequest, TorchdiffeqBackend, register_backend
 from ._rk import (
     AdaptiveConfig,
     Evaluator,
+    RMSNorm,
     StepRecord,
     _grid_interp,
+    _rms,
     interpolate,
     rk_step,
     solve_adaptive,
@@ -41,10 +44,6 @@ _ADAPTIVE_KEYS = frozenset(
 )  # fmt: skip
 _FIXED_KEYS = frozenset({"step_size", "interp", "norm", "grid_constructor", "perturb"})
 _FALL_THROUGH_KEYS = frozenset({"grid_constructor", "perturb"})
-
-
-def _rms(x: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
 
 
 def _mixed_norm(sizes: Sequence[int]) -> Callable[[torch.Tensor], float]:
@@ -126,7 +125,7 @@ def _make_plan(
                 parts = torch.split(x, _sizes)
                 return _n(tuple(p.reshape(s) for p, s in zip(parts, _shapes, strict=True)))
     else:
-        norm = _rms if sizes is None else _mixed_norm(sizes)
+        norm = RMSNorm() if sizes is None else _mixed_norm(sizes)
     cfg = None
     step_size = None
     if tab.adaptive:
@@ -226,7 +225,7 @@ class _Checkpointed(torch.autograd.Function):
                     else:
                         f1 = ks[-1] if rec.f1_time is None else ev(rec.f1_time, y1)
                         for j, theta in rec.outputs:
-                            outs.append(interpolate(tab, y, y1, ks, f1, rec.dt, theta))
+                            outs.append(interpolate(ev, tab, y, y1, ks, f1, rec.dt, theta))
                             g_outs.append(grad_sol[j])
                 grads = torch.autograd.grad(outs, (y, *params), g_outs, allow_unused=True)
             adj = grads[0] if grads[0] is not None else torch.zeros_like(adj)
@@ -298,14 +297,14 @@ class _ContinuousAdjoint(torch.autograd.Function):
             ]
             if quadrature:
                 out = torch.cat((f_part.view(-1), v_y.view(-1)))
-                side[id(out)] = g
+                side[id(out)] = [x.contiguous() for x in g]
                 return out
             return torch.cat([f_part.reshape(-1), v_y.reshape(-1), *(x.reshape(-1) for x in g)])
 
         if spec.user_norm is not None:
             norm = spec.user_norm
         elif spec.seminorm:
-            norm = _semi(n)
+            norm = RMSNorm(segment=n, count=2)
         else:
             norm = _mixed_norm([n, n, p_total]) if p_sizes else _mixed_norm([n, n])
         cfg = None
@@ -317,9 +316,18 @@ class _ContinuousAdjoint(torch.autograd.Function):
         acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         tmp = SolveStats()
         b_terms = spec.tab.b_terms
+        # each sum in one pass of the fused kernel: (is_double, numel, address) per parameter
+        fused_acc = None
+        if acc_p and all(kernels.usable(x) for x in acc_p):
+            fused_acc = [(x.dtype == torch.float64, x.numel(), x.data_ptr()) for x in acc_p]
 
         def accumulate(ks, dt):
-            if acc_p:
+            if fused_acc is not None:
+                stage_grads = [side[id(k)] for k in ks]
+                for i, (dbl, numel, address) in enumerate(fused_acc):
+                    addresses = [g[i].data_ptr() for g in stage_grads]
+                    kernels.lincomb(dbl, numel, address, address, addresses, spec.tab.b_flat, dt)
+            elif acc_p:
                 for j, w in b_terms:
                     torch._foreach_add_(acc_p, side[id(ks[j])], alpha=w * dt)
             last = side.get(id(ks[-1]))
@@ -368,15 +376,6 @@ class _ContinuousAdjoint(torch.autograd.Function):
         else:
             grads = [g.view(p.shape) for g, p in zip(torch.split(adj_p, p_sizes), params)]
         return (None, None, None, adj_y.reshape(shape), *grads)
-
-
-def _semi(n: int) -> Callable[[torch.Tensor], float]:
-    """Seminorm: the error of the parameter adjoints does not control the step size."""
-
-    def norm(z: torch.Tensor) -> float:
-        return max(_rms(z[:n]), _rms(z[n : 2 * n]))
-
-    return norm
 
 
 # --------------------------------------------------------------------------- backend

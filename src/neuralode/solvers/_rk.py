@@ -16,12 +16,14 @@ from typing import Any
 import torch
 
 from ..errors import NonFiniteStateError, SolverError
+from . import _kernels as kernels
 from ._stats import SolveStats
-from ._tableau import ButcherTableau, nonzero_terms
+from ._tableau import ButcherTableau, flatten_terms, nonzero_terms
 
 __all__ = [
     "AdaptiveConfig",
     "Evaluator",
+    "RMSNorm",
     "StepRecord",
     "rk_step",
     "solve_adaptive",
@@ -34,7 +36,9 @@ class Evaluator:
     """Calls the user's dynamics on the flat internal state, counting evaluations.
 
     Handles the time direction (``sign``), tuple states (``shapes``: the state is one flat vector
-    internally) and checks the shape of the first derivative returned.
+    internally) and checks the shape of the first derivative returned. With ``fused`` set (by
+    :func:`use_fused`) the loops combine stages with the fused kernels, and every derivative is
+    made a contiguous tensor of the state's dtype first.
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class Evaluator:
         self.float_time = float_time  # internal callers (the adjoint) take the time as a float
         self.checked = False
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
+        self.fused = False
+        self.is_double = dtype == torch.float64
 
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None:
@@ -85,7 +91,11 @@ class Evaluator:
             setattr(self.stats, self._counter, getattr(self.stats, self._counter) + 1)
         if self.shapes is not None:
             dy = self.flatten(dy)
-        return dy if self.sign > 0 else -dy
+        if self.sign < 0:
+            dy = -dy
+        if self.fused and not (dy.is_cpu and dy.dtype is self.dtype and dy.is_contiguous()):
+            dy = self._conform(dy)
+        return dy
 
     def _check(self, dy: Any, y: torch.Tensor) -> None:
         if self.shapes is None:
@@ -106,7 +116,24 @@ class Evaluator:
                 "the dynamics must return a derivative of the same shape as the state (check the "
                 "output size of the last layer)"
             )
+        for d in (dy,) if self.shapes is None else dy:
+            if d.device != y.device:
+                raise _device_error(d, y)
         self.checked = True
+
+    def _conform(self, dy: torch.Tensor) -> torch.Tensor:
+        """A derivative the fused kernels can read: contiguous, on the CPU, of the state's
+        dtype."""
+        if not dy.is_cpu:
+            raise _device_error(dy, torch.empty(0))
+        return dy.to(self.dtype).contiguous()
+
+
+def _device_error(dy: torch.Tensor, y: torch.Tensor) -> ValueError:
+    return ValueError(
+        f"func(t, y) returned dy/dt on {dy.device} but the state y is on {y.device}; the "
+        "dynamics must return their derivative on the device of the state"
+    )
 
 
 # --------------------------------------------------------------------------- one RK step
@@ -135,6 +162,24 @@ def _combine(y: torch.Tensor, ks: Sequence[torch.Tensor], terms: Terms, dt: Any)
     return out
 
 
+def use_fused(ev: Evaluator, y0: torch.Tensor) -> bool:
+    """Decide once per solve whether the loops use the fused kernels (see ``_kernels``)."""
+    ev.fused = kernels.usable(y0)
+    return ev.fused
+
+
+def _addresses(xs: Sequence[torch.Tensor]) -> list[int]:
+    return [x.data_ptr() for x in xs]
+
+
+def _fused_sum(ev: Evaluator, xs: Sequence[torch.Tensor], coeffs: Sequence[float]) -> torch.Tensor:
+    """``sum(c * x for x, c in zip(xs, coeffs))`` in one pass of the fused kernel."""
+    out = torch.empty_like(xs[0])
+    terms = flatten_terms(nonzero_terms(coeffs))
+    kernels.lincomb(ev.is_double, out.numel(), out.data_ptr(), None, _addresses(xs), terms, 1.0)
+    return out
+
+
 def rk_step(
     ev: Evaluator,
     tab: ButcherTableau,
@@ -148,6 +193,8 @@ def rk_step(
 
     ``last_node`` overrides the evaluation time of stages at ``c == 1`` (just before a jump).
     """
+    if ev.fused:
+        return _rk_step_fused(ev, tab, t, y, f0, dt, last_node)
     ks = [f0]
     yi = y
     c = tab.c
@@ -162,6 +209,39 @@ def rk_step(
     return y1, ks
 
 
+def _rk_step_fused(
+    ev: Evaluator,
+    tab: ButcherTableau,
+    t: float,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    dt: float,
+    last_node: float | None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`rk_step` with every stage sum formed in one pass of the fused kernel."""
+    lincomb = kernels.lincomb
+    empty_like = torch.empty_like
+    dbl, n, yp = ev.is_double, y.numel(), y.data_ptr()
+    ks = [f0]
+    ptrs = [f0.data_ptr()]
+    yi = y
+    c = tab.c
+    a_flat = tab.a_flat
+    for i in range(1, len(c)):
+        yi = empty_like(y)
+        lincomb(dbl, n, yi.data_ptr(), yp, ptrs, a_flat[i], dt)
+        ti = t + c[i] * dt
+        if last_node is not None and c[i] == 1.0:
+            ti = last_node
+        k = ev(ti, yi)
+        ks.append(k)
+        ptrs.append(k.data_ptr())
+    if not tab.fsal:
+        yi = empty_like(y)
+        lincomb(dbl, n, yi.data_ptr(), yp, ptrs, tab.b_flat, dt)
+    return yi, ks
+
+
 def error_estimate(tab: ButcherTableau, ks: Sequence[torch.Tensor], dt: float) -> torch.Tensor:
     """``dt * sum(b_err * k)``; call without gradient."""
     terms = tab.b_err_terms
@@ -170,6 +250,49 @@ def error_estimate(tab: ButcherTableau, ks: Sequence[torch.Tensor], dt: float) -
     for j, e in terms[1:]:
         err.add_(ks[j], alpha=e * dt)
     return err
+
+
+@dataclasses.dataclass
+class _FusedRatio:
+    """Forms ``cfg.norm(sum(c * x) / (atol + rtol * max(|y0|, |y1|)))`` in the fused kernel,
+    for an :class:`RMSNorm` and float tolerances."""
+
+    ev: Evaluator
+    cfg: AdaptiveConfig
+    numel: int
+    seg: int
+    scratch: torch.Tensor
+
+    @classmethod
+    def create(cls, ev: Evaluator, cfg: AdaptiveConfig, y0: torch.Tensor) -> _FusedRatio | None:
+        if not (
+            use_fused(ev, y0)
+            and isinstance(cfg.norm, RMSNorm)
+            and type(cfg.rtol) is float
+            and type(cfg.atol) is float
+        ):
+            return None
+        numel, seg = cfg.norm.extent(y0.numel())
+        return cls(ev, cfg, numel, seg, y0.new_empty(numel))
+
+    def __call__(
+        self, y0: torch.Tensor, y1: torch.Tensor, addresses: list[int], terms, scale: float
+    ) -> float:
+        """The ratio of ``sum(c * scale * addresses[j] for j, c in pairs(terms))``."""
+        cfg = self.cfg
+        return kernels.error_ratio(
+            self.ev.is_double,
+            self.numel,
+            self.seg,
+            y0.data_ptr(),
+            y1.data_ptr(),
+            cfg.rtol,
+            cfg.atol,
+            self.scratch.data_ptr(),
+            addresses,
+            terms,
+            scale,
+        )
 
 
 def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
@@ -187,6 +310,7 @@ def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
 
 
 def interpolate(
+    ev: Evaluator | None,
     tab: ButcherTableau,
     y0: torch.Tensor,
     y1: torch.Tensor,
@@ -203,6 +327,11 @@ def interpolate(
     c_mid = tab.c_mid or (0.0,) * tab.stages
     coeffs = [w_mid * cm for cm in c_mid]
     coeffs[0] += w_f0
+    if ev is not None and ev.fused:
+        # y1 = y0 + dt * sum(b * k): with it substituted, one pass over y0 and the stages
+        w_k = [w_y1 * b + c for b, c in zip((*tab.b, 0.0), (*coeffs, w_f1), strict=True)]
+        w = [w_y0 + w_mid + w_y1, *(dt * x for x in w_k)]
+        return _fused_sum(ev, [y0, *ks, f1], w)
     out = torch.add(y0 * (w_y0 + w_mid), y1, alpha=w_y1)
     return _combine(out, [*ks, f1], nonzero_terms([*coeffs, w_f1]), dt)
 
@@ -246,6 +375,7 @@ def solve_fixed(
     """Fixed-grid RK with linear (or cubic Hermite) interpolation at the output times, as
     torchdiffeq."""
     grid = fixed_grid(t, step_size)
+    use_fused(ev, y0)
     out = [y0]
     j = 1
     y = y0
@@ -308,6 +438,34 @@ class AdaptiveConfig:
     jump_t: tuple[float, ...] = ()
 
 
+class RMSNorm:
+    """The default error norm: the root mean square of the scaled error, as torchdiffeq.
+
+    With ``segment`` it is the largest RMS over the first ``count`` consecutive pieces of that
+    length (the adjoint's seminorm: the state and its adjoint, not the parameter adjoints).
+    The fused kernel computes the same norm without forming the scaled error."""
+
+    def __init__(self, segment: int | None = None, count: int = 1) -> None:
+        self.segment = segment
+        self.count = count
+
+    def __call__(self, x: torch.Tensor) -> float:
+        if self.segment is None:
+            return _rms(x)
+        seg = self.segment
+        return max(_rms(x[i * seg : (i + 1) * seg]) for i in range(self.count))
+
+    def extent(self, numel: int) -> tuple[int, int]:
+        """``(elements the norm reads, segment length)`` for a state of ``numel`` elements."""
+        if self.segment is None:
+            return numel, max(numel, 1)
+        return self.segment * self.count, self.segment
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
+
+
 def _scale(cfg: AdaptiveConfig, magnitude: torch.Tensor) -> torch.Tensor:
     """``atol + rtol * magnitude``, computed in place on ``magnitude`` (a fresh tensor)."""
     return magnitude.mul_(cfg.rtol).add_(cfg.atol)
@@ -320,19 +478,28 @@ def initial_step(
     y0: torch.Tensor,
     f0: torch.Tensor,
     cfg: AdaptiveConfig,
+    fused_ratio: _FusedRatio | None = None,
 ) -> float:
     """torchdiffeq's (Hairer's) initial step heuristic; costs one evaluation.
 
     As torchdiffeq, the exponent is ``1 / order`` (the error estimate's order plus one)."""
     with torch.no_grad():
-        scale = _scale(cfg, y0.abs())
-        d0 = float(cfg.norm(y0 / scale))
-        d1 = float(cfg.norm(f0 / scale))
+        if fused_ratio is not None:  # the same norms, scaled by atol + rtol * |y0|
+            ptrs = _addresses([y0, f0])
+            d0 = fused_ratio(y0, y0, ptrs, (0, 1.0), 1.0)
+            d1 = fused_ratio(y0, y0, ptrs, (1, 1.0), 1.0)
+        else:
+            scale = _scale(cfg, y0.abs())
+            d0 = float(cfg.norm(y0 / scale))
+            d1 = float(cfg.norm(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         h0 = min(h0, cfg.max_step)
-        y1 = y0 + h0 * f0
-        f1 = ev(t0 + h0, y1)
-        d2 = float(cfg.norm((f1 - f0) / scale)) / h0
+        if fused_ratio is not None:
+            f1 = ev(t0 + h0, _fused_sum(ev, [y0, f0], [1.0, h0]))
+            d2 = fused_ratio(y0, y0, _addresses([f1, f0]), (0, 1.0, 1, -1.0), 1.0) / h0
+        else:
+            f1 = ev(t0 + h0, y0 + h0 * f0)
+            d2 = float(cfg.norm((f1 - f0) / scale)) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -371,8 +538,12 @@ def solve_adaptive(
     stats.steps_rejected = stats.steps_rejected or 0
     t_now = t[0]
     y = y0
+    fused_ratio = _FusedRatio.create(ev, cfg, y0)
     f0 = ev(t_now, y)
-    dt = cfg.first_step if cfg.first_step is not None else initial_step(ev, tab, t_now, y, f0, cfg)
+    if cfg.first_step is not None:
+        dt = cfg.first_step
+    else:
+        dt = initial_step(ev, tab, t_now, y, f0, cfg, fused_ratio)
     boundaries = sorted({*cfg.step_t, *cfg.jump_t})
     jumps = set(cfg.jump_t)
     b_idx = 0
@@ -383,8 +554,9 @@ def solve_adaptive(
     n_steps = 0
     prev_ratio = 1.0
     t_end = t[-1]
-    with torch.no_grad():
-        abs0 = y0.abs()
+    if fused_ratio is None:
+        with torch.no_grad():
+            abs0 = y0.abs()
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
             raise SolverError(
@@ -409,18 +581,22 @@ def solve_adaptive(
             )
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
         y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
-        with torch.no_grad():
-            err = error_estimate(tab, ks, dt)
-            abs1 = y1.abs()
-            scale = _scale(cfg, torch.maximum(abs0, abs1))
-            ratio = float(cfg.norm(err.div_(scale)))
+        if fused_ratio is not None:
+            ratio = fused_ratio(y, y1, _addresses(ks), tab.b_err_flat, dt)
+        else:
+            with torch.no_grad():
+                err = error_estimate(tab, ks, dt)
+                abs1 = y1.abs()
+                scale = _scale(cfg, torch.maximum(abs0, abs1))
+                ratio = float(cfg.norm(err.div_(scale)))
         if math.isnan(ratio):
             raise _nonfinite(ev, tab, t_now, dt, ks)
         if ratio <= 1.0:
             stats.steps_accepted += 1
             if on_accept is not None:
                 on_accept(ks, dt)
-            abs0 = abs1
+            if fused_ratio is None:
+                abs0 = abs1
             f1_time = None
             if tab.fsal and last_node is None:
                 f1 = ks[-1]
@@ -432,7 +608,7 @@ def solve_adaptive(
                 rec = StepRecord(t_now, dt, y, [], last_node, f1_time)
             while j < len(t) and t[j] <= t1:
                 theta = (t[j] - t_now) / dt
-                out.append(interpolate(tab, y, y1, ks, f1, dt, theta))
+                out.append(interpolate(ev, tab, y, y1, ks, f1, dt, theta))
                 if rec is not None:
                     rec.outputs.append((j, theta))
                 j += 1

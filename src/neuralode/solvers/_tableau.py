@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["ADAPTIVE", "FIXED", "TABLEAUX", "ButcherTableau", "nonzero_terms"]
+__all__ = ["ADAPTIVE", "FIXED", "TABLEAUX", "ButcherTableau", "flatten_terms", "nonzero_terms"]
 
 _TOL = 1e-12
 
@@ -48,6 +48,12 @@ class ButcherTableau:
     b_err_terms: tuple[tuple[int, float], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    # the same pairs flattened, (j0, c0, j1, c1, ...): the form the fused kernels take
+    a_flat: tuple[tuple[int | float, ...], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    b_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    b_err_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -84,6 +90,9 @@ class ButcherTableau:
         object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero_terms(self.b))
         object.__setattr__(self, "b_err_terms", nonzero_terms(self.b_err or ()))
+        object.__setattr__(self, "a_flat", tuple(flatten_terms(t) for t in self.a_terms))
+        object.__setattr__(self, "b_flat", flatten_terms(self.b_terms))
+        object.__setattr__(self, "b_err_flat", flatten_terms(self.b_err_terms))
 
     @property
     def stages(self) -> int:
@@ -110,6 +119,11 @@ class ButcherTableau:
 def nonzero_terms(coeffs) -> tuple[tuple[int, float], ...]:
     """The non-zero coefficients as ``(index, coefficient)`` pairs."""
     return tuple((j, x) for j, x in enumerate(coeffs) if x != 0.0)
+
+
+def flatten_terms(terms) -> tuple[int | float, ...]:
+    """``((j0, c0), (j1, c1), ...)`` as ``(j0, c0, j1, c1, ...)``."""
+    return tuple(x for pair in terms for x in pair)
 
 
 def _t(name, order, c, a, b, b_err=None, c_mid=None) -> ButcherTableau:

@@ -100,11 +100,11 @@ def check_tolerance(value: Any, name: str) -> None:
 
 
 def check_method(method: str | None, methods: Iterable[str], name: str = "method") -> str:
-    valid = sorted(methods)
     if method is None:
         return "dopri5"
-    if not isinstance(method, str) or method not in valid:
-        raise ValueError(f"unknown {name} {method!r}; valid methods are: {', '.join(valid)}")
+    if not isinstance(method, str) or method not in methods:
+        valid = ", ".join(sorted(methods))
+        raise ValueError(f"unknown {name} {method!r}; valid methods are: {valid}")
     return method
 
 

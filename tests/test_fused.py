@@ -1,0 +1,329 @@
+"""The fused CPU kernels of the native engine: each kernel against plain tensor arithmetic, and
+whole solves with and without them (``NEURALODE_FUSED=0``) against each other and torchdiffeq."""
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import neuralode
+from neuralode import NonFiniteStateError, SolveStats
+from neuralode.solvers import _kernels as kernels
+from neuralode.solvers import _rk
+from neuralode.solvers._tableau import TABLEAUX
+
+NATIVE = dict(backend="native")
+
+built = pytest.mark.skipif(
+    kernels.lincomb is None, reason="the fused kernels were not built (no C compiler)"
+)
+
+
+def test_kernels_are_built_where_required():
+    if kernels.lincomb is None:
+        if os.environ.get("CI") or os.environ.get("NEURALODE_REQUIRE_FUSED"):
+            pytest.fail("neuralode.solvers._fused was not built: is a C compiler installed?")
+        pytest.skip("the fused kernels were not built (no C compiler)")
+    assert kernels.available()
+
+
+def test_environment_variable_disables_them(monkeypatch):
+    monkeypatch.setenv("NEURALODE_FUSED", "0")
+    assert not kernels.available()
+    assert not kernels.usable(torch.zeros(3))
+
+
+# ------------------------------------------------------------------------------ kernels
+
+
+def _flat(pairs):
+    return tuple(x for pair in pairs for x in pair)
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [0, 1, 2, 5, 8, 9, 13, 17])
+@pytest.mark.parametrize("with_base", [True, False])
+def test_lincomb_matches_tensor_arithmetic(dtype, m, with_base):
+    n = 1003  # not a multiple of any vector width
+    ks = [torch.randn(n, dtype=dtype) for _ in range(m + 1)]
+    base = torch.randn(n, dtype=dtype)
+    pairs = [(j, float(torch.randn(()))) for j in range(m)]
+    scale = 0.37
+    out = torch.full((n,), float("nan"), dtype=dtype)
+    kernels.lincomb(
+        dtype == torch.float64,
+        n,
+        out.data_ptr(),
+        base.data_ptr() if with_base else None,
+        [k.data_ptr() for k in ks],
+        _flat(pairs),
+        scale,
+    )
+    ref = base.double().clone() if with_base else torch.zeros(n, dtype=torch.float64)
+    for j, c in pairs:
+        ref += c * scale * ks[j].double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+@built
+def test_lincomb_in_place_and_repeated_addresses():
+    x = torch.arange(6.0)
+    k = torch.ones(6)
+    # x += 2 * k + 3 * k, in place (out is base)
+    kernels.lincomb(False, 6, x.data_ptr(), x.data_ptr(), [k.data_ptr()], (0, 2.0, 0, 3.0), 1.0)
+    torch.testing.assert_close(x, torch.arange(6.0) + 5)
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 6, 8, 12])
+@pytest.mark.parametrize("segments", [1, 2])
+def test_error_ratio_matches_tensor_arithmetic(dtype, m, segments):
+    seg = 257
+    n = seg * segments
+    y0, y1 = torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype)
+    ks = [torch.randn(n, dtype=dtype) for _ in range(m)]
+    pairs = [(j, float(torch.randn(()))) for j in range(m)]
+    rtol, atol, dt = 1e-3, 1e-5, 0.1
+    scratch = torch.empty(n, dtype=dtype)
+    ratio = kernels.error_ratio(
+        dtype == torch.float64,
+        n,
+        seg,
+        y0.data_ptr(),
+        y1.data_ptr(),
+        rtol,
+        atol,
+        scratch.data_ptr(),
+        [k.data_ptr() for k in ks],
+        _flat(pairs),
+        dt,
+    )
+    err = sum(c * dt * ks[j].double() for j, c in pairs)
+    scaled = err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()).double())
+    ref = max(float(p.pow(2).mean().sqrt()) for p in scaled.split(seg))
+    assert math.isclose(ratio, ref, rel_tol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@built
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_error_ratio_is_nan_for_a_non_finite_state(bad):
+    y0, y1, k = torch.zeros(8), torch.zeros(8), torch.ones(8)
+    y1[3] = bad
+    scratch = torch.empty(8)
+    args = (y0.data_ptr(), y1.data_ptr(), 1e-3, 1e-6, scratch.data_ptr(), [k.data_ptr()])
+    assert math.isnan(kernels.error_ratio(False, 8, 8, *args, (0, 1.0), 1.0))
+
+
+@built
+def test_kernels_reject_malformed_terms():
+    x = torch.zeros(4)
+    p = [x.data_ptr()]
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.lincomb(False, 4, x.data_ptr(), None, p, (1, 1.0), 1.0)
+    with pytest.raises(ValueError, match="pairs"):
+        kernels.lincomb(False, 4, x.data_ptr(), None, p, (0, 1.0, 0), 1.0)
+    with pytest.raises(TypeError):
+        kernels.lincomb(False, 4, x.data_ptr(), None, p, [0, 1.0], 1.0)
+    with pytest.raises(TypeError):
+        kernels.lincomb(False, 4, x.data_ptr(), None, p, (0, 1.0))
+    with pytest.raises(ValueError, match="seg"):
+        kernels.error_ratio(False, 4, 0, *[x.data_ptr()] * 2, 1e-3, 1e-6, x.data_ptr(), p, (), 1)
+
+
+# ------------------------------------------------------------------------------ solves
+
+
+class Field(nn.Module):
+    def __init__(self, dim=5, hidden=16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, t, y):
+        return self.net(y) * torch.cos(t)
+
+
+def _solve_both(monkeypatch, fn):
+    """``fn()`` with the fused kernels and with plain tensor operations."""
+    stats_fused, stats_plain = SolveStats(), SolveStats()
+    fused = fn(stats_fused)
+    with monkeypatch.context() as m:
+        m.setenv("NEURALODE_FUSED", "0")
+        plain = fn(stats_plain)
+    return fused, plain, stats_fused, stats_plain
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["rk4", "euler", "midpoint"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
+def test_fused_and_plain_fixed_step_solves_are_the_same(monkeypatch, dtype, method, reverse):
+    f = Field().to(dtype)
+    y0 = torch.randn(7, 5, dtype=dtype)
+    t = torch.linspace(0.0, 2.0, 6, dtype=dtype)
+    if reverse:
+        t = t.flip(0)
+
+    def run(stats):
+        with torch.no_grad():
+            return neuralode.odeint(
+                f, y0, t, method=method, options={"step_size": 0.05}, stats=stats, **NATIVE
+            )
+
+    fused, plain, sf, sp = _solve_both(monkeypatch, run)
+    same = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fused, plain, rtol=same, atol=same)
+    assert sf.nfe_forward == sp.nfe_forward
+    ref = torchdiffeq.odeint(f, y0, t, method=method, options={"step_size": 0.05})
+    torch.testing.assert_close(fused, ref, rtol=same, atol=same)
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8", "fehlberg2"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
+def test_fused_and_plain_adaptive_solves_agree(monkeypatch, dtype, method, reverse):
+    """Rounding may tip an accept/reject decision, so the two agree within the tolerance, each
+    with an accurate reference, and take about the same number of steps."""
+    f = Field().to(dtype)
+    y0 = torch.randn(7, 5, dtype=dtype)
+    t = torch.linspace(0.0, 2.0, 6, dtype=dtype)
+    if reverse:
+        t = t.flip(0)
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-9)
+
+    def run(stats):
+        with torch.no_grad():
+            return neuralode.odeint(f, y0, t, method=method, stats=stats, **tol, **NATIVE)
+
+    fused, plain, sf, sp = _solve_both(monkeypatch, run)
+    with torch.no_grad():
+        f64 = copy.deepcopy(f).double()
+        exact = torchdiffeq.odeint(f64, y0.double(), t.double(), rtol=1e-12, atol=1e-12)
+    bound = 1e3 * (tol["rtol"] + tol["atol"])
+    if method != "tsit5":  # low orders at tight tolerances: as accurate as torchdiffeq, or better
+        ref = torchdiffeq.odeint(f, y0, t, method=method, **tol).double()
+        bound = max(bound, 2 * (ref - exact).abs().max().item())
+    for sol in (fused, plain):
+        assert (sol.double() - exact).abs().max().item() < bound
+    # at most a step or two more or fewer
+    assert abs(sf.nfe_forward - sp.nfe_forward) <= 2 * TABLEAUX[method].stages
+
+
+@built
+def test_fused_solve_of_a_tuple_state_and_with_a_custom_norm(monkeypatch):
+    f1, f2 = Field(3), Field(4)
+
+    def func(t, y):
+        return f1(t, y[0]), f2(t, y[1]) * 0.5
+
+    y0 = (torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64))
+    f1.double(), f2.double()
+    t = torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64)
+    for options in (None, {"norm": lambda x: max(v.abs().max() for v in x)}):
+
+        def run(stats, options=options):
+            with torch.no_grad():
+                return neuralode.odeint(func, y0, t, options=options, stats=stats, **NATIVE)
+
+        fused, plain, sf, sp = _solve_both(monkeypatch, run)
+        for a, b in zip(fused, plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert sf.nfe_forward == sp.nfe_forward
+
+
+@built
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_fused_gradients_equal_plain_ones_and_direct_backprop(monkeypatch, gradient):
+    f = Field().double()
+    y0 = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    kw = dict(rtol=1e-9, atol=1e-10, **NATIVE)
+
+    def grads(stats, gradient=gradient):
+        if gradient == "adjoint":
+            out = neuralode.odeint_adjoint(f, y0, t, stats=stats, **kw)
+        else:
+            out = neuralode.odeint(f, y0, t, gradient=gradient, stats=stats, **kw)
+        return torch.autograd.grad((out**2).sum(), (y0, *f.parameters()))
+
+    fused, plain, sf, sp = _solve_both(monkeypatch, grads)
+    direct = grads(SolveStats(), gradient="direct")
+    for a, b, d in zip(fused, plain, direct, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
+    assert abs(sf.nfe_backward - sp.nfe_backward) <= 0.1 * sp.nfe_backward
+
+
+def _spy_on_fused(monkeypatch):
+    used = []
+    real = _rk.use_fused
+
+    def spy(ev, y0):
+        used.append(real(ev, y0))
+        return used[-1]
+
+    monkeypatch.setattr(_rk, "use_fused", spy)
+    return used
+
+
+@built
+def test_when_the_kernels_are_used(monkeypatch):
+    used = _spy_on_fused(monkeypatch)
+    f = Field()
+    t = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        neuralode.odeint(f, torch.randn(4, 5), t, **NATIVE)
+        neuralode.odeint(f, torch.randn(5, 4).T, t, **NATIVE)  # not contiguous
+        rk4 = dict(method="rk4", options={"step_size": 0.25})
+        neuralode.odeint(Field().half(), torch.randn(4, 5).half(), t.half(), **rk4, **NATIVE)
+        big = kernels.MAX_BYTES // 4 // 5 + 1
+        neuralode.odeint(Field().float(), torch.randn(big, 5), t, **NATIVE)  # too large
+    neuralode.odeint(Field(), torch.randn(4, 5), t, **NATIVE)  # graph being recorded
+    assert used == [True, False, False, False, False]
+
+
+@built
+def test_derivatives_of_another_layout_or_dtype_are_conformed(monkeypatch):
+    A = torch.randn(5, 5, dtype=torch.float64) * 0.3
+
+    def transposed(t, y):  # a non-contiguous derivative of another dtype
+        return (A.float() @ y.T.float()).T
+
+    def plain(t, y):
+        return y @ A.T
+
+    y0 = torch.randn(4, 5, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        got = neuralode.odeint(transposed, y0, t, rtol=1e-6, atol=1e-8, **NATIVE)
+        want = neuralode.odeint(plain, y0, t, rtol=1e-6, atol=1e-8, **NATIVE)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_derivative_on_another_device_is_an_error():
+    def elsewhere(t, y):
+        return torch.empty_like(y, device="meta")
+
+    with pytest.raises(ValueError, match="device"), torch.no_grad():
+        neuralode.odeint(elsewhere, torch.zeros(3), torch.tensor([0.0, 1.0]), **NATIVE)
+
+
+@built
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_fused_solve_that_turns_non_finite_reports_where(monkeypatch, bad):
+    def breaks(t, y):
+        return -y if t < 0.5 else torch.full_like(y, bad)
+
+    for fused in ("1", "0"):
+        monkeypatch.setenv("NEURALODE_FUSED", fused)
+        with pytest.raises(NonFiniteStateError) as info, torch.no_grad():
+            neuralode.odeint(breaks, torch.ones(3), torch.tensor([0.0, 2.0]), **NATIVE)
+        assert 0.5 <= info.value.time <= 2.0
