@@ -122,6 +122,20 @@ def test_error_ratio_is_nan_for_a_non_finite_state(bad):
 
 
 @built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_matches_torch(dtype):
+    x = torch.randn(1001, dtype=dtype) * 1e30
+    assert kernels.all_finite(x) is True
+    assert kernels.all_finite(x[:0]) is True
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[777] = bad
+        assert kernels.all_finite(y) is False
+    assert kernels.all_finite(x[::2]) is None  # not contiguous: PyTorch decides
+    assert kernels.all_finite(x.half()) is None
+
+
+@built
 def test_kernels_reject_malformed_terms():
     x = torch.zeros(4)
     p = [x.data_ptr()]
@@ -259,6 +273,30 @@ def test_fused_gradients_equal_plain_ones_and_direct_backprop(monkeypatch, gradi
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
         torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
     assert abs(sf.nfe_backward - sp.nfe_backward) <= 0.1 * sp.nfe_backward
+
+
+@built
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8", "fehlberg2"])
+def test_fused_dense_output_equals_the_plain_one(method):
+    tab = TABLEAUX[method]
+    y0 = torch.randn(2, 9, dtype=torch.float64)
+    ev = _rk.Evaluator(
+        lambda t, y: torch.sin(y) * torch.cos(3 * t),
+        1.0,
+        torch.float64,
+        torch.device("cpu"),
+        SolveStats(),
+    )
+    with torch.no_grad():
+        f0 = ev(0.2, y0)
+        y1, ks = _rk.rk_step(ev, tab, 0.2, y0, f0, 0.3)
+        f1 = ks[-1] if tab.fsal else ev(0.5, y1)
+        for theta in (0.0, 0.1, 0.5, 0.93):
+            ev.fused = False
+            plain = _rk.interpolate(ev, tab, y0, y1, ks, f1, 0.3, theta)
+            ev.fused = True
+            fused = _rk.interpolate(ev, tab, y0, y1, ks, f1, 0.3, theta)
+            torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
 
 
 def _spy_on_fused(monkeypatch):

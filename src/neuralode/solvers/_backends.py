@@ -129,6 +129,11 @@ def _torchdiffeq_solvers() -> dict[str, type]:
 
 
 @functools.cache
+def _torchdiffeq_methods() -> frozenset[str]:
+    return frozenset(_torchdiffeq_solvers())
+
+
+@functools.cache
 def _torchdiffeq_option_keys(method: str) -> frozenset[str]:
     cls = _torchdiffeq_solvers()[method]
     keys = {"norm"}
@@ -149,7 +154,7 @@ class TorchdiffeqBackend(AbstractBackend):
 
     @property
     def methods(self) -> frozenset[str]:
-        return frozenset(_torchdiffeq_solvers())
+        return _torchdiffeq_methods()
 
     def valid_options(self, method: str) -> frozenset[str]:
         return _torchdiffeq_option_keys(method)

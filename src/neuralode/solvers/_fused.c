@@ -145,10 +145,20 @@
         }                                                                                      \
     }
 
+/* whether all n values are finite: x - x is 0 for those, NaN for NaN and infinities */
+#define DEF_ALL_FINITE(T)                                                                     \
+    CLONES static int all_finite_##T(Py_ssize_t n, const T *x) {                               \
+        T total = 0;                                                                           \
+        SIMD_SUM_TOTAL for (Py_ssize_t i = 0; i < n; i++) total += x[i] - x[i];                \
+        return total == 0;                                                                     \
+    }
+
 DEF_LINCOMB(float)
 DEF_LINCOMB(double)
 DEF_ERROR_RATIO(float)
 DEF_ERROR_RATIO(double)
+DEF_ALL_FINITE(float)
+DEF_ALL_FINITE(double)
 
 /*
  * The terms of a sum: `addresses` is a list (or tuple) of data addresses, `terms` a flat tuple
@@ -264,10 +274,31 @@ static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_
     return PyFloat_FromDouble(ratio);
 }
 
+PyDoc_STRVAR(all_finite_doc, "all_finite(is_double, n, address)\n\n"
+                             "Whether all n values at address are finite.");
+
+static PyObject *py_all_finite(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "all_finite(is_double, n, address)");
+        return NULL;
+    }
+    int dbl = PyObject_IsTrue(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    void *x = PyLong_AsVoidPtr(args[2]);
+    if (dbl < 0 || PyErr_Occurred())
+        return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS;
+    ok = dbl ? all_finite_double(n, x) : all_finite_float(n, x);
+    Py_END_ALLOW_THREADS;
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
     {"lincomb", (PyCFunction)(void (*)(void))py_lincomb, METH_FASTCALL, lincomb_doc},
     {"error_ratio", (PyCFunction)(void (*)(void))py_error_ratio, METH_FASTCALL,
      error_ratio_doc},
+    {"all_finite", (PyCFunction)(void (*)(void))py_all_finite, METH_FASTCALL, all_finite_doc},
     {NULL, NULL, 0, NULL},
 };
 

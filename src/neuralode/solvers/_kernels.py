@@ -25,7 +25,7 @@ import os
 
 import torch
 
-__all__ = ["MAX_BYTES", "available", "usable"]
+__all__ = ["MAX_BYTES", "all_finite", "available", "usable"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ MAX_BYTES = 1 << 17
 
 lincomb = None if _fused is None else _fused.lincomb
 error_ratio = None if _fused is None else _fused.error_ratio
+_all_finite = None if _fused is None else _fused.all_finite
 
 
 def available() -> bool:
@@ -56,3 +57,17 @@ def usable(y: torch.Tensor) -> bool:
         and y.numel() * y.element_size() <= MAX_BYTES
         and available()
     )
+
+
+def all_finite(y: torch.Tensor) -> bool | None:
+    """Whether ``y`` holds only finite values, in one pass of the kernel; ``None`` where the
+    kernel cannot read ``y`` (the caller then asks PyTorch)."""
+    if not (
+        y.dtype in (torch.float32, torch.float64)
+        and y.device.type == "cpu"
+        and y.is_contiguous()
+        and y.numel() * y.element_size() <= 8 * MAX_BYTES
+        and available()
+    ):
+        return None
+    return _all_finite(y.dtype == torch.float64, y.numel(), y.data_ptr())

@@ -389,10 +389,13 @@ class NativeBackend(AbstractBackend):
 
     def __init__(self) -> None:
         self._fallback = TorchdiffeqBackend()
+        self._methods: frozenset[str] | None = None
 
     @property
     def methods(self) -> frozenset[str]:
-        return self._fallback.methods | frozenset(TABLEAUX)
+        if self._methods is None:
+            self._methods = self._fallback.methods | frozenset(TABLEAUX)
+        return self._methods
 
     def valid_options(self, method: str) -> frozenset[str]:
         if method in TABLEAUX:

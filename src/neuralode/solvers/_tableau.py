@@ -54,6 +54,11 @@ class ButcherTableau:
     )
     b_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
     b_err_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    # dense output as y0 + dt * sum_j q_j(theta) * k_j, k_stages = f(t1, y1): (j, coefficients of
+    # theta, theta^2, theta^3, theta^4 in q_j) for every j whose q_j is not zero
+    dense_poly: tuple[tuple[int, tuple[float, float, float, float]], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -93,6 +98,29 @@ class ButcherTableau:
         object.__setattr__(self, "a_flat", tuple(flatten_terms(t) for t in self.a_terms))
         object.__setattr__(self, "b_flat", flatten_terms(self.b_terms))
         object.__setattr__(self, "b_err_flat", flatten_terms(self.b_err_terms))
+        object.__setattr__(self, "dense_poly", self._dense_poly())
+
+    def _dense_poly(self) -> tuple[tuple[int, tuple[float, float, float, float]], ...]:
+        """The quartic through y0, y_mid, y1 with slopes f0, f1 (``_rk.interpolate``) with
+        y1 = y0 + dt * sum(b * k) and y_mid = y0 + dt * sum(c_mid * k) substituted; the weight
+        of y0 is then exactly 1."""
+        w_y1 = (0.0, -5.0, 14.0, -8.0)  # the same polynomials as _rk._interp_weights
+        w_mid = (0.0, 16.0, -32.0, 16.0)
+        w_f0 = (1.0, -4.0, 5.0, -2.0)
+        w_f1 = (0.0, 1.0, -3.0, 2.0)
+        c_mid = self.c_mid or (0.0,) * self.stages
+        out = []
+        for j in range(self.stages + 1):
+            b_j = self.b[j] if j < self.stages else 0.0
+            m_j = c_mid[j] if j < self.stages else 0.0
+            q = [b_j * y + m_j * m for y, m in zip(w_y1, w_mid, strict=True)]
+            if j == 0:
+                q = [x + f for x, f in zip(q, w_f0, strict=True)]
+            if j == self.stages:
+                q = list(w_f1)
+            if any(x != 0.0 for x in q):
+                out.append((j, (q[0], q[1], q[2], q[3])))
+        return tuple(out)
 
     @property
     def stages(self) -> int:
