@@ -520,3 +520,17 @@ def test_regularized_block_on_native_backend():
     for g in grads[1:]:
         for a, b in zip(g, grads[0]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_adjoint_of_dynamics_with_non_contiguous_gradients():
+    """TimeConcatODEFunc concatenates t to its input: the vector-Jacobian product with respect
+    to y is a slice of a larger gradient, not a contiguous tensor."""
+    f = neuralode.TimeConcatODEFunc(3, 8).double()
+    h = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grads = []
+    for solve in (neuralode.odeint, neuralode.odeint_adjoint):
+        out = solve(f, h, t, rtol=1e-9, atol=1e-9, **NATIVE)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), list(f.parameters())))
+    for a, d in zip(*grads, strict=True):
+        torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)

@@ -296,7 +296,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 for v, x in zip(vjps[1:], params, strict=True)
             ]
             if quadrature:
-                out = torch.cat((f_part.view(-1), v_y.view(-1)))
+                out = torch.cat((f_part.reshape(-1), v_y.reshape(-1)))
                 side[id(out)] = [x.contiguous() for x in g]
                 return out
             return torch.cat([f_part.reshape(-1), v_y.reshape(-1), *(x.reshape(-1) for x in g)])
