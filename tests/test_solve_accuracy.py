@@ -83,6 +83,8 @@ class Field(torch.nn.Module):
 )
 @pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
 def test_identical_to_torchdiffeq(kwargs, reverse):
+    """The torchdiffeq backend is torchdiffeq, bit for bit (the native engine agrees within
+    tolerance: test_native.py)."""
     f = Field()
     y0 = torch.randn(4, 3)
     t = torch.linspace(0.0, 1.0, 6)
@@ -90,7 +92,7 @@ def test_identical_to_torchdiffeq(kwargs, reverse):
         t = t.flip(0)
         if "options" in kwargs and "jump_t" in kwargs["options"]:
             kwargs = {**kwargs, "options": {"jump_t": torch.tensor([0.7])}}
-    ours = neuralode.odeint(f, y0, t, **kwargs)
+    ours = neuralode.odeint(f, y0, t, backend="torchdiffeq", **kwargs)
     ref = torchdiffeq.odeint(f, y0, t, **kwargs)
     assert torch.equal(ours, ref)
 
@@ -102,7 +104,7 @@ def test_tuple_state_identical_to_torchdiffeq():
 
     y0 = (torch.randn(3), torch.randn(3))
     t = torch.linspace(0, 2, 4)
-    ours = neuralode.odeint(f, y0, t, rtol=1e-6, atol=1e-8)
+    ours = neuralode.odeint(f, y0, t, rtol=1e-6, atol=1e-8, backend="torchdiffeq")
     ref = torchdiffeq.odeint(f, y0, t, rtol=1e-6, atol=1e-8)
     assert isinstance(ours, tuple) and len(ours) == 2
     for a, b in zip(ours, ref):
@@ -130,7 +132,7 @@ def test_odeint_adjoint_forward_identical_to_torchdiffeq():
     f = Field()
     y0 = torch.randn(4, 3)
     t = torch.linspace(0.0, 1.0, 3)
-    ours = neuralode.odeint_adjoint(f, y0, t, rtol=1e-5, atol=1e-6)
+    ours = neuralode.odeint_adjoint(f, y0, t, rtol=1e-5, atol=1e-6, backend="torchdiffeq")
     ref = torchdiffeq.odeint_adjoint(f, y0, t, rtol=1e-5, atol=1e-6)
     assert torch.equal(ours, ref)
     (g_ours,) = torch.autograd.grad(ours.sum(), f.net[0].weight)

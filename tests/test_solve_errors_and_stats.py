@@ -147,13 +147,16 @@ def test_nan_during_solve_names_the_time():
     assert 0.4 <= info.value.time <= 0.5
 
 
-def test_nan_with_fixed_step_names_the_output_time():
-    def f(t, y):
-        return y * (float("inf") if float(t) > 0.45 else 1.0)
+@pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
+def test_nan_with_fixed_step_names_the_output_time(backend):
+    def f(t, y):  # infinite from the grid point 0.45 on: the output at 0.5 is the first hit
+        return y * (float("inf") if float(t) > 0.42 else 1.0)
 
     t = torch.linspace(0, 1, 11)
     with pytest.raises(NonFiniteStateError, match=r"t ≈ 0\.5") as info:
-        neuralode.odeint(f, torch.ones(2), t, method="euler", options={"step_size": 0.05})
+        neuralode.odeint(
+            f, torch.ones(2), t, method="euler", options={"step_size": 0.05}, backend=backend
+        )
     assert math.isclose(info.value.time, 0.5, abs_tol=1e-6)
     assert isinstance(info.value, FloatingPointError)
 
@@ -173,17 +176,18 @@ def test_blow_up_is_a_solver_error_not_an_assertion():
 # ---------------------------------------------------------------- statistics
 
 
-def test_forward_nfe_matches_a_counter_in_the_function():
+@pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
+def test_forward_nfe_matches_a_counter_in_the_function(backend):
     f = Counting()
     stats = SolveStats()
-    neuralode.odeint(f, torch.randn(4, 3), _t(), rtol=1e-6, atol=1e-8, stats=stats)
+    neuralode.odeint(f, torch.randn(4, 3), _t(), rtol=1e-6, atol=1e-8, stats=stats, backend=backend)
     assert stats.nfe_forward == f.calls > 0
     assert stats.nfe_backward == 0
     assert stats.steps_accepted > 0 and stats.steps_rejected >= 0
     # dopri5 is FSAL: 6 new evaluations per step attempt plus 2 for the initial step selection
     attempts = stats.steps_accepted + stats.steps_rejected
     assert stats.nfe_forward == 6 * attempts + 2
-    assert stats.method == "dopri5" and stats.backend == "torchdiffeq"
+    assert stats.method == "dopri5" and stats.backend == backend
 
 
 def test_fixed_step_counts():
@@ -246,3 +250,24 @@ def test_stats_add_and_reset():
     assert "nfe forward=8" in str(c)
     c.reset()
     assert c.nfe == 0 and c.steps_accepted is None
+
+
+def test_native_is_the_default_and_torchdiffeq_one_keyword_away():
+    f = Counting()
+    y0, t = torch.randn(4, 3), _t()
+    assert neuralode.get_default_backend() == "native"
+    assert neuralode.available_backends() == ["native", "torchdiffeq"]
+    stats = SolveStats()
+    neuralode.odeint(f, y0, t, stats=stats)
+    assert stats.backend == "native"
+    neuralode.odeint(f, y0, t, stats=stats, backend="torchdiffeq")
+    assert stats.backend == "torchdiffeq"
+    try:
+        neuralode.set_default_backend("torchdiffeq")
+        stats = SolveStats()
+        neuralode.odeint(f, y0, t, stats=stats)
+        assert stats.backend == "torchdiffeq"
+    finally:
+        neuralode.set_default_backend("native")
+    with pytest.raises(ValueError, match="valid backends are: native, torchdiffeq"):
+        neuralode.set_default_backend("scipy")

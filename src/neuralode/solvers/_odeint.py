@@ -92,7 +92,8 @@ def odeint(
             key is an error, not a warning.
         event_fn: optional ``event_fn(t, y)``; the solve stops where it crosses zero and
             ``(event_t, solution)`` is returned, as in torchdiffeq.
-        backend: engine name (``"torchdiffeq"``) or instance; ``None`` picks the default.
+        backend: engine name (``"native"``, neuralode's own engine, or ``"torchdiffeq"``) or
+            instance; ``None`` picks the default (``"native"``; see ``set_default_backend``).
         stats: optional :class:`SolveStats` filled with NFE and step counters; backward
             counters keep counting when gradients are computed later.
         gradient: ``"direct"`` (backpropagate through the solver's operations) or
