@@ -1,8 +1,9 @@
 """Fused CPU kernels for the native Runge–Kutta loops, with the checks that make them safe.
 
-A step of dopri5 forms about 27 weighted sums of stage derivatives besides calling ``f``. With one
-tensor operation per term each is a pass over memory; on a small CPU problem (batch 128, 64
-states) those passes cost more than a third of the dynamics themselves. The C module ``_fused``
+Besides calling ``f``, a step of dopri5 forms six weighted sums of stage derivatives (21 terms)
+and an error estimate (6 more). With one tensor operation per term each term is a pass over
+memory; on a small CPU problem (batch 128, 64 states) those passes cost about a third of the
+dynamics themselves. The C module ``_fused``
 (built by ``pip install`` where a C compiler is available) forms each sum in one pass and the
 step's error ratio in one more.
 
@@ -33,6 +34,7 @@ try:
     from . import _fused
 except ImportError:  # no compiler at install time: plain tensor operations
     _fused = None
+    logger.debug("neuralode.solvers._fused is not built: the native engine uses tensor operations")
 
 MAX_BYTES = 1 << 17
 """The largest state (in bytes) for which the fused kernels are used."""
@@ -47,27 +49,25 @@ def available() -> bool:
     return _fused is not None and os.environ.get("NEURALODE_FUSED", "1") != "0"
 
 
-def usable(y: torch.Tensor) -> bool:
-    """Whether a solve of the state ``y`` may use the fused kernels now (see the module doc)."""
+def _readable(y: torch.Tensor, max_bytes: int) -> bool:
+    """A contiguous float32/float64 CPU tensor of at most ``max_bytes``, and kernels to read it."""
     return (
-        not torch.is_grad_enabled()
-        and y.dtype in (torch.float32, torch.float64)
+        y.dtype in (torch.float32, torch.float64)
         and y.device.type == "cpu"
         and y.is_contiguous()
-        and y.numel() * y.element_size() <= MAX_BYTES
+        and y.numel() * y.element_size() <= max_bytes
         and available()
     )
+
+
+def usable(y: torch.Tensor) -> bool:
+    """Whether a solve of the state ``y`` may use the fused kernels now (see the module doc)."""
+    return not torch.is_grad_enabled() and _readable(y, MAX_BYTES)
 
 
 def all_finite(y: torch.Tensor) -> bool | None:
     """Whether ``y`` holds only finite values, in one pass of the kernel; ``None`` where the
     kernel cannot read ``y`` (the caller then asks PyTorch)."""
-    if not (
-        y.dtype in (torch.float32, torch.float64)
-        and y.device.type == "cpu"
-        and y.is_contiguous()
-        and y.numel() * y.element_size() <= 8 * MAX_BYTES
-        and available()
-    ):
+    if not _readable(y, 8 * MAX_BYTES):
         return None
     return _all_finite(y.dtype == torch.float64, y.numel(), y.data_ptr())

@@ -18,7 +18,7 @@ import torch
 from ..errors import NonFiniteStateError, SolverError
 from . import _kernels as kernels
 from ._stats import SolveStats
-from ._tableau import ButcherTableau, flatten_terms, nonzero_terms
+from ._tableau import QUARTIC, ButcherTableau, flatten_terms, nonzero_terms
 
 __all__ = [
     "AdaptiveConfig",
@@ -300,20 +300,16 @@ class _FusedRatio:
 
 def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
     """Weights of ``y0, y1, y_mid, dt*f0, dt*f1`` in the quartic through ``y0, y_mid, y1`` with
-    slopes ``f0, f1`` at ``theta`` in [0, 1]."""
-    t2 = theta * theta
-    t3 = t2 * theta
-    t4 = t3 * theta
-    w_y0 = 1 - 11 * t2 + 18 * t3 - 8 * t4
-    w_y1 = -5 * t2 + 14 * t3 - 8 * t4
-    w_mid = 16 * t2 - 32 * t3 + 16 * t4
-    w_f0 = theta - 4 * t2 + 5 * t3 - 2 * t4
-    w_f1 = t2 - 3 * t3 + 2 * t4
-    return w_y0, w_y1, w_mid, w_f0, w_f1
+    slopes ``f0, f1`` at ``theta`` in [0, 1] (a float, or a tensor of them)."""
+
+    def horner(c):
+        return c[0] + theta * (c[1] + theta * (c[2] + theta * (c[3] + theta * c[4])))
+
+    return tuple(horner(QUARTIC[k]) for k in ("y0", "y1", "mid", "f0", "f1"))
 
 
 def interpolate(
-    ev: Evaluator | None,
+    ev: Evaluator,
     tab: ButcherTableau,
     y0: torch.Tensor,
     y1: torch.Tensor,
@@ -325,7 +321,7 @@ def interpolate(
     """4th-order dense output inside an accepted step (the method's own midpoint weights)."""
     if theta >= 1.0:
         return y1
-    if ev is not None and ev.fused:  # y0 + dt * sum(q_j(theta) * k_j) in one pass
+    if ev.fused:  # y0 + dt * sum(q_j(theta) * k_j) in one pass
         terms: list[int | float] = []
         for j, (q1, q2, q3, q4) in tab.dense_poly:
             terms.append(j)

@@ -10,9 +10,28 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["ADAPTIVE", "FIXED", "TABLEAUX", "ButcherTableau", "flatten_terms", "nonzero_terms"]
+__all__ = [
+    "ADAPTIVE",
+    "FIXED",
+    "QUARTIC",
+    "TABLEAUX",
+    "ButcherTableau",
+    "flatten_terms",
+    "nonzero_terms",
+]
 
 _TOL = 1e-12
+
+# Dense output: the quartic through y0, y_mid, y1 with slopes f0, f1 on theta in [0, 1]. The
+# weights of y0, y1, y_mid, dt*f0 and dt*f1 are polynomials in theta; their coefficients of
+# theta^0 ... theta^4.
+QUARTIC: dict[str, tuple[float, float, float, float, float]] = {
+    "y0": (1.0, 0.0, -11.0, 18.0, -8.0),
+    "y1": (0.0, 0.0, -5.0, 14.0, -8.0),
+    "mid": (0.0, 0.0, 16.0, -32.0, 16.0),
+    "f0": (0.0, 1.0, -4.0, 5.0, -2.0),
+    "f1": (0.0, 0.0, 1.0, -3.0, 2.0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +123,8 @@ class ButcherTableau:
         """The quartic through y0, y_mid, y1 with slopes f0, f1 (``_rk.interpolate``) with
         y1 = y0 + dt * sum(b * k) and y_mid = y0 + dt * sum(c_mid * k) substituted; the weight
         of y0 is then exactly 1."""
-        w_y1 = (0.0, -5.0, 14.0, -8.0)  # the same polynomials as _rk._interp_weights
-        w_mid = (0.0, 16.0, -32.0, 16.0)
-        w_f0 = (1.0, -4.0, 5.0, -2.0)
-        w_f1 = (0.0, 1.0, -3.0, 2.0)
+        # no constant terms: coefficients of theta ... theta^4
+        w_y1, w_mid, w_f0, w_f1 = (QUARTIC[k][1:] for k in ("y1", "mid", "f0", "f1"))
         c_mid = self.c_mid or (0.0,) * self.stages
         out = []
         for j in range(self.stages + 1):
