@@ -19,12 +19,12 @@ from neuralode.solvers._tableau import TABLEAUX
 NATIVE = dict(backend="native")
 
 built = pytest.mark.skipif(
-    kernels.lincomb is None, reason="the fused kernels were not built (no C compiler)"
+    not kernels.built, reason="the fused kernels were not built (no C compiler)"
 )
 
 
 def test_kernels_are_built_where_required():
-    if kernels.lincomb is None:
+    if not kernels.built:
         if os.environ.get("CI") or os.environ.get("NEURALODE_REQUIRE_FUSED"):
             pytest.fail("neuralode.solvers._fused was not built: is a C compiler installed?")
         pytest.skip("the fused kernels were not built (no C compiler)")
@@ -44,6 +44,13 @@ def _flat(pairs):
     return tuple(x for pair in pairs for x in pair)
 
 
+def _stages(ks):
+    stages = kernels.Stages(ks[0])
+    for k in ks:
+        stages.append(k)
+    return stages
+
+
 @built
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [0, 1, 2, 5, 8, 9, 13, 17])
@@ -54,16 +61,7 @@ def test_lincomb_matches_tensor_arithmetic(dtype, m, with_base):
     base = torch.randn(n, dtype=dtype)
     pairs = [(j, float(torch.randn(()))) for j in range(m)]
     scale = 0.37
-    out = torch.full((n,), float("nan"), dtype=dtype)
-    kernels.lincomb(
-        dtype == torch.float64,
-        n,
-        out.data_ptr(),
-        base.data_ptr() if with_base else None,
-        [k.data_ptr() for k in ks],
-        _flat(pairs),
-        scale,
-    )
+    out = kernels.lincomb(base if with_base else None, _stages(ks), _flat(pairs), scale)
     ref = base.double().clone() if with_base else torch.zeros(n, dtype=torch.float64)
     for j, c in pairs:
         ref += c * scale * ks[j].double()
@@ -72,12 +70,24 @@ def test_lincomb_matches_tensor_arithmetic(dtype, m, with_base):
 
 
 @built
-def test_lincomb_in_place_and_repeated_addresses():
+def test_lincomb_with_repeated_terms():
     x = torch.arange(6.0)
     k = torch.ones(6)
-    # x += 2 * k + 3 * k, in place (out is base)
-    kernels.lincomb(False, 6, x.data_ptr(), x.data_ptr(), [k.data_ptr()], (0, 2.0, 0, 3.0), 1.0)
-    torch.testing.assert_close(x, torch.arange(6.0) + 5)
+    out = kernels.lincomb(x, _stages([k]), (0, 2.0, 0, 3.0), 1.0)  # x + 2k + 3k
+    torch.testing.assert_close(out, torch.arange(6.0) + 5)
+
+
+@built
+def test_accumulate_in_place_matches_tensor_arithmetic():
+    targets = [torch.randn(3, 4, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    before = [t.clone() for t in targets]
+    parts = [[torch.randn(3, 4, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]]
+    parts.append([p.T.contiguous().T for p in (torch.randn(4, 3, dtype=torch.float64).T,)])
+    parts[1].append(torch.randn(7, dtype=torch.float64))
+    kernels.accumulate_(targets, parts, (0, 0.5, 1, -2.0), 0.1)
+    for i, t in enumerate(targets):
+        want = before[i] + 0.1 * (0.5 * parts[0][i] - 2.0 * parts[1][i])
+        torch.testing.assert_close(t, want, rtol=1e-14, atol=1e-14)
 
 
 @built
@@ -93,17 +103,7 @@ def test_error_ratio_matches_tensor_arithmetic(dtype, m, segments):
     rtol, atol, dt = 1e-3, 1e-5, 0.1
     scratch = torch.empty(n, dtype=dtype)
     ratio = kernels.error_ratio(
-        dtype == torch.float64,
-        n,
-        seg,
-        y0.data_ptr(),
-        y1.data_ptr(),
-        rtol,
-        atol,
-        scratch.data_ptr(),
-        [k.data_ptr() for k in ks],
-        _flat(pairs),
-        dt,
+        y0, y1, _stages(ks), _flat(pairs), dt, rtol, atol, (n, seg), scratch
     )
     err = sum(c * dt * ks[j].double() for j, c in pairs)
     scaled = err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()).double())
@@ -117,8 +117,8 @@ def test_error_ratio_is_nan_for_a_non_finite_state(bad):
     y0, y1, k = torch.zeros(8), torch.zeros(8), torch.ones(8)
     y1[3] = bad
     scratch = torch.empty(8)
-    args = (y0.data_ptr(), y1.data_ptr(), 1e-3, 1e-6, scratch.data_ptr(), [k.data_ptr()])
-    assert math.isnan(kernels.error_ratio(False, 8, 8, *args, (0, 1.0), 1.0))
+    ratio = kernels.error_ratio(y0, y1, _stages([k]), (0, 1.0), 1.0, 1e-3, 1e-6, (8, 8), scratch)
+    assert math.isnan(ratio)
 
 
 @built
@@ -138,17 +138,107 @@ def test_all_finite_matches_torch(dtype):
 @built
 def test_kernels_reject_malformed_terms():
     x = torch.zeros(4)
-    p = [x.data_ptr()]
+    st = _stages([x])
     with pytest.raises(IndexError, match="out of range"):
-        kernels.lincomb(False, 4, x.data_ptr(), None, p, (1, 1.0), 1.0)
+        kernels.lincomb(x, st, (1, 1.0), 1.0)
     with pytest.raises(ValueError, match="pairs"):
-        kernels.lincomb(False, 4, x.data_ptr(), None, p, (0, 1.0, 0), 1.0)
+        kernels.lincomb(x, st, (0, 1.0, 0), 1.0)
     with pytest.raises(TypeError):
-        kernels.lincomb(False, 4, x.data_ptr(), None, p, [0, 1.0], 1.0)
-    with pytest.raises(TypeError):
-        kernels.lincomb(False, 4, x.data_ptr(), None, p, (0, 1.0))
-    with pytest.raises(ValueError, match="seg"):
-        kernels.error_ratio(False, 4, 0, *[x.data_ptr()] * 2, 1e-3, 1e-6, x.data_ptr(), p, (), 1)
+        kernels.lincomb(x, st, [0, 1.0], 1.0)
+    with pytest.raises(ValueError, match="extent"):
+        kernels.error_ratio(x, x, st, (), 1.0, 1e-3, 1e-6, (4, 0), x)
+
+
+# ----------------------------------------------------------------- memory safety (issue 10)
+
+
+@built
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.zeros(3),  # fewer elements: the kernel would read past its end
+        torch.zeros(5),  # more elements
+        torch.zeros(4, dtype=torch.float64),  # another dtype
+        torch.zeros(8)[::2],  # not contiguous
+    ],
+    ids=["short", "long", "dtype", "strided"],
+)
+def test_every_buffer_is_proven_before_a_kernel_reads_it(bad):
+    x, k = torch.zeros(4), torch.ones(4)
+    stages = _stages([k])
+    with pytest.raises(ValueError, match="fused kernels need"):
+        kernels.lincomb(bad, stages, (0, 1.0), 1.0)
+    with pytest.raises(ValueError, match="fused kernels need"):
+        kernels.error_ratio(bad, x, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), x)
+    with pytest.raises(ValueError, match="fused kernels need"):
+        kernels.error_ratio(x, bad, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), x)
+    with pytest.raises(ValueError, match="fused kernels need"):
+        kernels.error_ratio(x, x, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), bad)
+
+
+@built
+def test_the_adjoint_quadrature_proves_its_buffers():
+    target = torch.zeros(4)
+    with pytest.raises(ValueError, match="elements but the state has 4"):
+        kernels.accumulate_([target], [[torch.ones(3)]], (0, 1.0), 1.0)
+    with pytest.raises(ValueError, match="fused kernels need"):
+        kernels.accumulate_([torch.zeros(8)[::2]], [[torch.ones(4)]], (0, 1.0), 1.0)
+
+
+@built
+def test_a_stage_of_another_size_or_device_is_refused_and_others_are_conformed():
+    stages = kernels.Stages(torch.zeros(4))
+    for wrong in (torch.zeros(3), torch.zeros(2, 4)):
+        with pytest.raises(ValueError, match="elements but the state has 4"):
+            stages.append(wrong)
+    with pytest.raises(ValueError, match="device"):
+        stages.append(torch.zeros(4, device="meta"))
+    k = stages.append(torch.arange(8, dtype=torch.float64)[::2])  # strided float64: converted
+    assert k.dtype == torch.float32 and k.is_contiguous()
+    torch.testing.assert_close(k, torch.tensor([0.0, 2.0, 4.0, 6.0]))
+    assert len(stages) == 1 and stages[0] is k
+
+
+def test_no_module_but_the_kernels_module_touches_raw_addresses():
+    import pathlib
+
+    import neuralode.solvers as solvers
+
+    root = pathlib.Path(solvers.__file__).parent.parent
+    users = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*.py") if "data_ptr(" in p.read_text()
+    )
+    assert users == ["solvers/_kernels.py"]
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "tsit5"])
+def test_a_derivative_that_changes_size_mid_solve_is_an_error(monkeypatch, fused, method):
+    """The reported memory-safety bug: f returns fewer elements after t = 0.3. The fused path
+    read past the end and returned a wrong answer with exit 0; now every call is checked."""
+    monkeypatch.setenv("NEURALODE_FUSED", fused)
+
+    def f(t, y):
+        return -y if t < 0.3 else -y[: y.numel() // 2]
+
+    opts = {"step_size": 0.05} if method == "rk4" else None
+    for n in (32768, 64):
+        with pytest.raises(ValueError, match="on every call"), torch.no_grad():
+            neuralode.odeint(f, torch.ones(n), torch.tensor([0.0, 1.0]), method=method,
+                             options=opts, **NATIVE)  # fmt: skip
+        with pytest.raises(ValueError, match="on every call"):  # under autograd too
+            neuralode.odeint(f, torch.ones(n, requires_grad=True), torch.tensor([0.0, 1.0]),
+                             method=method, options=opts, **NATIVE)  # fmt: skip
+
+
+def test_a_tuple_derivative_that_changes_shape_mid_solve_is_an_error():
+    def f(t, y):
+        a, b = y
+        return (-a, -b) if t < 0.3 else (-a, -b[:1])
+
+    y0 = (torch.ones(3), torch.ones(2))
+    with pytest.raises(ValueError, match="on every call"), torch.no_grad():
+        neuralode.odeint(f, y0, torch.tensor([0.0, 1.0]), **NATIVE)
 
 
 # ------------------------------------------------------------------------------ solves

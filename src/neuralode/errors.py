@@ -12,13 +12,27 @@ class SolverError(RuntimeError):
 class NonFiniteStateError(SolverError, FloatingPointError):
     """The state (or its derivative) became NaN or infinite during a solve."""
 
-    def __init__(self, time: float | None, detail: str = "") -> None:
+    def __init__(self, time: float | None, detail: str = "", message: str | None = None) -> None:
         self.time = time
         where = "during the solve" if time is None else f"at t ≈ {time:.6g}"
-        message = (
-            f"the ODE state became NaN or infinite {where}{detail}. What usually helps: "
-            "a smaller learning rate, a tighter tolerance (smaller rtol/atol), "
-            "smaller initial weights of the dynamics (e.g. ODEFunc(..., small_init=True)), "
-            "gradient clipping, or a regularizer such as KineticEnergy."
-        )
+        if message is None:
+            message = (
+                f"the ODE state became NaN or infinite {where}{detail}. What usually helps: "
+                "a smaller learning rate, a tighter tolerance (smaller rtol/atol), "
+                "smaller initial weights of the dynamics (e.g. ODEFunc(..., small_init=True)), "
+                "gradient clipping, or a regularizer such as KineticEnergy."
+            )
         super().__init__(message)
+
+    @classmethod
+    def at_start(cls, time: float) -> NonFiniteStateError:
+        """The initial state itself is not finite: the cause is upstream of the solver."""
+        return cls(
+            time,
+            message=(
+                f"the initial state y0 holds NaN or infinite values (at t = {time:.6g}), so the "
+                "solve cannot start: the cause is upstream of the solver — the input data, or "
+                "the layers that compute y0 (weights that diverged, e.g. after too large a "
+                "learning rate)"
+            ),
+        )

@@ -18,7 +18,9 @@ import torch
 
 from ..errors import NonFiniteStateError, SolverError
 from ._instrument import InstrumentedFunc, is_finite
+from ._messages import too_many_steps_message
 from ._stats import SolveStats
+from ._validate import DEFAULT_MAX_NUM_STEPS
 
 __all__ = [
     "AbstractBackend",
@@ -72,6 +74,11 @@ class AbstractBackend(abc.ABC):
     def valid_adjoint_options(self, method: str) -> frozenset[str]:
         """Keys accepted in ``adjoint_options`` for ``method``."""
         return self.valid_options(method)
+
+    def is_adaptive(self, method: str) -> bool:
+        """Whether ``method`` chooses its steps from ``rtol``/``atol`` (and so has a step
+        budget, ``max_num_steps``)."""
+        return "max_num_steps" in self.valid_options(method)
 
     @abc.abstractmethod
     def solve(self, request: SolveRequest, stats: SolveStats) -> Any:
@@ -191,8 +198,12 @@ class TorchdiffeqBackend(AbstractBackend):
             stats.steps_accepted = 0
             if not fixed:
                 stats.steps_rejected = 0
+        options = r.options
+        if self.is_adaptive(r.method) and options.get("max_num_steps") is None:
+            # torchdiffeq's own default (2**31) never ends a hopeless solve
+            options = {**options, "max_num_steps": DEFAULT_MAX_NUM_STEPS}
         common = dict(
-            rtol=r.rtol, atol=r.atol, method=r.method, options=r.options, event_fn=r.event_fn
+            rtol=r.rtol, atol=r.atol, method=r.method, options=options, event_fn=r.event_fn
         )
         try:
             if r.adjoint:
@@ -213,12 +224,12 @@ class TorchdiffeqBackend(AbstractBackend):
             else:
                 out = torchdiffeq.odeint(func, r.y0, r.t, **common)
         except AssertionError as err:
-            raise _translate(err, func) from err
+            raise _translate(err, func, r) from err
         func.end_forward()
         return out
 
 
-def _translate(err: AssertionError, func: InstrumentedFunc) -> Exception:
+def _translate(err: AssertionError, func: InstrumentedFunc, r: SolveRequest) -> Exception:
     t = None if func.last_t is None else float(func.last_t.detach())
     if not is_finite(func.last_dy):
         return NonFiniteStateError(t)
@@ -231,11 +242,8 @@ def _translate(err: AssertionError, func: InstrumentedFunc) -> Exception:
             "(method='rk4', options={'step_size': ...}), or regularize the dynamics."
         )
     if "max_num_steps" in msg:
-        return SolverError(
-            f"the solver took more than max_num_steps steps{where}. Raise "
-            "options['max_num_steps'], loosen rtol/atol, or regularize the dynamics "
-            "(e.g. KineticEnergy) so they become easier to integrate."
-        )
+        limit = r.options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+        return SolverError(too_many_steps_message(limit, where, r.event_fn is not None, r.rtol))
     return SolverError(f"torchdiffeq failed{where}: {msg}")
 
 

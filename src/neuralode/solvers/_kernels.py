@@ -15,18 +15,32 @@ The kernels are used for a solve when all of these hold, and plain tensor operat
 * the state is a contiguous float32 or float64 CPU tensor of at most :data:`MAX_BYTES` (beyond
   that one pass of a single thread loses to PyTorch's multi-threaded operations).
 
-Derivatives returned by ``f`` are made contiguous and cast to the state's dtype before they are
-used; one on another device is an error.
+Memory safety: the C functions read raw addresses and trust them, so this module is the only
+one that takes ``data_ptr()``, and it proves every buffer it hands over, on every call: the
+stage derivatives when they enter a :class:`Stages` list (contiguous, on the CPU, of the state's
+dtype and exact element count — a derivative of another layout or dtype is converted first, one
+of another size or device is a ``ValueError``), and every other tensor when it is passed in.
+Outputs are allocated here, from a proven tensor.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["MAX_BYTES", "all_finite", "available", "usable"]
+__all__ = [
+    "MAX_BYTES",
+    "Stages",
+    "accumulate_",
+    "all_finite",
+    "available",
+    "error_ratio",
+    "lincomb",
+    "usable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +53,13 @@ except ImportError:  # no compiler at install time: plain tensor operations
 MAX_BYTES = 1 << 17
 """The largest state (in bytes) for which the fused kernels are used."""
 
-lincomb = None if _fused is None else _fused.lincomb
-error_ratio = None if _fused is None else _fused.error_ratio
-_all_finite = None if _fused is None else _fused.all_finite
+built = _fused is not None
+"""Whether the C module was built."""
 
 
 def available() -> bool:
     """Whether the fused kernels were built and are not disabled by ``NEURALODE_FUSED=0``."""
-    return _fused is not None and os.environ.get("NEURALODE_FUSED", "1") != "0"
+    return built and os.environ.get("NEURALODE_FUSED", "1") != "0"
 
 
 def _readable(y: torch.Tensor, max_bytes: int) -> bool:
@@ -65,9 +78,152 @@ def usable(y: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and _readable(y, MAX_BYTES)
 
 
+def _mismatch(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> ValueError:
+    return ValueError(
+        f"{what}: the fused kernels need a contiguous CPU tensor of {numel} elements of "
+        f"{dtype}, got {x.numel()} elements of {x.dtype} on {x.device}"
+        f"{'' if x.is_contiguous() else ' (not contiguous)'}"
+    )
+
+
+def _prove(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> int:
+    """The address of ``x`` once it is proven to hold what a kernel will read."""
+    if not (x.dtype is dtype and x.is_cpu and x.is_contiguous() and x.numel() == numel):
+        raise _mismatch(x, numel, dtype, what)
+    return x.data_ptr()
+
+
+class Stages:
+    """Stage derivatives of one step, each proven readable by the kernels when appended.
+
+    ``tensors`` is the list the loops index (``ks``); the kernels read ``addresses``. A
+    derivative of another dtype or layout is converted; one of another size (a dynamics bug:
+    ``f`` returned fewer elements than the state has) or on another device is a ``ValueError``
+    instead of a read past its end.
+    """
+
+    __slots__ = ("addresses", "dtype", "numel", "tensors", "what")
+
+    def __init__(
+        self,
+        like: torch.Tensor,
+        first: torch.Tensor | None = None,
+        what: str = "func(t, y) returned dy/dt",
+    ) -> None:
+        self.what = what
+        self.numel = like.numel()
+        self.dtype = like.dtype
+        self.tensors: list[torch.Tensor] = []
+        self.addresses: list[int] = []
+        if first is not None:
+            self.append(first)
+
+    def append(self, k: torch.Tensor) -> torch.Tensor:
+        """Prove ``k`` (converting its dtype or layout where needed) and add it; return it."""
+        if not (k.is_cpu and k.dtype is self.dtype and k.is_contiguous()):
+            if not k.is_cpu:
+                raise ValueError(
+                    f"{self.what} on {k.device} but the state y is on the CPU; "
+                    "the dynamics must return their derivative on the device of the state"
+                )
+            k = k.to(self.dtype).contiguous()
+        if k.numel() != self.numel:
+            raise ValueError(
+                f"{self.what} with {k.numel()} elements but the state has "
+                f"{self.numel}; the dynamics must return a derivative of the state's shape on "
+                "every call"
+            )
+        self.tensors.append(k)
+        self.addresses.append(k.data_ptr())
+        return k
+
+    # the loops index a step's stages as a list (``ks[j]``)
+    def __getitem__(self, j):
+        return self.tensors[j]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+
+def lincomb(
+    base: torch.Tensor | None,
+    stages: Stages,
+    terms: Sequence[int | float],
+    scale: float,
+) -> torch.Tensor:
+    """``base + scale * sum(c * stages[j] for j, c in pairs(terms))`` (no base term when
+    ``base`` is None) in one pass, into a new tensor."""
+    n, dtype = stages.numel, stages.dtype
+    if base is None:
+        if not stages.tensors:
+            raise ValueError("lincomb needs a base tensor or at least one stage")
+        out = torch.empty_like(stages.tensors[0])
+        base_address = None
+    else:
+        base_address = _prove(base, n, dtype, "base of a fused sum")
+        out = torch.empty_like(base)
+    _fused.lincomb(
+        dtype is torch.float64, n, out.data_ptr(), base_address, stages.addresses, terms, scale
+    )
+    return out
+
+
+def error_ratio(
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    stages: Stages,
+    terms: Sequence[int | float],
+    scale: float,
+    rtol: float,
+    atol: float,
+    extent: tuple[int, int],
+    scratch: torch.Tensor,
+) -> float:
+    """The step's error ratio: the largest over segments of ``extent = (numel, seg)`` of
+    ``RMS(err / (atol + rtol * max(|y0|, |y1|)))`` with ``err`` the sum of the terms, as in
+    :func:`lincomb`; NaN where ``y1`` or ``err`` is not finite."""
+    n, dtype = stages.numel, stages.dtype
+    numel, seg = extent
+    if not (seg > 0 and 0 <= numel <= n):
+        raise ValueError(f"error_ratio: extent {extent} does not fit a state of {n} elements")
+    return _fused.error_ratio(
+        dtype is torch.float64,
+        numel,
+        seg,
+        _prove(y0, n, dtype, "y0 of an error ratio"),
+        _prove(y1, n, dtype, "y1 of an error ratio"),
+        rtol,
+        atol,
+        _prove(scratch, numel, dtype, "scratch of an error ratio"),
+        stages.addresses,
+        terms,
+        scale,
+    )
+
+
+def accumulate_(
+    targets: Sequence[torch.Tensor],
+    stage_parts: Sequence[Sequence[torch.Tensor]],
+    terms: Sequence[int | float],
+    scale: float,
+) -> None:
+    """``targets[i] += scale * sum(c * stage_parts[j][i] for j, c in pairs(terms))``, in place,
+    one pass per target (the continuous adjoint's quadrature of parameter adjoints)."""
+    for i, target in enumerate(targets):
+        n, dtype = target.numel(), target.dtype
+        address = _prove(target, n, dtype, f"parameter adjoint {i}")
+        parts = Stages(target, what=f"the vector-Jacobian product of parameter {i}")
+        for stage in stage_parts:
+            parts.append(stage[i])
+        _fused.lincomb(dtype is torch.float64, n, address, address, parts.addresses, terms, scale)
+
+
 def all_finite(y: torch.Tensor) -> bool | None:
     """Whether ``y`` holds only finite values, in one pass of the kernel; ``None`` where the
     kernel cannot read ``y`` (the caller then asks PyTorch)."""
     if not _readable(y, 8 * MAX_BYTES):
         return None
-    return _all_finite(y.dtype == torch.float64, y.numel(), y.data_ptr())
+    return _fused.all_finite(y.dtype is torch.float64, y.numel(), y.data_ptr())

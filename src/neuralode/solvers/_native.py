@@ -30,6 +30,7 @@ from ._rk import (
 )
 from ._stats import SolveStats
 from ._tableau import TABLEAUX, ButcherTableau
+from ._validate import DEFAULT_MAX_NUM_STEPS
 
 __all__ = ["GRADIENT_METHODS", "NativeBackend"]
 
@@ -141,7 +142,7 @@ def _make_plan(
             icoeff=float(options.get("icoeff", 1.0)),
             min_step=float(options.get("min_step", 0.0)),
             max_step=float(options.get("max_step", math.inf)),
-            max_num_steps=int(options.get("max_num_steps", 2**31 - 1)),
+            max_num_steps=int(options.get("max_num_steps") or DEFAULT_MAX_NUM_STEPS),
             step_t=_floats(options.get("step_t"), sign),
             jump_t=_floats(options.get("jump_t"), sign),
         )
@@ -187,6 +188,18 @@ def _unflat_solution(sol: torch.Tensor, shapes: list[torch.Size] | None) -> Any:
 # --------------------------------------------------------------------------- checkpointing
 
 
+def _refuse_higher_order(where: str) -> None:
+    """Backward passes run without grad unless a higher-order graph was asked for
+    (``create_graph=True``); these gradients are not differentiable, so say so instead of
+    returning a wrong second derivative."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"second and higher derivatives (create_graph=True) are not available through "
+            f"{where}: its backward pass is not itself differentiable. Use odeint with "
+            "gradient='direct' (the default) for higher-order gradients"
+        )
+
+
 class _Checkpointed(torch.autograd.Function):
     """Exact gradient of the discrete solve; keeps only the accepted states and recomputes each
     step under autograd in the backward pass."""
@@ -201,6 +214,7 @@ class _Checkpointed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_sol):
+        _refuse_higher_order("gradient='checkpoint'")
         plan, params, records = ctx.plan, ctx.params, ctx.records
         ev = plan.evaluator(backward=True)
         tab = plan.tab
@@ -261,6 +275,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_sol):
+        _refuse_higher_order("odeint_adjoint")
         (sol,) = ctx.saved_tensors
         plan, spec, params = ctx.plan, ctx.spec, ctx.params
         stats = plan.stats
@@ -316,17 +331,13 @@ class _ContinuousAdjoint(torch.autograd.Function):
         acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         tmp = SolveStats()
         b_terms = spec.tab.b_terms
-        # each sum in one pass of the fused kernel: (is_double, numel, address) per parameter
-        fused_acc = None
-        if acc_p and all(kernels.usable(x) for x in acc_p):
-            fused_acc = [(x.dtype == torch.float64, x.numel(), x.data_ptr()) for x in acc_p]
+        # each sum in one pass of the fused kernel, one per parameter
+        fused_acc = bool(acc_p) and all(kernels.usable(x) for x in acc_p)
 
         def accumulate(ks, dt):
-            if fused_acc is not None:
+            if fused_acc:
                 stage_grads = [side[id(k)] for k in ks]
-                for i, (dbl, numel, address) in enumerate(fused_acc):
-                    addresses = [g[i].data_ptr() for g in stage_grads]
-                    kernels.lincomb(dbl, numel, address, address, addresses, spec.tab.b_flat, dt)
+                kernels.accumulate_(acc_p, stage_grads, spec.tab.b_flat, dt)
             elif acc_p:
                 for j, w in b_terms:
                     torch._foreach_add_(acc_p, side[id(ks[j])], alpha=w * dt)
@@ -455,8 +466,13 @@ class NativeBackend(AbstractBackend):
         needs_grad = torch.is_grad_enabled() and (
             y0.requires_grad or any(p.requires_grad for p in params)
         )
-        if gradient == "direct" or not needs_grad:
+        if gradient == "direct":
             sol = torch.stack(plan.run(plan.evaluator(), y0))
+        elif not needs_grad:
+            # nothing to differentiate (e.g. adjoint_params=() and a y0 without grad): record no
+            # graph, so that no gradient reaches parameters left out, as in torchdiffeq
+            with torch.no_grad():
+                sol = torch.stack(plan.run(plan.evaluator(), y0))
         elif gradient == "checkpoint":
             sol = _Checkpointed.apply(plan, params, y0, *params)
         else:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import NonFiniteStateError
+from ..errors import NonFiniteStateError, SolverError
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
 from ._instrument import first_nonfinite_time, is_finite
@@ -34,6 +35,8 @@ def _prepare(
     v.check_t(t)
     v.check_tolerance(rtol, "rtol")
     v.check_tolerance(atol, "atol")
+    v.check_tolerance_shape(rtol, "rtol", y0)
+    v.check_tolerance_shape(atol, "atol", y0)
     method = v.check_method(method, engine.methods)
     opts = v.check_options(options, method, engine.valid_options(method))
     v.check_event_fn(event_fn)
@@ -44,21 +47,41 @@ def _prepare(
 
 
 def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | None) -> Any:
+    v.check_stats(stats)
     if stats is None:
         stats = SolveStats()
     stats.method = request.method
     stats.backend = engine.name
     stats.solves += 1
-    out = engine.solve(request, stats)
-    solution = out[1] if request.event_fn is not None else out
-    times = request.t if request.event_fn is None else None
-    if times is not None:
-        bad = first_nonfinite_time(solution, times)
-        if bad is not None:
-            raise NonFiniteStateError(bad, detail=" (first output time with a non-finite state)")
-    elif not is_finite(solution):  # event mode: the solution ends at the event time
-        raise NonFiniteStateError(None)
+    resolution = None
+    if engine.is_adaptive(request.method):
+        resolution = v.check_dtype_resolution(request.rtol, request.atol, request.y0)
+        if resolution is not None:
+            warnings.warn(resolution, UserWarning, stacklevel=3)
+    try:
+        out = engine.solve(request, stats)
+        solution = out[1] if request.event_fn is not None else out
+        times = request.t if request.event_fn is None else None
+        if times is not None:
+            bad = first_nonfinite_time(solution, times)
+            if bad is not None:
+                raise NonFiniteStateError(
+                    bad, detail=" (first output time with a non-finite state)"
+                )
+        elif not is_finite(solution):  # event mode: the solution ends at the event time
+            raise NonFiniteStateError(None)
+    except SolverError as err:
+        raise _explain(err, request, resolution) from err
     return out
+
+
+def _explain(err: SolverError, request: SolveRequest, resolution: str | None) -> Exception:
+    """A failure whose cause is in the input, said as such (only on the failure path)."""
+    if not is_finite(request.y0):
+        return NonFiniteStateError.at_start(float(request.t[0]))
+    if resolution is not None:
+        return SolverError(f"{resolution}. (The solver failed: {err})")
+    return err
 
 
 def odeint(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,8 +18,10 @@ import torch
 
 from ..errors import NonFiniteStateError, SolverError
 from . import _kernels as kernels
+from ._messages import too_many_steps_message
 from ._stats import SolveStats
-from ._tableau import QUARTIC, ButcherTableau, flatten_terms, nonzero_terms
+from ._tableau import QUARTIC, ButcherTableau, nonzero_terms
+from ._validate import DEFAULT_MAX_NUM_STEPS
 
 __all__ = [
     "AdaptiveConfig",
@@ -36,9 +39,9 @@ class Evaluator:
     """Calls the user's dynamics on the flat internal state, counting evaluations.
 
     Handles the time direction (``sign``), tuple states (``shapes``: the state is one flat vector
-    internally) and checks the shape of the first derivative returned. With ``fused`` set (by
-    :func:`use_fused`) the loops combine stages with the fused kernels, and every derivative is
-    made a contiguous tensor of the state's dtype first.
+    internally), checks the shape of every derivative returned and casts it to the state's
+    dtype. With ``fused`` set (by :func:`use_fused`) the loops combine stages with the fused
+    kernels, which prove every derivative before they read it (:class:`_kernels.Stages`).
     """
 
     def __init__(
@@ -64,7 +67,6 @@ class Evaluator:
         self.checked = False
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
         self.fused = False
-        self.is_double = dtype == torch.float64
         # keywords of the time tensor: none where they are the defaults (a little faster)
         default = dtype == torch.get_default_dtype() and torch.device(device).type == "cpu"
         self._time_kw = {} if default else {"dtype": dtype, "device": device}
@@ -90,14 +92,21 @@ class Evaluator:
         dy = self.func(t, y if self.shapes is None else self.unflatten(y))
         if not self.checked:
             self._check(dy, y)
+        elif self.shapes is None:  # every call: a later derivative of another shape is a bug
+            if type(dy) is not torch.Tensor or dy.shape != y.shape:
+                self._check(dy, y)
+        elif len(dy) != len(self.shapes) or any(
+            getattr(d, "shape", None) != s for d, s in zip(dy, self.shapes, strict=False)
+        ):
+            self._check(dy, y)
         if self._counter is not None:
             setattr(self.stats, self._counter, getattr(self.stats, self._counter) + 1)
         if self.shapes is not None:
             dy = self.flatten(dy)
+        if dy.dtype is not self.dtype:  # the state keeps its dtype, as in torchdiffeq
+            dy = dy.to(self.dtype)
         if self.sign < 0:
             dy = -dy
-        if self.fused and not (dy.is_cpu and dy.dtype is self.dtype and dy.is_contiguous()):
-            dy = self._conform(dy)
         return dy
 
     def _check(self, dy: Any, y: torch.Tensor) -> None:
@@ -114,22 +123,16 @@ class Evaluator:
             got = tuple(tuple(d.shape) for d in dy)
             want = tuple(tuple(s) for s in self.shapes)
         if got != want:
+            later = " (on a later call than the first)" if self.checked else ""
             raise ValueError(
-                f"func(t, y) returned dy/dt of shape {got} but the state y has shape {want}; "
-                "the dynamics must return a derivative of the same shape as the state (check the "
-                "output size of the last layer)"
+                f"func(t, y) returned dy/dt of shape {got} but the state y has shape {want}"
+                f"{later}; the dynamics must return a derivative of the same shape as the state "
+                "on every call (check the output size of the last layer)"
             )
         for d in (dy,) if self.shapes is None else dy:
             if d.device != y.device:
                 raise _device_error(d, y)
         self.checked = True
-
-    def _conform(self, dy: torch.Tensor) -> torch.Tensor:
-        """A derivative the fused kernels can read: contiguous, on the CPU, of the state's
-        dtype."""
-        if not dy.is_cpu:
-            raise _device_error(dy, torch.empty(0))
-        return dy.to(self.dtype).contiguous()
 
 
 def _device_error(dy: torch.Tensor, y: torch.Tensor) -> ValueError:
@@ -171,16 +174,9 @@ def use_fused(ev: Evaluator, y0: torch.Tensor) -> bool:
     return ev.fused
 
 
-def _addresses(xs: Sequence[torch.Tensor]) -> list[int]:
-    return [x.data_ptr() for x in xs]
-
-
-def _fused_sum(ev: Evaluator, xs: Sequence[torch.Tensor], coeffs: Sequence[float]) -> torch.Tensor:
-    """``sum(c * x for x, c in zip(xs, coeffs))`` in one pass of the fused kernel."""
-    out = torch.empty_like(xs[0])
-    terms = flatten_terms(nonzero_terms(coeffs))
-    kernels.lincomb(ev.is_double, out.numel(), out.data_ptr(), None, _addresses(xs), terms, 1.0)
-    return out
+def _fused_sum(y: torch.Tensor, k: torch.Tensor, h: float) -> torch.Tensor:
+    """``y + h * k`` in one pass of the fused kernel."""
+    return kernels.lincomb(y, kernels.Stages(y, k), (0, 1.0), h)
 
 
 def rk_step(
@@ -220,28 +216,22 @@ def _rk_step_fused(
     f0: torch.Tensor,
     dt: float,
     last_node: float | None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """:func:`rk_step` with every stage sum formed in one pass of the fused kernel."""
+) -> tuple[torch.Tensor, kernels.Stages]:
+    """:func:`rk_step` with every stage sum formed in one pass of the fused kernel; the stages
+    come back as a proven :class:`_kernels.Stages` list."""
     lincomb = kernels.lincomb
-    empty_like = torch.empty_like
-    dbl, n, yp = ev.is_double, y.numel(), y.data_ptr()
-    ks = [f0]
-    ptrs = [f0.data_ptr()]
+    ks = kernels.Stages(y, f0)
     yi = y
     c = tab.c
     a_flat = tab.a_flat
     for i in range(1, len(c)):
-        yi = empty_like(y)
-        lincomb(dbl, n, yi.data_ptr(), yp, ptrs, a_flat[i], dt)
+        yi = lincomb(y, ks, a_flat[i], dt)
         ti = t + c[i] * dt
         if last_node is not None and c[i] == 1.0:
             ti = last_node
-        k = ev(ti, yi)
-        ks.append(k)
-        ptrs.append(k.data_ptr())
+        ks.append(ev(ti, yi))
     if not tab.fsal:
-        yi = empty_like(y)
-        lincomb(dbl, n, yi.data_ptr(), yp, ptrs, tab.b_flat, dt)
+        yi = lincomb(y, ks, tab.b_flat, dt)
     return yi, ks
 
 
@@ -260,10 +250,8 @@ class _FusedRatio:
     """Forms ``cfg.norm(sum(c * x) / (atol + rtol * max(|y0|, |y1|)))`` in the fused kernel,
     for an :class:`RMSNorm` and float tolerances."""
 
-    ev: Evaluator
     cfg: AdaptiveConfig
-    numel: int
-    seg: int
+    extent: tuple[int, int]
     scratch: torch.Tensor
 
     @classmethod
@@ -275,26 +263,16 @@ class _FusedRatio:
             and type(cfg.atol) is float
         ):
             return None
-        numel, seg = cfg.norm.extent(y0.numel())
-        return cls(ev, cfg, numel, seg, y0.new_empty(numel))
+        extent = cfg.norm.extent(y0.numel())
+        return cls(cfg, extent, y0.new_empty(extent[0]))
 
     def __call__(
-        self, y0: torch.Tensor, y1: torch.Tensor, addresses: list[int], terms, scale: float
+        self, y0: torch.Tensor, y1: torch.Tensor, stages: kernels.Stages, terms, scale: float
     ) -> float:
-        """The ratio of ``sum(c * scale * addresses[j] for j, c in pairs(terms))``."""
+        """The ratio of ``sum(c * scale * stages[j] for j, c in pairs(terms))``."""
         cfg = self.cfg
         return kernels.error_ratio(
-            self.ev.is_double,
-            self.numel,
-            self.seg,
-            y0.data_ptr(),
-            y1.data_ptr(),
-            cfg.rtol,
-            cfg.atol,
-            self.scratch.data_ptr(),
-            addresses,
-            terms,
-            scale,
+            y0, y1, stages, terms, scale, cfg.rtol, cfg.atol, self.extent, self.scratch
         )
 
 
@@ -326,12 +304,10 @@ def interpolate(
         for j, (q1, q2, q3, q4) in tab.dense_poly:
             terms.append(j)
             terms.append(theta * (q1 + theta * (q2 + theta * (q3 + theta * q4))))
-        out = torch.empty_like(y0)
-        kernels.lincomb(
-            ev.is_double, y0.numel(), out.data_ptr(), y0.data_ptr(), _addresses([*ks, f1]),
-            tuple(terms), dt,
-        )  # fmt: skip
-        return out
+        stages = kernels.Stages(y0)
+        for k in (*ks, f1):
+            stages.append(k)
+        return kernels.lincomb(y0, stages, tuple(terms), dt)
     w_y0, w_y1, w_mid, w_f0, w_f1 = _interp_weights(theta)
     # y_mid = y0 + dt * sum(c_mid * k): fold it into one weighted sum
     c_mid = tab.c_mid or (0.0,) * tab.stages
@@ -339,6 +315,35 @@ def interpolate(
     coeffs[0] += w_f0
     out = torch.add(y0 * (w_y0 + w_mid), y1, alpha=w_y1)
     return _combine(out, [*ks, f1], nonzero_terms([*coeffs, w_f1]), dt)
+
+
+# --------------------------------------------------------------------------- graph size
+
+GRAPH_WARNING_BYTES = 1 << 30
+"""Direct backpropagation keeps every stage of every accepted step; past about this many bytes
+of recorded graph a solve warns once and names the gradient methods that avoid it."""
+
+_BYTES_PER_STEP_OVERHEAD = 32 << 10  # autograd's nodes of a step, measured on a 2-element state
+
+
+def graph_warning_step(tab: ButcherTableau, y0: torch.Tensor, f0: torch.Tensor) -> int | None:
+    """The accepted step at which a direct-backprop solve warns about its graph (``None``
+    when no graph is recorded: ``f0`` does not require grad)."""
+    if not f0.requires_grad:
+        return None
+    per_step = _BYTES_PER_STEP_OVERHEAD + 3 * tab.stages * y0.numel() * y0.element_size()
+    return max(1, GRAPH_WARNING_BYTES // per_step)
+
+
+def warn_graph_size(steps: int, t: float) -> None:
+    warnings.warn(
+        f"direct backpropagation has recorded {steps} solver steps (up to t ≈ {t:.6g}), a graph "
+        f"of roughly {GRAPH_WARNING_BYTES >> 30} GiB or more that grows with every further "
+        "step. gradient='checkpoint' keeps only the accepted states (memory ∝ steps × state), "
+        "and odeint_adjoint needs memory independent of the number of steps",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 # --------------------------------------------------------------------------- fixed grid
@@ -386,11 +391,16 @@ def solve_fixed(
     y = y0
     stats = ev.stats
     stats.steps_accepted = stats.steps_accepted or 0
-    for t0, t1 in itertools.pairwise(grid):
+    warn_at = -1
+    for n_steps, (t0, t1) in enumerate(itertools.pairwise(grid), 1):
         dt = t1 - t0
         f0 = ev(t0, y)
+        if warn_at == -1:
+            warn_at = graph_warning_step(tab, y0, f0)
         y1, ks = rk_step(ev, tab, t0, y, f0, dt)
         stats.steps_accepted += 1
+        if n_steps == warn_at:
+            warn_graph_size(n_steps, ev.sign * t1)
         if on_accept is not None:
             on_accept(ks, dt)
         rec = None if record is None else StepRecord(t0, dt, y, [])
@@ -438,7 +448,7 @@ class AdaptiveConfig:
     icoeff: float = 1.0
     min_step: float = 0.0
     max_step: float = math.inf
-    max_num_steps: int = 2**31 - 1
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     step_t: tuple[float, ...] = ()
     jump_t: tuple[float, ...] = ()
 
@@ -490,9 +500,10 @@ def initial_step(
     As torchdiffeq, the exponent is ``1 / order`` (the error estimate's order plus one)."""
     with torch.no_grad():
         if fused_ratio is not None:  # the same norms, scaled by atol + rtol * |y0|
-            ptrs = _addresses([y0, f0])
-            d0 = fused_ratio(y0, y0, ptrs, (0, 1.0), 1.0)
-            d1 = fused_ratio(y0, y0, ptrs, (1, 1.0), 1.0)
+            stages = kernels.Stages(y0, y0)
+            stages.append(f0)
+            d0 = fused_ratio(y0, y0, stages, (0, 1.0), 1.0)
+            d1 = fused_ratio(y0, y0, stages, (1, 1.0), 1.0)
         else:
             scale = _scale(cfg, y0.abs())
             d0 = float(cfg.norm(y0 / scale))
@@ -500,8 +511,10 @@ def initial_step(
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         h0 = min(h0, cfg.max_step)
         if fused_ratio is not None:
-            f1 = ev(t0 + h0, _fused_sum(ev, [y0, f0], [1.0, h0]))
-            d2 = fused_ratio(y0, y0, _addresses([f1, f0]), (0, 1.0, 1, -1.0), 1.0) / h0
+            f1 = ev(t0 + h0, _fused_sum(y0, f0, h0))
+            stages = kernels.Stages(y0, f1)
+            stages.append(f0)
+            d2 = fused_ratio(y0, y0, stages, (0, 1.0, 1, -1.0), 1.0) / h0
         else:
             f1 = ev(t0 + h0, y0 + h0 * f0)
             d2 = float(cfg.norm((f1 - f0) / scale)) / h0
@@ -545,6 +558,8 @@ def solve_adaptive(
     y = y0
     fused_ratio = _FusedRatio.create(ev, cfg, y0)
     f0 = ev(t_now, y)
+    warn_at = graph_warning_step(tab, y0, f0)
+    n_accepted = 0
     if cfg.first_step is not None:
         dt = cfg.first_step
     else:
@@ -565,10 +580,9 @@ def solve_adaptive(
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
             raise SolverError(
-                f"the solver took more than max_num_steps={cfg.max_num_steps} steps near "
-                f"t ≈ {ev.sign * t_now:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
-                "or regularize the dynamics (e.g. KineticEnergy) so they become easier to "
-                "integrate."
+                too_many_steps_message(
+                    cfg.max_num_steps, f" near t ≈ {ev.sign * t_now:.6g}", False, cfg.rtol
+                )
             )
         n_steps += 1
         # land exactly on step_t / jump_t boundaries
@@ -587,7 +601,7 @@ def solve_adaptive(
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
         y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
         if fused_ratio is not None:
-            ratio = fused_ratio(y, y1, _addresses(ks), tab.b_err_flat, dt)
+            ratio = fused_ratio(y, y1, ks, tab.b_err_flat, dt)
         else:
             with torch.no_grad():
                 err = error_estimate(tab, ks, dt)
@@ -596,8 +610,11 @@ def solve_adaptive(
                 ratio = float(cfg.norm(err.div_(scale)))
         if math.isnan(ratio):
             raise _nonfinite(ev, tab, t_now, dt, ks)
-        if ratio <= 1.0:
+        if ratio <= 1.0 or dt <= cfg.min_step:  # a step at min_step is taken (torchdiffeq)
             stats.steps_accepted += 1
+            n_accepted += 1
+            if n_accepted == warn_at:
+                warn_graph_size(n_accepted, ev.sign * t1)
             if on_accept is not None:
                 on_accept(ks, dt)
             if fused_ratio is None:
@@ -705,10 +722,7 @@ def solve_adaptive_per_sample(
     n_iter = 0
     while bool(active.any()):
         if n_iter >= cfg.max_num_steps:
-            raise SolverError(
-                f"the solver took more than max_num_steps={cfg.max_num_steps} steps; raise "
-                "options['max_num_steps'] or loosen rtol/atol"
-            )
+            raise SolverError(too_many_steps_message(cfg.max_num_steps, "", False, cfg.rtol))
         n_iter += 1
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
         dty = dt_eff.to(y.dtype).reshape(view)
@@ -725,7 +739,7 @@ def solve_adaptive_per_sample(
             bad = torch.isnan(ratio) & active
             if bool(bad.any()):
                 raise NonFiniteStateError(float(ev.sign * t_now[bad][0]))
-            accept = (ratio <= 1.0) & active
+            accept = ((ratio <= 1.0) | (dt_eff <= cfg.min_step)) & active
             reject = (~accept) & active
             acc += accept.long()
             rej += reject.long()

@@ -11,15 +11,23 @@ from typing import Any
 import torch
 
 __all__ = [
+    "DEFAULT_MAX_NUM_STEPS",
+    "check_dtype_resolution",
     "check_func",
     "check_method",
     "check_options",
+    "check_stats",
     "check_t",
     "check_tolerance",
+    "check_tolerance_shape",
     "check_y0",
 ]
 
 _T_EXAMPLE = "e.g. t = torch.linspace(0.0, 1.0, 10)"
+
+DEFAULT_MAX_NUM_STEPS = 100_000
+"""The default step budget of one adaptive solve (torchdiffeq's is 2**31, which never ends a
+hopeless solve). A solve that needs more raises a ``SolverError`` that says how to raise it."""
 
 
 def check_func(func: Any, name: str = "func") -> None:
@@ -124,17 +132,111 @@ def check_options(
         raise ValueError(
             f"unknown {name} {unknown} for method {method!r}; valid keys are: {', '.join(valid)}"
         )
-    for key in ("step_size", "first_step", "max_step"):
-        v = options.get(key)
-        if isinstance(v, numbers.Real) and not v > 0:
-            raise ValueError(f"{name}[{key!r}] must be positive, got {v!r}")
-    v = options.get("min_step")
-    if isinstance(v, numbers.Real) and v < 0:
-        raise ValueError(f"{name}['min_step'] must be non-negative, got {v!r}")
-    v = options.get("max_num_steps")
-    if isinstance(v, numbers.Real) and v < 1:
-        raise ValueError(f"{name}['max_num_steps'] must be at least 1, got {v!r}")
-    return dict(options)
+    opts = dict(options)
+    for key in ("step_size", "first_step", "max_step", "min_step"):
+        if opts.get(key) is not None:
+            v = _real(opts[key], f"{name}[{key!r}]")
+            if key == "min_step" and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}['min_step'] must be non-negative and finite, got {v!r}")
+            if key != "min_step" and not v > 0:
+                raise ValueError(f"{name}[{key!r}] must be positive, got {v!r}")
+            if key in ("step_size", "first_step") and not math.isfinite(v):
+                raise ValueError(
+                    f"{name}[{key!r}] must be finite, got {v!r}; it is a step length in the "
+                    "units of t, e.g. 0.1"
+                )
+    lo, hi = opts.get("min_step"), opts.get("max_step")
+    if lo is not None and hi is not None and _real(lo, "") > _real(hi, ""):
+        raise ValueError(f"{name}: min_step ({lo}) must not exceed max_step ({hi})")
+    bounds = {  # key: (low, high, what a sensible value looks like)
+        "safety": (0.0, 1.0, "a factor in (0, 1], e.g. 0.9"),
+        "dfactor": (0.0, 1.0, "the smallest step factor after a rejection, in (0, 1], e.g. 0.2"),
+        "ifactor": (1.0, math.inf, "the largest growth factor of the step, >= 1, e.g. 10"),
+    }  # fmt: skip
+    for key, (low, high, hint) in bounds.items():
+        if opts.get(key) is not None:
+            v = _real(opts[key], f"{name}[{key!r}]")
+            ok = low < v <= high if key != "ifactor" else low <= v < high
+            if not ok:
+                raise ValueError(f"{name}[{key!r}] must be {hint}; got {v!r}")
+    for key in ("pcoeff", "icoeff"):
+        if opts.get(key) is not None:
+            v = _real(opts[key], f"{name}[{key!r}]")
+            if not math.isfinite(v):
+                raise ValueError(f"{name}[{key!r}] must be finite, got {v!r}")
+    v = opts.get("max_num_steps")
+    if v is not None:
+        n = _real(v, f"{name}['max_num_steps']")
+        if not (math.isfinite(n) and n == int(n) and n >= 1):
+            raise ValueError(
+                f"{name}['max_num_steps'] must be a whole number of at least 1, got {v!r} "
+                f"(the default is {DEFAULT_MAX_NUM_STEPS})"
+            )
+        opts["max_num_steps"] = int(n)
+    return opts
+
+
+def _real(value: Any, where: str) -> float:
+    """A real number given as a Python number or a one-element real tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value.detach())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{where} must be a real number, got {value!r}")
+
+
+def check_stats(stats: Any) -> None:
+    from ._stats import SolveStats
+
+    if stats is not None and not isinstance(stats, SolveStats):
+        raise TypeError(
+            f"stats must be a neuralode.SolveStats (or None), got {type(stats).__name__}; "
+            "e.g. stats = neuralode.SolveStats(); odeint(..., stats=stats)"
+        )
+
+
+def check_tolerance_shape(value: Any, name: str, y0: Any) -> None:
+    """A tolerance tensor must broadcast to the state (element-wise tolerances)."""
+    if not isinstance(value, torch.Tensor) or value.numel() == 1:
+        return
+    # a tuple state is solved as one flat vector
+    flat = (sum(y.numel() for y in y0),) if isinstance(y0, tuple) else ()
+    target = tuple(y0.shape) if isinstance(y0, torch.Tensor) else flat
+    try:
+        ok = torch.broadcast_shapes(tuple(value.shape), target) == target
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state's shape "
+            f"{target}; pass a float, a one-element tensor, or a tensor that broadcasts to the "
+            "state (one tolerance per element)"
+        )
+
+
+def check_dtype_resolution(rtol: Any, atol: Any, y0: Any) -> str | None:
+    """A message when a tolerance is below what the state's dtype can resolve, else None.
+
+    ``rtol`` below the dtype's unit roundoff (half its epsilon) cannot be met: each step's error
+    estimate is itself rounded at that level, so the step size collapses or the answer is off
+    by far more than asked. ``atol`` below the smallest normal number is likewise meaningless.
+    """
+    ref = y0 if isinstance(y0, torch.Tensor) else y0[0]
+    if not ref.is_floating_point():
+        return None
+    info = torch.finfo(ref.dtype)
+    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    a = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
+    unit = info.eps / 2
+    if r >= unit and a >= info.tiny:
+        return None
+    bad = f"rtol={r:g}" if r < unit else f"atol={a:g}"
+    return (
+        f"{bad} is below the resolution of the state's dtype {ref.dtype} (unit roundoff "
+        f"{unit:.2g}, smallest normal {info.tiny:.2g}): the solver cannot meet it, so steps "
+        f"collapse or the result is silently inaccurate. Use rtol >= {4 * unit:.0e} with "
+        f"{ref.dtype}, or solve in float32/float64"
+    )
 
 
 def check_event_fn(event_fn: Callable | None) -> None:
