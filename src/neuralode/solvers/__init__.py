@@ -13,8 +13,10 @@ from ._backends import (
 from ._native import GRADIENT_METHODS, NativeBackend
 from ._odeint import odeint, odeint_adjoint
 from ._stats import SolveStats
+from ._validate import DEFAULT_MAX_NUM_STEPS
 
 __all__ = [
+    "DEFAULT_MAX_NUM_STEPS",
     "GRADIENT_METHODS",
     "AbstractBackend",
     "NativeBackend",

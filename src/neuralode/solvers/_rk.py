@@ -585,6 +585,8 @@ def solve_adaptive(
                 )
             )
         n_steps += 1
+        # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
+        dt = min(max(dt, cfg.min_step), cfg.max_step) if math.isfinite(dt) else cfg.min_step
         # land exactly on step_t / jump_t boundaries
         hit = None
         if b_idx < len(boundaries) and t_now + dt >= boundaries[b_idx]:
@@ -716,7 +718,7 @@ def solve_adaptive_per_sample(
             torch.minimum(100 * h0, h1)
             if cfg.first_step is None
             else torch.full_like(h0, cfg.first_step)
-        )
+        ).clamp(min=cfg.min_step, max=cfg.max_step)
     out: list[torch.Tensor | None] = [y0] + [None] * (n_out - 1)
     nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
     n_iter = 0
