@@ -187,9 +187,9 @@ def test_bfloat16_default_tolerances_warn():
     """bfloat16 with default tolerances was silently 0.29 off."""
     y0 = torch.ones(4, dtype=torch.bfloat16)
     t = torch.tensor([0.0, 1.0], dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match="rtol=1e-07 is below the resolution"):
-        with contextlib.suppress(SolverError):
-            neuralode.odeint(lambda t, y: -y, y0, t, options={"max_num_steps": 200})
+    warns = pytest.warns(UserWarning, match="rtol=1e-07 is below the resolution")
+    with warns, contextlib.suppress(SolverError):
+        neuralode.odeint(lambda t, y: -y, y0, t, options={"max_num_steps": 200})
     with warnings.catch_warnings():  # a tolerance the dtype can meet: no warning
         warnings.simplefilter("error")
         out = neuralode.odeint(lambda t, y: -y, y0, t, rtol=3e-2, atol=1e-2)

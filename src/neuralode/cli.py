@@ -39,7 +39,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-subset", type=int, help="use only the first N test images")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="number of epochs (default 1)")
-    g.add_argument("--batch-size", type=int, help="global batch size (default 128)")
+    g.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
     g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default none)")
@@ -125,7 +125,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _rank() -> int:
     import os
 
-    return int(os.environ.get("RANK", "0"))
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:  # reported by the training's own check of the environment
+        return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -185,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run with its evaluation tolerances")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("diagnose", help="print the health report of a run's model")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.set_defaults(func=_cmd_diagnose)
     from .experiments import cli as experiments_cli
 
@@ -213,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("neuralode.training.digest").setLevel(logging.INFO)
     from .data import DataError
     from .training import CheckpointError, TrainingDiverged
+    from .training.files import RunFolderBusy
 
     if args.command in ("train", "compare", "study") and not getattr(
         args, "no_allocator_tuning", False
@@ -225,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"neuralode: training stopped: {err}", file=sys.stderr)
         return 3
-    except (ValueError, CheckpointError, DataError) as err:
+    except (ValueError, CheckpointError, DataError, RunFolderBusy) as err:
         print(f"neuralode {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused: say which file and why, in one line
+        where = f" {err.filename}" if err.filename else ""
+        print(f"neuralode {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuralode: interrupted; resume with --resume", file=sys.stderr)

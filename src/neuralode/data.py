@@ -189,6 +189,11 @@ def load_mnist(
     directory; if absent they are downloaded into the cache (``download=True``), verified by the
     SHA-256 of their decompressed bytes.
     """
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(
+            f"--data-dir {data_dir} is a file; it must be the folder that holds mnist/ "
+            "(or will hold it once downloaded)"
+        )
     folder = find_mnist(data_dir)
     if folder is None:
         searched = ", ".join(str(p) for p in _candidates(data_dir))

@@ -564,6 +564,10 @@ def solve_adaptive(
         dt = cfg.first_step
     else:
         dt = initial_step(ev, tab, t_now, y, f0, cfg, fused_ratio)
+    if not math.isfinite(dt):  # the initial step heuristic met a non-finite derivative
+        if not bool(torch.isfinite(f0).all()):
+            raise NonFiniteStateError(ev.sign * t_now, detail=" (the derivative at the start)")
+        dt = cfg.min_step if cfg.min_step > 0 else cfg.max_step
     boundaries = sorted({*cfg.step_t, *cfg.jump_t})
     jumps = set(cfg.jump_t)
     b_idx = 0
@@ -586,7 +590,7 @@ def solve_adaptive(
             )
         n_steps += 1
         # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
-        dt = min(max(dt, cfg.min_step), cfg.max_step) if math.isfinite(dt) else cfg.min_step
+        dt = min(max(dt, cfg.min_step), cfg.max_step)
         # land exactly on step_t / jump_t boundaries
         hit = None
         if b_idx < len(boundaries) and t_now + dt >= boundaries[b_idx]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,9 @@ import torch
 from .files import atomic_write
 
 __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -57,21 +62,66 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_MAGIC = b"NEURALODE-CHECKPOINT 1 sha256="
+_DIGEST_LEN = 64
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename), behind a header
+    with the SHA-256 of its bytes, which :func:`load_checkpoint` verifies.
+
+    The state is serialised in memory first, so a full disk is an ``OSError`` from the write
+    that says so (and the previous checkpoint stays), not an error from inside the serializer.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(fh):
+        fh.write(header)
+        fh.write(payload)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs)."""
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs), after verifying
+    the SHA-256 of its bytes against the one stored with it.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, altered (digest mismatch) or not a
+            dictionary.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    fix = "delete it to start over, or restore it from a backup"
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as err:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({err.strerror})") from err
+    if raw.startswith(_MAGIC):
+        end = len(_MAGIC) + _DIGEST_LEN
+        stored, payload = raw[len(_MAGIC) : end].decode(errors="replace"), raw[end + 1 :]
+        if raw[end : end + 1] != b"\n" or hashlib.sha256(payload).hexdigest() != stored:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored "
+                f"with it (the file was altered or damaged after it was written); {fix}"
+            )
+    else:  # written before checkpoints carried a digest: nothing to verify
+        logger.warning("checkpoint %s has no digest to verify (an older format)", path)
+        payload = raw
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # the unpickler fails in many ways on damaged bytes
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start over, or "
-            "restore it from a backup"
+            f"{str(err).splitlines()[0] if str(err) else ''}); {fix}"
         ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a neuralode checkpoint "
+            f"(a dictionary); {fix}"
+        )
+    return state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,31 @@ class TrainConfig:
     spiral_iters: int = 100
 
     # ------------------------------------------------------------------ validation
+    def check_types(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first option of the wrong type (as from a config
+        file: ``data_dir = 5``); integers are accepted for float options."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+            ok = any(
+                (value is None and kind is type(None))
+                or (kind is float and isinstance(value, (int, float)))
+                or (kind in (int, str) and isinstance(value, kind))
+                for kind in allowed
+            ) and not isinstance(value, bool)
+            if not ok:
+                names = " or ".join(
+                    "null" if k is type(None) else getattr(k, "__name__", str(k)) for k in allowed
+                )
+                raise ValueError(
+                    f"option {f.name} must be {names}, got {value!r} ({type(value).__name__})"
+                )
+        return self
+
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad option; return ``self``."""
+        self.check_types()
 
         def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
             if value not in choices:
@@ -165,13 +189,21 @@ class TrainConfig:
         if path.suffix == ".toml":
             import tomllib
 
-            data = tomllib.loads(text)
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"config file {path} is not valid TOML: {err}") from None
         else:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ValueError(f"config file {path} is not valid JSON: {err}") from None
-        cls.from_dict(data)  # check the keys
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config file {path} must hold a table of options (keys as in config.json), "
+                f"got a {type(data).__name__}"
+            )
+        cls.from_dict(data).check_types()  # check the keys and the types
         return data
 
 

@@ -17,6 +17,16 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
+
+
 class Distributed:
     """The process group this process belongs to (a single process when not under torchrun)."""
 
@@ -32,14 +42,22 @@ class Distributed:
 
     @classmethod
     def from_environment(cls, cfg) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = _env_int("WORLD_SIZE", 1)
         device = cfg.resolved_device()
         if world <= 1:
             return cls(0, 1, device, False)
         import torch.distributed as dist
 
-        rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        if "RANK" not in os.environ:
+            raise ValueError(
+                f"WORLD_SIZE={world} is set but RANK is not: start data-parallel training with "
+                "torchrun (e.g. torchrun --nproc-per-node 2 -m neuralode train ...), which sets "
+                "both, or unset WORLD_SIZE to train in one process"
+            )
+        rank = _env_int("RANK", 0)
+        local = _env_int("LOCAL_RANK", rank)
+        if not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} is outside 0 … WORLD_SIZE-1 = {world - 1}")
         if device.type == "cuda":
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)

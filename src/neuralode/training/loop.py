@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from ..errors import SolverError
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, build_model
 from .distributed import Distributed
-from .files import write_csv, write_json
+from .files import RunLock, check_folder, remove_stale_temporaries, write_csv, write_json
 
 __all__ = ["TrainingDiverged", "evaluate_run", "peak_memory_mb", "train"]
 
@@ -141,13 +142,74 @@ class _State:
 
 
 def _check_resume(cfg: TrainConfig, saved: dict[str, Any], out: Path) -> None:
-    old = saved.get("config", {})
+    old = saved["config"]
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and old.get(k) != v)
     if diff:
         details = ", ".join(f"{k}: run has {old.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
         raise CheckpointError(
             f"--resume: the run in {out} was made with a different configuration ({details}); "
             "resume with the same options, or start a new run with another --out"
+        )
+    if cfg.schedule != "none" and cfg.epochs != old.get("epochs"):
+        # the schedule's length is its number of epochs: a new length would rewrite the
+        # learning rates of the epochs already trained (cosine would rise again)
+        raise CheckpointError(
+            f"--resume --epochs {cfg.epochs}: the run in {out} follows a {cfg.schedule} "
+            f"learning-rate schedule laid out for {old.get('epochs')} epochs, which cannot be "
+            f"stretched without changing the epochs already trained. Resume with --epochs "
+            f"{old.get('epochs')}, or start a new run (with --schedule none, runs can be extended)"
+        )
+
+
+_CHECKPOINT_KEYS = {
+    "model": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "epoch": int,
+    "rows": list,
+    "train_seconds": (int, float),
+    "config": dict,
+}
+
+
+def read_run_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A training checkpoint, verified (digest) and checked to have a run checkpoint's fields."""
+    saved = load_checkpoint(path, map_location=map_location)
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(saved.get(key), kind) or isinstance(saved.get(key), bool):
+            raise CheckpointError(
+                f"{path} is not a neuralode training checkpoint: its {key!r} entry is "
+                f"{type(saved.get(key)).__name__ if key in saved else 'missing'}"
+            )
+    if not all(isinstance(v, torch.Tensor) for v in saved["model"].values()):
+        raise CheckpointError(f"{path}: its model entry is not a state_dict of tensors")
+    try:
+        TrainConfig.from_dict(saved["config"]).check_types()
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: the configuration stored with it is invalid: {err}"
+        ) from err
+    return saved
+
+
+def _load_weights(model: nn.Module, saved: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights into ``model``: every tensor present, of the right shape,
+    and finite."""
+    try:
+        model.load_state_dict(saved["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"{path} does not hold weights of this run's model "
+            f"({first[0] if first else type(err).__name__} ...); the checkpoint belongs to "
+            "another model or was altered"
+        ) from err
+    bad = [k for k, v in saved["model"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: the weights {bad[:3]} hold NaN or infinite values, so the model cannot "
+            "be used; the run diverged before this checkpoint was written — retrain with a "
+            "smaller --lr, or restore an earlier checkpoint"
         )
 
 
@@ -165,20 +227,27 @@ def train(
         TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
     """
     cfg.validate()
-    out = Path(out_dir)
-    ckpt_path = out / CHECKPOINT
-    if resume and not ckpt_path.is_file():
-        raise CheckpointError(
-            f"--resume: no run to resume in {out} (no {CHECKPOINT}); start it without --resume"
-        )
-    if not resume and ckpt_path.is_file():
-        raise CheckpointError(
-            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
-        )
+    out = check_folder(out_dir)
     dist = Distributed.from_environment(cfg)
+    lock = RunLock(out)
     try:
+        if dist.is_main:  # one writer per run folder; the OS drops the lock if we are killed
+            lock.acquire()
+            stale = remove_stale_temporaries(out)
+            if stale:
+                logger.info("removed temporary files of an interrupted write: %s", stale)
+        ckpt_path = out / CHECKPOINT
+        if resume and not ckpt_path.is_file():
+            raise CheckpointError(
+                f"--resume: no run to resume in {out} (no {CHECKPOINT}); start it without --resume"
+            )
+        if not resume and ckpt_path.is_file():
+            raise CheckpointError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
         return _train(cfg, out, resume, progress, dist)
     finally:
+        lock.release()
         dist.close()
 
 
@@ -195,23 +264,37 @@ def _train(
     sched = _scheduler(cfg, opt)
     state = _State()
     if resume:
-        saved = load_checkpoint(out / CHECKPOINT, map_location=device)
+        saved = read_run_checkpoint(out / CHECKPOINT, map_location=device)
         _check_resume(cfg, saved, out)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if sched is not None and saved.get("scheduler") is not None:
-            sched.load_state_dict(saved["scheduler"])
-        restore_rng(saved["rng"])
+        _load_weights(model, saved, out / CHECKPOINT)
+        try:
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None and saved.get("scheduler") is not None:
+                sched.load_state_dict(saved["scheduler"])
+            restore_rng(saved["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            raise CheckpointError(
+                f"{out / CHECKPOINT}: the optimizer, schedule or random state cannot be "
+                f"restored ({type(err).__name__}: {err}); the run cannot be resumed exactly"
+            ) from err
         state = _State(saved["epoch"], list(saved["rows"]), float(saved["train_seconds"]))
         logger.info("resuming %s after epoch %d", out, state.epoch)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
+        if resume:  # a kill between the checkpoint and metrics.csv: the checkpoint's rows win
+            write_csv(out / "metrics.csv", state.rows)
     wrapped = dist.wrap(model)
     if cfg.dataset == "mnist":
         train_data, test_data = dist.load(lambda: load_mnist(cfg.data_dir, progress=progress))
         train_data = train_data.subset(cfg.train_subset)
         test_data = test_data.subset(cfg.test_subset)
+        if cfg.batch_size > len(train_data):
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is larger than the training set "
+                f"({len(train_data)} images), so an epoch would train on nothing; use a batch "
+                f"size of at most {len(train_data)}"
+            )
         epoch_fn = _mnist_epoch
         data: Any = (train_data, test_data)
     else:
@@ -447,6 +530,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint with its evaluation tolerances; writes ``evaluation.json``."""
     run = Path(run_dir)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     model, cfg = load_run(run, data_dir)
     device = cfg.resolved_device()
     model.to(device)
@@ -461,18 +548,68 @@ def evaluate_run(
         res = {"test_mse": _spiral_test_mse(model, data, device)}
         res["nfe_forward"] = solve_stats(model).nfe_forward
     res["eval_rtol"], res["eval_atol"] = cfg.eval_rtol, cfg.eval_atol
-    write_json(run / "evaluation.json", res)
+    try:
+        write_json(run / "evaluation.json", res)
+    except OSError as err:  # a read-only run folder: the results are still returned
+        logger.warning("could not save evaluation.json in %s: %s", run, err.strerror or err)
     return res
 
 
 def load_run(run: Path, data_dir: str | None = None) -> tuple[nn.Module, TrainConfig]:
     """The model of a run folder, with its trained weights, and its configuration."""
+    if not run.is_dir():
+        raise CheckpointError(f"{run} is not a run folder (no such folder)")
     if not (run / "config.json").is_file() and not (run / CHECKPOINT).is_file():
         raise CheckpointError(f"{run} is not a run folder (no config.json or {CHECKPOINT})")
-    saved = load_checkpoint(run / CHECKPOINT)
+    saved = read_run_checkpoint(run / CHECKPOINT)
     cfg = TrainConfig.from_dict(saved["config"])
+    _check_same_run(run, saved)
     if data_dir is not None:
         cfg.data_dir = data_dir
     model = build_model(cfg)
-    model.load_state_dict(saved["model"])
+    _load_weights(model, saved, run / CHECKPOINT)
+    _check_summary_digest(run, saved, model)
     return model, cfg
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); the run folder is damaged") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; the run folder is damaged")
+    return data
+
+
+def _check_same_run(run: Path, saved: dict[str, Any]) -> None:
+    """The checkpoint must be this run's: its configuration is the one in config.json (up to
+    the options that may change on resume)."""
+    cfg = _read_json(run / "config.json")
+    if cfg is None:
+        return
+    old = saved["config"]
+    diff = sorted(
+        k for k in set(cfg) | set(old) if k not in _RESUMABLE and cfg.get(k) != old.get(k)
+    )
+    if diff:
+        details = ", ".join(f"{k}: {old.get(k)!r} vs {cfg.get(k)!r}" for k in diff[:4])
+        raise CheckpointError(
+            f"{run / CHECKPOINT} does not belong to the run in {run}: its configuration differs "
+            f"from config.json ({details}); it was copied from another run"
+        )
+
+
+def _check_summary_digest(run: Path, saved: dict[str, Any], model: nn.Module) -> None:
+    """A finished run's summary.json records the SHA-256 of its final weights: check it."""
+    summary = _read_json(run / "summary.json")
+    if summary is None or summary.get("epochs") != saved["epoch"]:
+        return  # not finished, or resumed since: the summary describes another checkpoint
+    recorded = summary.get("weights_sha256")
+    if recorded is not None and recorded != _weights_digest(model):
+        raise CheckpointError(
+            f"the weights in {run / CHECKPOINT} are not the ones summary.json records "
+            "(weights_sha256 differs): the checkpoint was replaced or altered after training"
+        )
