@@ -44,8 +44,8 @@ def _flat(pairs):
     return tuple(x for pair in pairs for x in pair)
 
 
-def _stages(ks):
-    stages = kernels.Stages(ks[0])
+def _stages(ks, base=None):
+    stages = kernels.Stages(ks[0] if base is None else base)
     for k in ks:
         stages.append(k)
     return stages
@@ -61,7 +61,7 @@ def test_lincomb_matches_tensor_arithmetic(dtype, m, with_base):
     base = torch.randn(n, dtype=dtype)
     pairs = [(j, float(torch.randn(()))) for j in range(m)]
     scale = 0.37
-    out = kernels.lincomb(base if with_base else None, _stages(ks), _flat(pairs), scale)
+    out = kernels.lincomb(_stages(ks, base), _flat(pairs), scale, with_base=with_base)
     ref = base.double().clone() if with_base else torch.zeros(n, dtype=torch.float64)
     for j, c in pairs:
         ref += c * scale * ks[j].double()
@@ -73,7 +73,7 @@ def test_lincomb_matches_tensor_arithmetic(dtype, m, with_base):
 def test_lincomb_with_repeated_terms():
     x = torch.arange(6.0)
     k = torch.ones(6)
-    out = kernels.lincomb(x, _stages([k]), (0, 2.0, 0, 3.0), 1.0)  # x + 2k + 3k
+    out = kernels.lincomb(_stages([k], x), (0, 2.0, 0, 3.0), 1.0)  # x + 2k + 3k
     torch.testing.assert_close(out, torch.arange(6.0) + 5)
 
 
@@ -101,10 +101,8 @@ def test_error_ratio_matches_tensor_arithmetic(dtype, m, segments):
     ks = [torch.randn(n, dtype=dtype) for _ in range(m)]
     pairs = [(j, float(torch.randn(()))) for j in range(m)]
     rtol, atol, dt = 1e-3, 1e-5, 0.1
-    scratch = torch.empty(n, dtype=dtype)
-    ratio = kernels.error_ratio(
-        y0, y1, _stages(ks), _flat(pairs), dt, rtol, atol, (n, seg), scratch
-    )
+    scratch = kernels.Scratch(y0, (n, seg))
+    ratio = kernels.error_ratio(_stages(ks, y0), y1, _flat(pairs), dt, rtol, atol, scratch)
     err = sum(c * dt * ks[j].double() for j, c in pairs)
     scaled = err / (atol + rtol * torch.maximum(y0.abs(), y1.abs()).double())
     ref = max(float(p.pow(2).mean().sqrt()) for p in scaled.split(seg))
@@ -116,8 +114,8 @@ def test_error_ratio_matches_tensor_arithmetic(dtype, m, segments):
 def test_error_ratio_is_nan_for_a_non_finite_state(bad):
     y0, y1, k = torch.zeros(8), torch.zeros(8), torch.ones(8)
     y1[3] = bad
-    scratch = torch.empty(8)
-    ratio = kernels.error_ratio(y0, y1, _stages([k]), (0, 1.0), 1.0, 1e-3, 1e-6, (8, 8), scratch)
+    scratch = kernels.Scratch(y0, (8, 8))
+    ratio = kernels.error_ratio(_stages([k], y0), y1, (0, 1.0), 1.0, 1e-3, 1e-6, scratch)
     assert math.isnan(ratio)
 
 
@@ -140,13 +138,15 @@ def test_kernels_reject_malformed_terms():
     x = torch.zeros(4)
     st = _stages([x])
     with pytest.raises(IndexError, match="out of range"):
-        kernels.lincomb(x, st, (1, 1.0), 1.0)
+        kernels.lincomb(st, (1, 1.0), 1.0)
     with pytest.raises(ValueError, match="pairs"):
-        kernels.lincomb(x, st, (0, 1.0, 0), 1.0)
+        kernels.lincomb(st, (0, 1.0, 0), 1.0)
     with pytest.raises(TypeError):
-        kernels.lincomb(x, st, [0, 1.0], 1.0)
+        kernels.lincomb(st, [0, 1.0], 1.0)
     with pytest.raises(ValueError, match="extent"):
-        kernels.error_ratio(x, x, st, (), 1.0, 1e-3, 1e-6, (4, 0), x)
+        kernels.Scratch(x, (4, 0))
+    with pytest.raises(ValueError, match="extent"):
+        kernels.Scratch(x, (5, 5))
 
 
 # ----------------------------------------------------------------- memory safety (issue 10)
@@ -165,15 +165,18 @@ def test_kernels_reject_malformed_terms():
 )
 def test_every_buffer_is_proven_before_a_kernel_reads_it(bad):
     x, k = torch.zeros(4), torch.ones(4)
-    stages = _stages([k])
+    stages = _stages([k], x)
+    if not bad.is_contiguous():  # a base of another layout
+        with pytest.raises(ValueError, match="fused kernels need"):
+            kernels.Stages(bad)
     with pytest.raises(ValueError, match="fused kernels need"):
-        kernels.lincomb(bad, stages, (0, 1.0), 1.0)
-    with pytest.raises(ValueError, match="fused kernels need"):
-        kernels.error_ratio(bad, x, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), x)
-    with pytest.raises(ValueError, match="fused kernels need"):
-        kernels.error_ratio(x, bad, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), x)
-    with pytest.raises(ValueError, match="fused kernels need"):
-        kernels.error_ratio(x, x, stages, (0, 1.0), 1.0, 1e-3, 1e-6, (4, 4), bad)
+        kernels.error_ratio(stages, bad, (0, 1.0), 1.0, 1e-3, 1e-6, kernels.Scratch(x, (4, 4)))
+    with pytest.raises(ValueError, match="fused kernels need"):  # scratch of another dtype
+        kernels.error_ratio(
+            stages, x, (0, 1.0), 1.0, 1e-3, 1e-6, kernels.Scratch(x.double(), (4, 4))
+        )
+    with pytest.raises(ValueError, match="fused kernels need"):  # an unreadable dtype
+        kernels.Stages(torch.zeros(4, dtype=torch.float16))
 
 
 @built

@@ -176,7 +176,7 @@ def use_fused(ev: Evaluator, y0: torch.Tensor) -> bool:
 
 def _fused_sum(y: torch.Tensor, k: torch.Tensor, h: float) -> torch.Tensor:
     """``y + h * k`` in one pass of the fused kernel."""
-    return kernels.lincomb(y, kernels.Stages(y, k), (0, 1.0), h)
+    return kernels.lincomb(kernels.Stages(y, k), (0, 1.0), h)
 
 
 def rk_step(
@@ -219,19 +219,18 @@ def _rk_step_fused(
 ) -> tuple[torch.Tensor, kernels.Stages]:
     """:func:`rk_step` with every stage sum formed in one pass of the fused kernel; the stages
     come back as a proven :class:`_kernels.Stages` list."""
-    lincomb = kernels.lincomb
     ks = kernels.Stages(y, f0)
-    yi = y
     c = tab.c
-    a_flat = tab.a_flat
-    for i in range(1, len(c)):
-        yi = lincomb(y, ks, a_flat[i], dt)
+
+    def stage(i: int, yi: torch.Tensor) -> torch.Tensor:
         ti = t + c[i] * dt
         if last_node is not None and c[i] == 1.0:
             ti = last_node
-        ks.append(ev(ti, yi))
+        return ev(ti, yi)
+
+    yi = ks.advance(tab.a_flat[1:], dt, stage)
     if not tab.fsal:
-        yi = lincomb(y, ks, tab.b_flat, dt)
+        yi = kernels.lincomb(ks, tab.b_flat, dt)
     return yi, ks
 
 
@@ -251,8 +250,7 @@ class _FusedRatio:
     for an :class:`RMSNorm` and float tolerances."""
 
     cfg: AdaptiveConfig
-    extent: tuple[int, int]
-    scratch: torch.Tensor
+    scratch: kernels.Scratch
 
     @classmethod
     def create(cls, ev: Evaluator, cfg: AdaptiveConfig, y0: torch.Tensor) -> _FusedRatio | None:
@@ -263,17 +261,13 @@ class _FusedRatio:
             and type(cfg.atol) is float
         ):
             return None
-        extent = cfg.norm.extent(y0.numel())
-        return cls(cfg, extent, y0.new_empty(extent[0]))
+        return cls(cfg, kernels.Scratch(y0, cfg.norm.extent(y0.numel())))
 
-    def __call__(
-        self, y0: torch.Tensor, y1: torch.Tensor, stages: kernels.Stages, terms, scale: float
-    ) -> float:
-        """The ratio of ``sum(c * scale * stages[j] for j, c in pairs(terms))``."""
+    def __call__(self, stages: kernels.Stages, y1: torch.Tensor, terms, scale: float) -> float:
+        """The ratio of ``sum(c * scale * stages[j] for j, c in pairs(terms))``, scaled by
+        ``atol + rtol * max(|y0|, |y1|)`` with ``y0`` the stages' base."""
         cfg = self.cfg
-        return kernels.error_ratio(
-            y0, y1, stages, terms, scale, cfg.rtol, cfg.atol, self.extent, self.scratch
-        )
+        return kernels.error_ratio(stages, y1, terms, scale, cfg.rtol, cfg.atol, self.scratch)
 
 
 def _interp_weights(theta: Any) -> tuple[Any, Any, Any, Any, Any]:
@@ -304,10 +298,13 @@ def interpolate(
         for j, (q1, q2, q3, q4) in tab.dense_poly:
             terms.append(j)
             terms.append(theta * (q1 + theta * (q2 + theta * (q3 + theta * q4))))
-        stages = kernels.Stages(y0)
-        for k in (*ks, f1):
-            stages.append(k)
-        return kernels.lincomb(y0, stages, tuple(terms), dt)
+        if isinstance(ks, kernels.Stages) and ks.base is y0:
+            stages = ks.extended(f1)
+        else:
+            stages = kernels.Stages(y0)
+            for k in (*ks, f1):
+                stages.append(k)
+        return kernels.lincomb(stages, tuple(terms), dt)
     w_y0, w_y1, w_mid, w_f0, w_f1 = _interp_weights(theta)
     # y_mid = y0 + dt * sum(c_mid * k): fold it into one weighted sum
     c_mid = tab.c_mid or (0.0,) * tab.stages
@@ -502,8 +499,8 @@ def initial_step(
         if fused_ratio is not None:  # the same norms, scaled by atol + rtol * |y0|
             stages = kernels.Stages(y0, y0)
             stages.append(f0)
-            d0 = fused_ratio(y0, y0, stages, (0, 1.0), 1.0)
-            d1 = fused_ratio(y0, y0, stages, (1, 1.0), 1.0)
+            d0 = fused_ratio(stages, y0, (0, 1.0), 1.0)
+            d1 = fused_ratio(stages, y0, (1, 1.0), 1.0)
         else:
             scale = _scale(cfg, y0.abs())
             d0 = float(cfg.norm(y0 / scale))
@@ -514,7 +511,7 @@ def initial_step(
             f1 = ev(t0 + h0, _fused_sum(y0, f0, h0))
             stages = kernels.Stages(y0, f1)
             stages.append(f0)
-            d2 = fused_ratio(y0, y0, stages, (0, 1.0, 1, -1.0), 1.0) / h0
+            d2 = fused_ratio(stages, y0, (0, 1.0, 1, -1.0), 1.0) / h0
         else:
             f1 = ev(t0 + h0, y0 + h0 * f0)
             d2 = float(cfg.norm((f1 - f0) / scale)) / h0
@@ -607,7 +604,7 @@ def solve_adaptive(
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
         y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
         if fused_ratio is not None:
-            ratio = fused_ratio(y, y1, ks, tab.b_err_flat, dt)
+            ratio = fused_ratio(ks, y1, tab.b_err_flat, dt)
         else:
             with torch.no_grad():
                 err = error_estimate(tab, ks, dt)

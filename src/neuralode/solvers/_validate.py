@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ._stats import SolveStats
+
 __all__ = [
     "DEFAULT_MAX_NUM_STEPS",
     "check_dtype_resolution",
@@ -186,8 +188,6 @@ def _real(value: Any, where: str) -> float:
 
 
 def check_stats(stats: Any) -> None:
-    from ._stats import SolveStats
-
     if stats is not None and not isinstance(stats, SolveStats):
         raise TypeError(
             f"stats must be a neuralode.SolveStats (or None), got {type(stats).__name__}; "
