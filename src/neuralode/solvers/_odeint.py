@@ -80,7 +80,7 @@ def _explain(err: SolverError, request: SolveRequest, resolution: str | None) ->
     if not is_finite(request.y0):
         return NonFiniteStateError.at_start(float(request.t[0]))
     if resolution is not None:
-        return SolverError(f"{resolution}. (The solver failed: {err})")
+        return SolverError(f"the solve failed ({type(err).__name__}) because {resolution}")
     return err
 
 
