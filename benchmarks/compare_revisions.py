@@ -1,0 +1,110 @@
+"""The native engine of this working tree against the one of another git revision, interleaved.
+
+A change to the engine must not make it slower; two benchmark runs minutes apart on a shared
+machine differ by more than the change. This script imports both engines into one process (the
+revision's copy as the package ``neuralode_rev``, its C kernels built in a temporary folder)
+and times them on the problem of ``solver_speed.py`` in alternating repeats, so that load from a
+noisy neighbour lands on both sides. It prints the median time per solve of each and the ratio.
+
+    python benchmarks/compare_revisions.py [--rev HEAD~1] [--repeats 60] [--width 128]
+
+Needs git and a C compiler (as ``pip install`` does for the kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+import neuralode
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def import_revision(rev: str, folder: pathlib.Path):
+    """``src/neuralode`` of ``rev`` as the package ``neuralode_rev`` (its imports are relative)."""
+    archive = folder / "src.tar"
+    with archive.open("wb") as fh:
+        subprocess.run(["git", "archive", rev, "src/neuralode"], cwd=ROOT, stdout=fh, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "src" / "neuralode").rename(folder / "neuralode_rev")
+    build = (
+        "from setuptools import Extension, setup; setup(name='rev', script_args=['build_ext', "
+        "'--inplace', '-q'], ext_modules=[Extension('neuralode_rev.solvers._fused', "
+        "['neuralode_rev/solvers/_fused.c'], extra_compile_args=['-O3', '-fopenmp-simd'])])"
+    )
+    subprocess.run([sys.executable, "-c", build], cwd=folder, check=True, capture_output=True)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("neuralode_rev")
+
+
+class Dynamics(nn.Module):
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, width), nn.Tanh(), nn.Linear(width, dim))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rev", default="HEAD~1", help="git revision to compare against")
+    p.add_argument("--repeats", type=int, default=60)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        rev = import_revision(args.rev, pathlib.Path(tmp))
+        torch.manual_seed(0)
+        func = Dynamics(64, args.width)
+        y0 = torch.randn(128, 64)
+        t = torch.tensor([0.0, 1.0])
+        kw = dict(rtol=1e-3, atol=1e-5, method="dopri5")
+
+        def forward(lib):
+            with torch.no_grad():
+                lib.odeint(func, y0, t, **kw)
+
+        def backward(lib, **extra):
+            y = y0.clone().requires_grad_(True)
+            solve = lib.odeint_adjoint if extra.pop("adjoint", False) else lib.odeint
+            solve(func, y, t, **kw, **extra)[-1].sum().backward()
+
+        modes = {
+            "forward": forward,
+            "forward+backward": backward,
+            "checkpoint": lambda lib: backward(lib, gradient="checkpoint"),
+            "adjoint": lambda lib: backward(lib, adjoint=True),
+        }
+        print(f"this tree vs {args.rev}: dopri5, batch 128, width {args.width}, "
+              f"{args.threads} thread(s), {args.repeats} alternating repeats")  # fmt: skip
+        print(f"{'mode':<18} {args.rev:>12} {'this tree':>12} {'ratio':>7}")
+        for name, fn in modes.items():
+            times: dict[str, list[float]] = {"rev": [], "tree": []}
+            for lib in (rev, neuralode, rev, neuralode):  # warm-up
+                fn(lib)
+            for r in range(args.repeats):
+                pair = [("rev", rev), ("tree", neuralode)]
+                for key, lib in pair if r % 2 == 0 else pair[::-1]:
+                    t0 = time.perf_counter()
+                    fn(lib)
+                    times[key].append(time.perf_counter() - t0)
+            old, new = (statistics.median(times[k]) for k in ("rev", "tree"))
+            print(f"{name:<18} {old * 1e3:10.3f}ms {new * 1e3:10.3f}ms {new / old:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
