@@ -71,7 +71,10 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
         elif not is_finite(solution):  # event mode: the solution ends at the event time
             raise NonFiniteStateError(None)
     except SolverError as err:
-        raise _explain(err, request, resolution) from err
+        explained = _explain(err, request, resolution)
+        if explained is err:
+            raise
+        raise explained from err
     return out
 
 

@@ -335,7 +335,7 @@ def graph_warning_step(tab: ButcherTableau, y0: torch.Tensor, f0: torch.Tensor) 
 def warn_graph_size(steps: int, t: float) -> None:
     warnings.warn(
         f"direct backpropagation has recorded {steps} solver steps (up to t ≈ {t:.6g}), a graph "
-        f"of roughly {GRAPH_WARNING_BYTES >> 30} GiB or more that grows with every further "
+        f"of roughly {GRAPH_WARNING_BYTES / 2**30:.2g} GiB or more that grows with every further "
         "step. gradient='checkpoint' keeps only the accepted states (memory ∝ steps × state), "
         "and odeint_adjoint needs memory independent of the number of steps",
         UserWarning,
