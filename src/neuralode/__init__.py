@@ -40,6 +40,8 @@ from .solvers import (
     get_default_backend,
     odeint,
     odeint_adjoint,
+    odeint_dense,
+    odeint_event,
     register_backend,
     set_default_backend,
 )
@@ -77,6 +79,8 @@ __all__ = [
     "list_models",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
+    "odeint_event",
     "register_backend",
     "regularization_loss",
     "set_default_backend",

@@ -11,7 +11,7 @@ from ._backends import (
     set_default_backend,
 )
 from ._native import GRADIENT_METHODS, NativeBackend
-from ._odeint import odeint, odeint_adjoint
+from ._odeint import odeint, odeint_adjoint, odeint_dense, odeint_event
 from ._stats import SolveStats
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
@@ -28,6 +28,8 @@ __all__ = [
     "get_default_backend",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
+    "odeint_event",
     "register_backend",
     "set_default_backend",
 ]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import NonFiniteStateError, SolverError
+from ._callbacks import warn_unknown_callbacks
 from ._instrument import InstrumentedFunc, is_finite
 from ._messages import too_many_steps_message
 from ._stats import SolveStats
@@ -182,6 +183,7 @@ class TorchdiffeqBackend(AbstractBackend):
             )
         if r.adjoint_options is not None and r.adjoint_options.get("norm") == "full":
             r.adjoint_options = {k: v for k, v in r.adjoint_options.items() if k != "norm"}
+        warn_unknown_callbacks(r.func)
         fixed = "callback_accept_step" not in self._callbacks(r.method)
         adjoint_callbacks: frozenset[str] = frozenset()
         if r.adjoint:

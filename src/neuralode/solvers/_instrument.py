@@ -132,6 +132,8 @@ def _finite(y: torch.Tensor) -> bool:
     fast = kernels.all_finite(y)  # a small CPU state: one pass of the fused kernel
     if fast is not None:
         return fast
+    if y.is_complex():  # a complex sum is not a float: ask element-wise
+        return bool(torch.isfinite(y).all())
     # NaN and inf propagate into the sum: one cheap reduction settles the common case
     if y.numel() == 0 or math.isfinite(float(y.sum())):
         return True

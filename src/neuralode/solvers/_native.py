@@ -15,6 +15,7 @@ from torch import nn
 
 from . import _kernels as kernels
 from ._backends import AbstractBackend, SolveRequest, TorchdiffeqBackend, register_backend
+from ._callbacks import StepCallbacks
 from ._rk import (
     AdaptiveConfig,
     Evaluator,
@@ -44,6 +45,8 @@ _ADAPTIVE_KEYS = frozenset(
     }
 )  # fmt: skip
 _FIXED_KEYS = frozenset({"step_size", "interp", "norm", "grid_constructor", "perturb"})
+# adaptive options the per-sample lanes do not implement (rejected there, not ignored)
+_NOT_PER_SAMPLE = ("step_t", "jump_t", "norm")
 _FALL_THROUGH_KEYS = frozenset({"grid_constructor", "perturb"})
 
 
@@ -80,9 +83,14 @@ class _Plan:
     stats: SolveStats
 
     def evaluator(self, backward: bool = False) -> Evaluator:
-        return Evaluator(
+        ev = Evaluator(
             self.func, self.sign, self.dtype, self.device, self.stats, self.shapes, backward
         )
+        if not backward:  # a recomputation in a backward pass is no step of the solve
+            ev.callbacks = StepCallbacks.of(
+                self.func, self.sign, ev.unflatten, self.cfg is not None, self.tab.name
+            )
+        return ev
 
     def run(self, ev: Evaluator, y0: torch.Tensor, record: list[StepRecord] | None = None):
         if self.cfg is None:
@@ -262,6 +270,41 @@ class _AdjointSpec:
     user_norm: Callable | None
 
 
+def _augmented_parts(
+    n: int,
+    shapes: list[torch.Size] | None,
+    params,
+    sol: torch.Tensor,
+    quadrature_sums: list[torch.Tensor],
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The flat augmented state of the continuous adjoint as torchdiffeq presents it to a norm
+    or a callback: ``(t adjoint, y, adjoint of y, *parameter adjoints)``, with ``y`` and its
+    adjoint split into their parts for a tuple state. The adjoint with respect to ``t`` is not
+    integrated here (gradients with respect to ``t`` go to torchdiffeq), so it is a zero
+    scalar. Where the parameter adjoints are integrated by quadrature (the seminorm) they are
+    not part of the state: their running sums stand in."""
+    zero_t = sol.new_zeros(())
+    state_shape = sol.shape[1:]
+    p_shapes = [p.shape for p in params]
+    p_sizes = [p.numel() for p in params]
+
+    def parts(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if shapes is None:
+            return (x.view(state_shape),)
+        pieces = torch.split(x, [math.prod(s) for s in shapes])
+        return tuple(p.view(s) for p, s in zip(pieces, shapes, strict=True))
+
+    def augmented(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if z.numel() == 2 * n:
+            g = tuple(quadrature_sums)
+        else:
+            grads = torch.split(z[2 * n :], p_sizes)
+            g = tuple(x.view(s) for x, s in zip(grads, p_shapes, strict=True))
+        return (zero_t, *parts(z[:n]), *parts(z[n : 2 * n]), *g)
+
+    return augmented
+
+
 class _ContinuousAdjoint(torch.autograd.Function):
     """Backsolve adjoint: O(1) memory in the number of steps."""
 
@@ -301,9 +344,12 @@ class _ContinuousAdjoint(torch.autograd.Function):
             with torch.enable_grad():
                 y_ = y.detach().requires_grad_(True)
                 fy = user_ev(s * sign, y_)
-                vjps = torch.autograd.grad(
-                    fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
-                )
+                if fy.requires_grad:
+                    vjps = torch.autograd.grad(
+                        fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
+                    )
+                else:  # f depends on neither y nor a parameter (dy/dt = g(t)): zero products
+                    vjps = (None,) * (1 + len(params))
             v_y = torch.zeros_like(y) if vjps[0] is None else vjps[0]
             f_part = fy.detach().neg() if sign < 0 else fy.detach()
             g = [
@@ -316,8 +362,14 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 return out
             return torch.cat([f_part.reshape(-1), v_y.reshape(-1), *(x.reshape(-1) for x in g)])
 
+        acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
+        augmented = _augmented_parts(n, plan.shapes, params, sol, acc_p)
         if spec.user_norm is not None:
-            norm = spec.user_norm
+            user_norm = spec.user_norm
+
+            def norm(z: torch.Tensor) -> Any:  # called as torchdiffeq calls it
+                return user_norm(augmented(z))
+
         elif spec.seminorm:
             norm = RMSNorm(segment=n, count=2)
         else:
@@ -328,7 +380,6 @@ class _ContinuousAdjoint(torch.autograd.Function):
         user_times = [plan.sign * s for s in plan.times]
         adj_y = grad_sol[-1].reshape(-1)
         adj_p = sol.new_zeros(p_total)
-        acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         tmp = SolveStats()
         b_terms = spec.tab.b_terms
         # each sum in one pass of the fused kernel, one per parameter
@@ -343,7 +394,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     torch._foreach_add_(acc_p, side[id(ks[j])], alpha=w * dt)
             last = side.get(id(ks[-1]))
             side.clear()
-            if last is not None and spec.tab.fsal:
+            if last is not None and spec.tab.reuses_last_stage:
                 side[id(ks[-1])] = last
 
         for i in range(len(user_times) - 1, 0, -1):
@@ -358,6 +409,9 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 None,
                 count=False,
                 float_time=True,
+            )
+            ev.callbacks = StepCallbacks.of(
+                plan.func, sign, augmented, cfg is not None, spec.tab.name, adjoint=True
             )
             internal = [sign * t_hi, sign * t_lo]
             parts = (
@@ -462,6 +516,17 @@ class NativeBackend(AbstractBackend):
             raise ValueError("batch_mode='per_sample' needs an adaptive method such as dopri5")
         if plan.per_sample and isinstance(r.y0, tuple):
             raise ValueError("batch_mode='per_sample' needs a tensor state, not a tuple")
+        if plan.per_sample:
+            ignored = sorted(k for k in _NOT_PER_SAMPLE if r.options.get(k) is not None)
+            if float(r.options.get("pcoeff") or 0.0) != 0.0:
+                ignored.append("pcoeff")
+            if ignored:
+                raise ValueError(
+                    f"batch_mode='per_sample' does not support options {ignored}: every sample "
+                    "has its own steps, so step_t/jump_t boundaries, a custom norm and the PI "
+                    "term of the step-size controller are not applied per sample. Use "
+                    "batch_mode='joint' (the default) with these options"
+                )
         params = self._params(r, gradient)
         needs_grad = torch.is_grad_enabled() and (
             y0.requires_grad or any(p.requires_grad for p in params)

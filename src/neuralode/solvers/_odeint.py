@@ -13,9 +13,10 @@ from ..errors import NonFiniteStateError, SolverError
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
 from ._instrument import first_nonfinite_time, is_finite
+from ._messages import too_many_steps_message
 from ._stats import SolveStats
 
-__all__ = ["odeint", "odeint_adjoint"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 
 
 def _prepare(
@@ -216,3 +217,105 @@ def odeint_adjoint(
     request.adjoint_options = a_opts
     request.adjoint_params = adjoint_params
     return _run(engine, request, stats)
+
+
+def odeint_event(
+    func: Callable,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    t0: torch.Tensor,
+    *,
+    event_fn: Callable,
+    reverse_time: bool = False,
+    odeint_interface: Callable | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero; return ``(event_t, solution)``
+    with gradients that flow through the event time — torchdiffeq's ``odeint_event``, same
+    signature and return value.
+
+    ``odeint_interface`` is :func:`odeint` by default (or :func:`odeint_adjoint`, or
+    torchdiffeq's own); ``kwargs`` go to it (``rtol``, ``atol``, ``method``, ``options``,
+    ``backend``, ``stats``, ...), so the solve gets neuralode's checks, counters and default
+    step budget (an event that never triggers ends with a ``SolverError``).
+    """
+    import torchdiffeq
+
+    v.check_func(func)
+    v.check_y0(y0)
+    v.check_event_fn(event_fn)
+    if event_fn is None:
+        raise TypeError("event_fn is required: odeint_event(func, y0, t0, event_fn=...)")
+    if not isinstance(t0, torch.Tensor) or t0.numel() != 1 or not t0.is_floating_point():
+        raise TypeError(
+            f"t0 must be a one-element floating-point tensor, e.g. torch.tensor(0.0), got {t0!r}"
+        )
+    return torchdiffeq.odeint_event(
+        func,
+        y0,
+        t0,
+        event_fn=event_fn,
+        reverse_time=reverse_time,
+        odeint_interface=odeint if odeint_interface is None else odeint_interface,
+        **kwargs,
+    )
+
+
+def odeint_dense(
+    func: Callable,
+    y0: torch.Tensor,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    stats: SolveStats | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Solve from ``t0`` to ``t1`` with dopri5 and return its dense output, a function
+    ``y(t)`` for any ``t`` in ``[t0, t1]`` — torchdiffeq's ``odeint_dense``, same signature and
+    return value, run by torchdiffeq with neuralode's input checks, clear errors, counters and
+    default step budget (``options["max_num_steps"]``, which torchdiffeq's version lacks).
+    """
+    import torchdiffeq
+
+    from ._backends import get_backend
+    from ._instrument import InstrumentedFunc
+
+    v.check_func(func)
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(
+            f"odeint_dense needs a tensor state y0 (as torchdiffeq's), got {type(y0).__name__}"
+        )
+    v.check_y0(y0)
+    for name, value in (("t0", t0), ("t1", t1)):
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise TypeError(f"{name} must be a one-element tensor, got {value!r}")
+    if not float(t1) > float(t0):
+        raise ValueError(f"odeint_dense integrates forward: t1 ({float(t1)}) must exceed t0")
+    v.check_tolerance(rtol, "rtol")
+    v.check_tolerance(atol, "atol")
+    if method not in (None, "dopri5"):
+        raise ValueError(f"odeint_dense supports method='dopri5' only (as torchdiffeq), got "
+                         f"{method!r}")  # fmt: skip
+    engine = get_backend("torchdiffeq")
+    opts = v.check_options(options, "dopri5", engine.valid_options("dopri5"))
+    v.check_stats(stats)
+    stats = SolveStats() if stats is None else stats
+    stats.method, stats.backend = "dopri5", engine.name
+    stats.solves += 1
+    limit = opts.pop("max_num_steps", None) or v.DEFAULT_MAX_NUM_STEPS
+    counted = InstrumentedFunc(func, y0, stats)
+    budget = 6 * limit + 2  # dopri5: six evaluations a step, two for the first step size
+
+    def guarded(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if stats.nfe_forward >= budget:
+            raise SolverError(too_many_steps_message(limit, "", False, rtol))
+        return counted(t, y)
+
+    try:
+        return torchdiffeq.odeint_dense(
+            guarded, y0, t0, t1, rtol=rtol, atol=atol, method="dopri5", options=opts
+        )
+    except AssertionError as err:
+        raise SolverError(f"torchdiffeq's odeint_dense failed: {err}") from err

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import NonFiniteStateError, SolverError
 from . import _kernels as kernels
+from ._callbacks import StepCallbacks
 from ._messages import too_many_steps_message
 from ._stats import SolveStats
 from ._tableau import QUARTIC, ButcherTableau, nonzero_terms
@@ -67,6 +68,7 @@ class Evaluator:
         self.checked = False
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
         self.fused = False
+        self.callbacks: StepCallbacks | None = None  # torchdiffeq's step callbacks, if any
         # keywords of the time tensor: none where they are the defaults (a little faster)
         default = dtype == torch.get_default_dtype() and torch.device(device).type == "cpu"
         self._time_kw = {} if default else {"dtype": dtype, "device": device}
@@ -366,7 +368,7 @@ class StepRecord:
     y: torch.Tensor
     outputs: list[tuple[int, float]]  # (index into t, theta)
     last_node: float | None = None  # evaluation time of c == 1 stages before a jump
-    f1_time: float | None = None  # where f(t1, y1) was evaluated when not reused (FSAL)
+    f1_time: float | None = None  # where the end slope was evaluated when not the last stage
 
 
 def solve_fixed(
@@ -389,8 +391,11 @@ def solve_fixed(
     stats = ev.stats
     stats.steps_accepted = stats.steps_accepted or 0
     warn_at = -1
+    callbacks = ev.callbacks
     for n_steps, (t0, t1) in enumerate(itertools.pairwise(grid), 1):
         dt = t1 - t0
+        if callbacks is not None:
+            callbacks.step(t0, y, dt)
         f0 = ev(t0, y)
         if warn_at == -1:
             warn_at = graph_warning_step(tab, y0, f0)
@@ -557,6 +562,7 @@ def solve_adaptive(
     f0 = ev(t_now, y)
     warn_at = graph_warning_step(tab, y0, f0)
     n_accepted = 0
+    callbacks = ev.callbacks
     if cfg.first_step is not None:
         dt = cfg.first_step
     else:
@@ -602,6 +608,8 @@ def solve_adaptive(
                 "dynamics."
             )
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
+        if callbacks is not None:
+            callbacks.step(t_now, y, dt)
         y1, ks = rk_step(ev, tab, t_now, y, f0, dt, last_node)
         if fused_ratio is not None:
             ratio = fused_ratio(ks, y1, tab.b_err_flat, dt)
@@ -616,18 +624,25 @@ def solve_adaptive(
         if ratio <= 1.0 or dt <= cfg.min_step:  # a step at min_step is taken (torchdiffeq)
             stats.steps_accepted += 1
             n_accepted += 1
+            if callbacks is not None:
+                callbacks.accept(t_now, y, dt)
             if n_accepted == warn_at:
                 warn_graph_size(n_accepted, ev.sign * t1)
             if on_accept is not None:
                 on_accept(ks, dt)
             if fused_ratio is None:
                 abs0 = abs1
+            # the slope at the step's end, for its dense output: the last stage where the method
+            # reuses it (evaluated just before t1 when the step ends at a jump), else f(t1, y1),
+            # from the left of a jump
             f1_time = None
-            if tab.fsal and last_node is None:
+            if tab.reuses_last_stage:
                 f1 = ks[-1]
             else:
-                f1_time = math.nextafter(t1, t_end + 1.0) if hit in jumps else t1
+                f1_time = t1 if last_node is None else last_node
                 f1 = ev(f1_time, y1)
+            # the next step starts from the right of a jump (torchdiffeq's perturb=NEXT)
+            f_next = f1 if last_node is None else ev(math.nextafter(t1, t_end + 1.0), y1)
             rec = None
             if record is not None:
                 rec = StepRecord(t_now, dt, y, [], last_node, f1_time)
@@ -639,13 +654,15 @@ def solve_adaptive(
                 j += 1
             if rec is not None:
                 record.append(rec)
-            y, f0, t_now = y1, f1, t1
+            y, f0, t_now = y1, f_next, t1
             if hit is not None:
                 b_idx += 1
             dt_next = _next_step(cfg, dt, ratio, prev_ratio, tab.order)
             prev_ratio = max(ratio, 1e-4)
         else:
             stats.steps_rejected += 1
+            if callbacks is not None:
+                callbacks.reject(t_now, y, dt)
             dt_next = _next_step(cfg, dt, ratio, prev_ratio, tab.order)
         dt = dt_next
     return out
@@ -757,7 +774,7 @@ def solve_adaptive_per_sample(
             )
             factor = torch.where(ratio == 0, torch.full_like(ratio, cfg.ifactor), factor)
             dt_new = (dt * factor).clamp(min=cfg.min_step, max=cfg.max_step)
-        f1 = ks[-1] if tab.fsal else evaluate(t_now + dt_eff, y1, accept)
+        f1 = ks[-1] if tab.reuses_last_stage else evaluate(t_now + dt_eff, y1, accept)
         t1 = t_now + dt_eff
         # outputs crossed by accepted samples
         while True:

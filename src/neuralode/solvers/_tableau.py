@@ -48,6 +48,11 @@ class ButcherTableau:
         c_mid: weights of the solution at the step's midpoint (``y0 + dt * sum(c_mid * k)``),
             used with ``y0, y1, f0, f1`` for 4th-order dense output; ``None`` where the method has
             no continuous extension.
+        last_stage_as_f1: take the last stage (at ``c == 1``) as the slope at the step's end,
+            for the next step's first stage and the dense output, although it is not evaluated
+            at ``y1``. torchdiffeq does this for every method; for an FSAL method it is exact,
+            and ``adaptive_heun`` and ``fehlberg2`` are defined with it so that they take
+            torchdiffeq's steps with torchdiffeq's number of evaluations.
     """
 
     name: str
@@ -57,6 +62,7 @@ class ButcherTableau:
     b: tuple[float, ...]
     b_err: tuple[float, ...] | None = None
     c_mid: tuple[float, ...] | None = None
+    last_stage_as_f1: bool = False
     # derived: the non-zero coefficients as (stage index, coefficient) pairs
     a_terms: tuple[tuple[tuple[int, float], ...], ...] = dataclasses.field(
         init=False, repr=False, compare=False
@@ -110,6 +116,8 @@ class ButcherTableau:
                 )
         if self.order < 1:
             raise ValueError(f"{self.name}: order must be positive")
+        if self.last_stage_as_f1 and self.c[-1] != 1.0:
+            raise ValueError(f"{self.name}: last_stage_as_f1 needs a last stage at c == 1")
         object.__setattr__(self, "_fsal", self._is_fsal())
         object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero_terms(self.b))
@@ -152,6 +160,12 @@ class ButcherTableau:
         """The last stage evaluates ``f(t0 + dt, y1)``: reusable as the next first stage."""
         return self._fsal
 
+    @property
+    def reuses_last_stage(self) -> bool:
+        """Whether the last stage serves as the next step's first (FSAL, or
+        ``last_stage_as_f1``)."""
+        return self._fsal or self.last_stage_as_f1
+
     def _is_fsal(self) -> bool:
         return (
             self.stages > 1
@@ -171,7 +185,7 @@ def flatten_terms(terms) -> tuple[int | float, ...]:
     return tuple(x for pair in terms for x in pair)
 
 
-def _t(name, order, c, a, b, b_err=None, c_mid=None) -> ButcherTableau:
+def _t(name, order, c, a, b, b_err=None, c_mid=None, last_stage_as_f1=False) -> ButcherTableau:
     return ButcherTableau(
         name,
         order,
@@ -180,6 +194,7 @@ def _t(name, order, c, a, b, b_err=None, c_mid=None) -> ButcherTableau:
         tuple(float(x) for x in b),
         None if b_err is None else tuple(float(x) for x in b_err),
         None if c_mid is None else tuple(float(x) for x in c_mid),
+        last_stage_as_f1,
     )
 
 
@@ -200,9 +215,11 @@ RK4 = _t(
 
 # ----------------------------------------------------------------------------- adaptive
 
+# adaptive_heun and fehlberg2 reuse their last stage as torchdiffeq does (see last_stage_as_f1)
 ADAPTIVE_HEUN = _t(
-    "adaptive_heun", 2, [0, 1], [[], [1]], [1 / 2, 1 / 2], [1 / 2, -1 / 2], [1 / 2, 0]
-)
+    "adaptive_heun", 2, [0, 1], [[], [1]], [1 / 2, 1 / 2], [1 / 2, -1 / 2], [1 / 2, 0],
+    last_stage_as_f1=True,
+)  # fmt: skip
 FEHLBERG2 = _t(
     "fehlberg2",
     2,
@@ -211,6 +228,7 @@ FEHLBERG2 = _t(
     [1 / 512, 255 / 256, 1 / 512],
     [-1 / 512, 0, 1 / 512],
     [0, 1 / 2, 0],
+    last_stage_as_f1=True,
 )
 BOSH3 = _t(
     "bosh3",
