@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -100,3 +101,83 @@ def test_report_as_dict():
     d = diagnose(create_model("resnet", num_blocks=2), _batch()).as_dict()
     assert d["ok"] is True and d["solve"]["nfe_forward"] == 0
     assert neuralode.DiagnosticReport().ok is False
+
+
+# ------------------------------------------------------------------ stiffness and cost (issue 11)
+
+
+class _Relax(nn.Module):
+    """dh/dt = -lam (h - cos t): stiff for large lam (dopri5 needs ~22,600 NFE at 1e4)."""
+
+    def __init__(self, lam):
+        super().__init__()
+        self.lam = lam
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, t, h):
+        return -self.lam * self.scale * (h - torch.cos(t))
+
+
+def _stiff_model(lam):
+    return neuralode.NeuralODEBlock(_Relax(lam), rtol=1e-3, atol=1e-6)
+
+
+def test_stiff_dynamics_are_reported_with_what_works():
+    """It called dh/dt = -1e4 (h - cos t) healthy (22,616 NFE, 743 rejected steps)."""
+    model = _stiff_model(1e4)
+    report = diagnose(model, torch.zeros(2, 1))
+    assert report.forward_ok and not report.ok
+    assert report.nfe_per_solve > 10_000
+    assert report.rejected_ratio > 0.1 and report.steps_per_solve > 1_000
+    assert 1.0 <= report.step_times_jacobian <= 4.0  # dopri5's stability bound is about 3.3
+    stiff = next(w for w in report.warnings if w.startswith("stiff dynamics"))
+    assert "scipy_solver" in stiff and "KineticEnergy" in stiff
+    assert "solver cost:" in str(report) and "% rejected" in str(report)
+
+
+def test_a_model_that_would_never_finish_is_reported_not_waited_for():
+    """On -1e6 diagnose never returned (dopri5 needs about 2.3 million evaluations)."""
+    report = diagnose(_stiff_model(1e6), torch.zeros(2, 1))
+    assert report.step_budget_exhausted and not report.forward_ok
+    assert report.solve.nfe_forward <= 7 * neuralode.diagnostics.MAX_STEPS
+    assert any("did not finish within 5,000 steps" in w for w in report.warnings)
+
+
+@pytest.mark.filterwarnings("ignore:The following arguments have no effect")
+def test_the_advice_for_stiff_dynamics_works():
+    """The remedy the messages give solves the stiff probe in a few hundred evaluations (the
+    step-underflow advice used to be rk4, which only turned the failure into NaN)."""
+    stats = neuralode.SolveStats()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    out = neuralode.odeint(_Relax(1e6).double(), torch.zeros(1, dtype=torch.float64), t,
+                           method="scipy_solver", options={"solver": "Radau"}, rtol=1e-6,
+                           atol=1e-8, stats=stats)  # fmt: skip
+    # h follows cos t within 1/lam after a transient of length 1/lam
+    assert abs(float(out[-1, 0]) - math.cos(1.0)) < 1e-5
+    assert stats.nfe_forward < 1_000
+    from neuralode.solvers._messages import STIFF_REMEDIES, step_underflow_message
+
+    assert "method='scipy_solver', options={'solver': 'Radau'}" in STIFF_REMEDIES
+    assert "rk4" not in step_underflow_message("") and "rk4" not in STIFF_REMEDIES
+
+
+def test_expensive_but_not_stiff_dynamics_get_the_cost_advice():
+    # growth at rate 0.5 over [0, 40] to 1e-10: many steps, each bounded by accuracy
+    model = neuralode.NeuralODEBlock(_Relax(-0.5).double(), t1=40.0, rtol=1e-10, atol=1e-12)
+    report = diagnose(model, torch.ones(2, 1, dtype=torch.float64))
+    assert report.nfe_per_solve > neuralode.diagnostics.EXPENSIVE_NFE
+    assert report.step_times_jacobian < 0.5
+    assert any(w.startswith("expensive dynamics") for w in report.warnings)
+    assert not any(w.startswith("stiff") for w in report.warnings)
+
+
+def test_a_single_vanishing_gradient_is_flagged():
+    """The tutorial's rule: any parameter below the threshold, not only the largest."""
+    model = create_model("ode")
+    with torch.no_grad():
+        model.head.net[1].weight.mul_(1e-12)  # starves everything before the head
+        model.head.net[1].bias.zero_()
+    report = diagnose(model, _batch())
+    assert report.vanishing_gradients and "head.net.1.bias" not in report.vanishing_gradients
+    assert report.grad_norm_max[1] > neuralode.diagnostics.VANISHING_GRAD_NORM
+    assert any(w.startswith("vanishing gradients") for w in report.warnings)

@@ -23,7 +23,7 @@ from .dynamics import (
     TimeConcatODEFunc,
     small_init_,
 )
-from .errors import NonFiniteStateError, SolverError
+from .errors import NonFiniteStateError, SolverError, StepSizeUnderflowError, TooManyStepsError
 from .models import (
     NeuralODEClassifier,
     ODENet,
@@ -70,7 +70,9 @@ __all__ = [
     "ResidualStack",
     "SolveStats",
     "SolverError",
+    "StepSizeUnderflowError",
     "TimeConcatODEFunc",
+    "TooManyStepsError",
     "__version__",
     "available_backends",
     "create_model",

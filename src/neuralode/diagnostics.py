@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import solve_stats
-from .solvers import SolveStats
+from .blocks import NeuralODEBlock, solve_stats
+from .errors import TooManyStepsError
+from .solvers import SolveStats, step_budget
+from .solvers._messages import STIFF_REMEDIES
 
 __all__ = ["DiagnosticReport", "diagnose"]
 
@@ -22,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 EXPLODING_GRAD_NORM = 1e3
 VANISHING_GRAD_NORM = 1e-7
+MAX_STEPS = 5_000
+"""Every solve of a diagnosis stops after this many steps, so that no model makes it hang."""
+STIFF_STEP_JACOBIAN = 1.0
+"""A solve of at least :data:`MANY_STEPS` steps whose mean step times the spectral radius of
+the dynamics' Jacobian reaches this is stiff: its step is bounded by the explicit method's
+stability (|h λ| of order 1–3), not by accuracy (where |h λ| stays well below 1)."""
+MANY_STEPS = 20
+EXPENSIVE_NFE = 200
+"""Evaluations of the dynamics per solve far above a ResNet's depth (6–20 layers)."""
 
 
 @dataclasses.dataclass
@@ -45,6 +56,13 @@ class DiagnosticReport:
     nonfinite_gradients: list[str] = dataclasses.field(default_factory=list)
     parameters_without_grad: list[str] = dataclasses.field(default_factory=list)
     solve: SolveStats | None = None
+    step_budget_exhausted: bool = False
+    nfe_per_solve: float | None = None
+    rejected_ratio: float | None = None
+    steps_per_solve: float | None = None
+    nfe_per_unit_time: float | None = None
+    step_times_jacobian: float | None = None
+    vanishing_gradients: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -89,6 +107,22 @@ class DiagnosticReport:
                 f"backward {self.solve.nfe_backward}"
             )
             lines.append(f"solve statistics:  {self.solve}")
+            if self.nfe_per_solve is not None:
+                cost = f"solver cost:       {self.nfe_per_solve:.4g} NFE per forward solve"
+                if self.steps_per_solve:
+                    cost += f", {self.steps_per_solve:.4g} steps (mean step "
+                    cost += f"{1 / self.steps_per_solve:.2g} of the interval)"
+                if self.rejected_ratio is not None:
+                    cost += f", {100 * self.rejected_ratio:.0f}% rejected"
+                if self.nfe_per_unit_time is not None:
+                    cost += f", {self.nfe_per_unit_time:.4g} NFE per unit time"
+                lines.append(cost)
+            if self.step_times_jacobian is not None:
+                lines.append(
+                    f"stiffness:         mean step × |Jacobian eigenvalue| ≈ "
+                    f"{self.step_times_jacobian:.3g} (≥ {STIFF_STEP_JACOBIAN:g} with many steps: "
+                    "stiff)"
+                )
         else:
             lines.append("NFE:               no ODE solve in this model")
         if self.warnings:
@@ -159,47 +193,160 @@ def _diagnose(
     for _, p in named:
         p.grad = None
     try:
-        try:
-            output = model(inputs)
-            if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
-                output = output[0]
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
-        except Exception as err:
-            report.forward_error = _short(err)
-            report.warnings.append(
-                "the forward pass failed; the error above says where — see the hint in its message"
-            )
-            report.solve = solve_stats(model)
-            return
-        report.forward_ok = True
-        out = output.detach()
-        report.output_shape = tuple(out.shape)
-        finite = out[torch.isfinite(out)]
-        report.output_nonfinite = finite.numel() != out.numel()
-        if finite.numel():
-            report.output_min = float(finite.min())
-            report.output_max = float(finite.max())
-        else:
-            report.output_min = report.output_max = math.nan
-        if report.output_nonfinite:
-            report.warnings.append(
-                "the output holds NaN/inf: check the input scale and lower the learning rate"
-            )
-        try:
-            loss = (loss_fn or _default_loss)(output, target)
-            report.loss = float(loss.detach())
-            loss.backward()
-            report.backward_ok = True
-        except Exception as err:
-            report.backward_error = _short(err)
-            report.warnings.append("the backward pass failed")
-        report.solve = solve_stats(model)
-        if report.backward_ok:
-            _grad_report(named, report)
+        with step_budget(MAX_STEPS):  # every probe ends, however stiff the dynamics
+            _passes(model, inputs, target, loss_fn, named, report)
     finally:
         for n, p in named:
             p.grad = saved_grads[n]
+
+
+def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> None:
+    """The forward and backward passes and what they show."""
+    entries: dict[NeuralODEBlock, torch.Tensor] = {}  # the state each block starts from
+    blocks = [m for m in model.modules() if isinstance(m, NeuralODEBlock)]
+    for block in blocks:  # models call block.integrate(h) directly: wrap it on the instance
+
+        def integrate(h, _block=block, _integrate=block.integrate):
+            entries.setdefault(_block, h.detach())
+            return _integrate(h)
+
+        block.integrate = integrate
+    try:
+        output = model(inputs)
+        if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
+            output = output[0]
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
+    except TooManyStepsError as err:
+        report.forward_error = _short(err)
+        report.step_budget_exhausted = True
+        report.solve = solve_stats(model)
+        report.warnings.append(
+            f"a solve did not finish within {MAX_STEPS:,} steps (the diagnosis' budget; "
+            f"{report.solve.nfe_forward:,} evaluations of the dynamics): the dynamics are "
+            f"stiff or far too expensive. What works: {STIFF_REMEDIES}"
+        )
+        return
+    except Exception as err:
+        report.forward_error = _short(err)
+        report.warnings.append(
+            "the forward pass failed; the error above says where — see the hint in its message"
+        )
+        report.solve = solve_stats(model)
+        return
+    finally:
+        for block in blocks:
+            del block.integrate  # the class's method again
+    report.forward_ok = True
+    report.step_times_jacobian = _step_times_jacobian(entries)
+    _cost_report(solve_stats(model), report)
+    out = output.detach()
+    report.output_shape = tuple(out.shape)
+    finite = out[torch.isfinite(out)]
+    report.output_nonfinite = finite.numel() != out.numel()
+    if finite.numel():
+        report.output_min = float(finite.min())
+        report.output_max = float(finite.max())
+    else:
+        report.output_min = report.output_max = math.nan
+    if report.output_nonfinite:
+        report.warnings.append(
+            "the output holds NaN/inf: check the input scale and lower the learning rate"
+        )
+    try:
+        loss = (loss_fn or _default_loss)(output, target)
+        report.loss = float(loss.detach())
+        loss.backward()
+        report.backward_ok = True
+    except Exception as err:
+        report.backward_error = _short(err)
+        report.warnings.append("the backward pass failed")
+    report.solve = solve_stats(model)
+    if report.backward_ok:
+        _grad_report(named, report)
+
+
+def _spectral_radius(func: Any, t0: torch.Tensor, h: torch.Tensor, iters: int = 20) -> float:
+    """The largest |eigenvalue| of ``∂f/∂h`` at ``(t0, h)``, by power iteration with
+    vector-Jacobian products (the batch is block-diagonal: the largest over its samples)."""
+    with torch.enable_grad():
+        x = h.detach().requires_grad_(True)
+        fx = func(t0, x)
+        if not isinstance(fx, torch.Tensor) or not fx.requires_grad:
+            return 0.0
+        v = torch.randn_like(fx)
+        v = v / v.norm()
+        rho = 0.0
+        for _ in range(iters):
+            (w,) = torch.autograd.grad(fx, x, v, retain_graph=True, allow_unused=True)
+            if w is None:
+                return 0.0
+            rho = float(w.norm())
+            if not (rho > 0 and math.isfinite(rho)):
+                return rho
+            v = w / rho
+    return rho
+
+
+def _step_times_jacobian(entries: dict[NeuralODEBlock, torch.Tensor | None]) -> float | None:
+    """The largest over blocks of (mean accepted step) × (spectral radius of the Jacobian of
+    the dynamics at the block's initial state)."""
+    worst = None
+    for block, h in entries.items():
+        steps = block.stats.steps_accepted
+        if h is None or not steps:
+            continue
+        times = block.integration_times
+        span = abs(float(times[-1]) - float(times[0]))
+        if block.augment_dim:
+            h = torch.cat([h, h.new_zeros(h.shape[0], block.augment_dim, *h.shape[2:])], dim=1)
+        try:
+            rho = _spectral_radius(block.func, times[0].to(h), h)
+        except Exception:  # a probe only: never fail the report over it
+            logger.debug("no stiffness estimate for %s", block, exc_info=True)
+            continue
+        value = span / steps * rho
+        worst = value if worst is None else max(worst, value)
+    return worst
+
+
+def _cost_report(fwd: SolveStats, report: DiagnosticReport) -> None:
+    """Stiffness and cost of the forward solves: NFE per solve, rejected share, mean step
+    against the interval, NFE per unit time."""
+    if not fwd.solves:
+        return
+    report.nfe_per_solve = fwd.nfe_forward / fwd.solves
+    if fwd.time_span > 0:
+        report.nfe_per_unit_time = fwd.nfe_forward / fwd.time_span
+    accepted, rejected = fwd.steps_accepted, fwd.steps_rejected
+    if accepted:
+        report.steps_per_solve = accepted / fwd.solves
+        if rejected is not None:
+            report.rejected_ratio = rejected / (accepted + rejected)
+    stiff = (
+        report.step_times_jacobian is not None
+        and report.step_times_jacobian >= STIFF_STEP_JACOBIAN
+        and (report.steps_per_solve or 0) >= MANY_STEPS
+    )
+    if stiff:
+        rejected = (
+            ""
+            if report.rejected_ratio is None
+            else f", {100 * report.rejected_ratio:.0f}% of them rejected"
+        )
+        report.warnings.append(
+            f"stiff dynamics: {report.steps_per_solve:.0f} steps per solve{rejected}, each "
+            f"bounded by stability (mean step × |Jacobian eigenvalue| ≈ "
+            f"{report.step_times_jacobian:.2g}), {report.nfe_per_solve:.0f} evaluations per "
+            f"solve. What works: {STIFF_REMEDIES}"
+        )
+    elif report.nfe_per_solve > EXPENSIVE_NFE:
+        report.warnings.append(
+            f"expensive dynamics: {report.nfe_per_solve:.0f} evaluations per solve, far above "
+            "a ResNet's depth of 6–20 layers. What helps: looser training tolerances "
+            "(rtol/atol), a kinetic-energy or Jacobian regularizer (KineticEnergy, "
+            "JacobianFrobenius), smaller initial weights of the dynamics (small_init=True)"
+        )
 
 
 def _grad_report(named: list[tuple[str, nn.Parameter]], report: DiagnosticReport) -> None:
@@ -236,8 +383,14 @@ def _grad_report(named: list[tuple[str, nn.Parameter]], report: DiagnosticReport
             "gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, or use "
             "small_init=True for the dynamics"
         )
-    if report.grad_norm_max is not None and report.grad_norm_max[1] < VANISHING_GRAD_NORM:
+    # the tutorial's rule: any parameter whose gradient norm is below the threshold
+    report.vanishing_gradients = [n for n, g in norms if g < VANISHING_GRAD_NORM]
+    if report.vanishing_gradients:
+        shown = ", ".join(report.vanishing_gradients[:5])
+        more = len(report.vanishing_gradients) - 5
         report.warnings.append(
-            f"vanishing gradients (largest norm {report.grad_norm_max[1]:.3g}): check the loss, "
-            "the input scale and the integration time"
+            f"vanishing gradients (norm below {VANISHING_GRAD_NORM:g}) in {shown}"
+            f"{f' and {more} more' if more > 0 else ''}: check the loss, the input scale and "
+            "the integration time; a saturated activation (tanh) before these layers also "
+            "stops gradients"
         )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteStateError", "SolverError"]
+__all__ = ["NonFiniteStateError", "SolverError", "StepSizeUnderflowError", "TooManyStepsError"]
 
 
 class SolverError(RuntimeError):
     """An ODE solve could not be completed."""
+
+
+class TooManyStepsError(SolverError):
+    """An adaptive solve ran out of its step budget (``max_num_steps``)."""
+
+
+class StepSizeUnderflowError(SolverError):
+    """The adaptive step size became too small to advance the time."""
 
 
 class NonFiniteStateError(SolverError, FloatingPointError):
@@ -23,6 +31,20 @@ class NonFiniteStateError(SolverError, FloatingPointError):
                 "gradient clipping, or a regularizer such as KineticEnergy."
             )
         super().__init__(message)
+
+    @classmethod
+    def dynamics_at_start(cls, time: float) -> NonFiniteStateError:
+        """The dynamics are not finite at the initial state itself."""
+        return cls(
+            time,
+            message=(
+                f"the dynamics return NaN or infinite values at the start (t = {time:.6g}) for "
+                "a finite y0, before any step: the dynamics themselves are broken — weights "
+                "that hold NaN/inf (training diverged: reload the last good checkpoint and "
+                "lower the learning rate), or an operation undefined at y0 (log, sqrt or a "
+                "division by zero)"
+            ),
+        )
 
     @classmethod
     def at_start(cls, time: float) -> NonFiniteStateError:

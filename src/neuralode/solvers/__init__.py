@@ -11,7 +11,7 @@ from ._backends import (
     set_default_backend,
 )
 from ._native import GRADIENT_METHODS, NativeBackend
-from ._odeint import odeint, odeint_adjoint, odeint_dense, odeint_event
+from ._odeint import odeint, odeint_adjoint, odeint_dense, odeint_event, step_budget
 from ._stats import SolveStats
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
@@ -32,4 +32,5 @@ __all__ = [
     "odeint_event",
     "register_backend",
     "set_default_backend",
+    "step_budget",
 ]

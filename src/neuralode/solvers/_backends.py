@@ -16,10 +16,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import NonFiniteStateError, SolverError
+from ..errors import (
+    NonFiniteStateError,
+    SolverError,
+    StepSizeUnderflowError,
+    TooManyStepsError,
+)
 from ._callbacks import warn_unknown_callbacks
 from ._instrument import InstrumentedFunc, is_finite
-from ._messages import too_many_steps_message
+from ._messages import step_underflow_message, too_many_steps_message
 from ._stats import SolveStats
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
@@ -238,14 +243,12 @@ def _translate(err: AssertionError, func: InstrumentedFunc, r: SolveRequest) -> 
     msg = str(err)
     where = "" if t is None else f" near t ≈ {t:.6g}"
     if "underflow" in msg:
-        return SolverError(
-            f"the step size shrank to nothing{where} ({msg}). The problem is probably stiff or "
-            "the dynamics change too fast there: try looser tolerances, a fixed-step method "
-            "(method='rk4', options={'step_size': ...}), or regularize the dynamics."
-        )
+        return StepSizeUnderflowError(step_underflow_message(where))
     if "max_num_steps" in msg:
         limit = r.options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-        return SolverError(too_many_steps_message(limit, where, r.event_fn is not None, r.rtol))
+        return TooManyStepsError(
+            too_many_steps_message(limit, where, r.event_fn is not None, r.rtol)
+        )
     return SolverError(f"torchdiffeq failed{where}: {msg}")
 
 

@@ -8,7 +8,17 @@ import torch
 
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
-__all__ = ["too_many_steps_message"]
+__all__ = ["STIFF_REMEDIES", "step_underflow_message", "too_many_steps_message"]
+
+STIFF_REMEDIES = (
+    "for a fixed problem (inference), an implicit solver for stiff equations, "
+    "method='scipy_solver', options={'solver': 'Radau'} (needs scipy; no gradients); when "
+    "training, a regularizer that keeps the learned dynamics non-stiff (KineticEnergy, "
+    "JacobianFrobenius) and small initial weights of the dynamics. Looser tolerances and "
+    "fixed-step methods do not help: an explicit method's step is bounded by stability, not "
+    "accuracy"
+)
+"""What works on stiff dynamics (checked by the tests on dh/dt = -1e6 (h - cos t))."""
 
 
 def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> str:
@@ -18,8 +28,8 @@ def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> st
     if event:
         causes.append("the event function never crosses zero on this trajectory")
     causes += [
-        "the dynamics are stiff (their fastest time scale is far below the interval: use looser "
-        "tolerances, a regularizer such as KineticEnergy, or smaller initial weights)",
+        f"the dynamics are stiff (their fastest time scale is far below the interval): "
+        f"{STIFF_REMEDIES}",
         "the right-hand side is discontinuous in t (pass the times of the jumps as "
         "options={'jump_t': ...})",
     ]
@@ -30,4 +40,14 @@ def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> st
         f"the solver took more than max_num_steps={limit} steps{default}{where} without "
         f"finishing. Likely causes: {'; '.join(causes)}. If the solve really needs more steps, "
         "raise the limit with options={'max_num_steps': N}."
+    )
+
+
+def step_underflow_message(where: str) -> str:
+    """The message of a step size that became too small to advance the time."""
+    return (
+        f"the step size shrank to nothing{where}. Likely causes: the solution blows up there "
+        "(a finite-time singularity: check the dynamics' scale, or integrate over a shorter "
+        "interval); the right-hand side is discontinuous there (pass the time as "
+        f"options={{'jump_t': ...}}); or the dynamics are stiff: {STIFF_REMEDIES}."
     )

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import NonFiniteStateError, SolverError
+from ..errors import NonFiniteStateError, SolverError, TooManyStepsError
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
 from ._instrument import first_nonfinite_time, is_finite
 from ._messages import too_many_steps_message
 from ._stats import SolveStats
 
-__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "step_budget"]
 
 
 def _prepare(
@@ -39,12 +42,41 @@ def _prepare(
     v.check_tolerance_shape(rtol, "rtol", y0)
     v.check_tolerance_shape(atol, "atol", y0)
     method = v.check_method(method, engine.methods)
-    opts = v.check_options(options, method, engine.valid_options(method))
+    opts = _within_budget(
+        engine, method, v.check_options(options, method, engine.valid_options(method))
+    )
     v.check_event_fn(event_fn)
     request = SolveRequest(
         func=func, y0=y0, t=t, rtol=rtol, atol=atol, method=method, options=opts, event_fn=event_fn
     )
     return engine, request
+
+
+_STEP_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "neuralode_step_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def step_budget(max_num_steps: int) -> Iterator[None]:
+    """Cap every adaptive solve started inside the block (forward and adjoint) at
+    ``max_num_steps`` steps, whatever its options say: a solve that needs more raises
+    :class:`~neuralode.TooManyStepsError` instead of running on. :func:`neuralode.diagnose`
+    runs its probes under one, so that no model can make it hang."""
+    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
+        raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+    token = _STEP_BUDGET.set(max_num_steps)
+    try:
+        yield
+    finally:
+        _STEP_BUDGET.reset(token)
+
+
+def _within_budget(engine: AbstractBackend, method: str, opts: dict[str, Any]) -> dict[str, Any]:
+    budget = _STEP_BUDGET.get()
+    if budget is not None and engine.is_adaptive(method):
+        opts["max_num_steps"] = min(opts.get("max_num_steps") or v.DEFAULT_MAX_NUM_STEPS, budget)
+    return opts
 
 
 def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | None) -> Any:
@@ -54,6 +86,9 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
     stats.method = request.method
     stats.backend = engine.name
     stats.solves += 1
+    if request.event_fn is None:
+        times = request.t.detach()
+        stats.time_span += abs(float(times[-1]) - float(times[0]))
     resolution = None
     if engine.is_adaptive(request.method):
         resolution = v.check_dtype_resolution(request.rtol, request.atol, request.y0)
@@ -81,10 +116,21 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
 
 def _explain(err: SolverError, request: SolveRequest, resolution: str | None) -> Exception:
     """A failure whose cause is in the input, said as such (only on the failure path)."""
+    t0 = float(request.t[0])
     if not is_finite(request.y0):
-        return NonFiniteStateError.at_start(float(request.t[0]))
+        return NonFiniteStateError.at_start(t0)
     if resolution is not None:
         return SolverError(f"the solve failed ({type(err).__name__}) because {resolution}")
+    if isinstance(err, NonFiniteStateError) and (err.time is None or not math.isfinite(err.time)):
+        # no finite time to name ("t ≈ nan"): are the dynamics broken at the start already?
+        with torch.no_grad():
+            try:
+                at_start = request.func(request.t[0], request.y0)
+            except Exception:
+                at_start = None
+        if at_start is not None and not is_finite(at_start):
+            return NonFiniteStateError.dynamics_at_start(t0)
+        return NonFiniteStateError(None, detail=f" (after t = {t0:.6g})")
     return err
 
 
@@ -205,6 +251,7 @@ def odeint_adjoint(
             engine.valid_adjoint_options(a_method),
             name="adjoint_options",
         )
+        a_opts = _within_budget(engine, a_method, a_opts)
         norm = a_opts.get("norm")
         if isinstance(norm, str) and norm not in ("seminorm", "full"):
             raise ValueError(
@@ -310,7 +357,7 @@ def odeint_dense(
 
     def guarded(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if stats.nfe_forward >= budget:
-            raise SolverError(too_many_steps_message(limit, "", False, rtol))
+            raise TooManyStepsError(too_many_steps_message(limit, "", False, rtol))
         return counted(t, y)
 
     try:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..errors import NonFiniteStateError, SolverError
+from ..errors import NonFiniteStateError, StepSizeUnderflowError, TooManyStepsError
 from . import _kernels as kernels
 from ._callbacks import StepCallbacks
-from ._messages import too_many_steps_message
+from ._messages import step_underflow_message, too_many_steps_message
 from ._stats import SolveStats
 from ._tableau import QUARTIC, ButcherTableau, nonzero_terms
 from ._validate import DEFAULT_MAX_NUM_STEPS
@@ -569,7 +569,7 @@ def solve_adaptive(
         dt = initial_step(ev, tab, t_now, y, f0, cfg, fused_ratio)
     if not math.isfinite(dt):  # the initial step heuristic met a non-finite derivative
         if not bool(torch.isfinite(f0).all()):
-            raise NonFiniteStateError(ev.sign * t_now, detail=" (the derivative at the start)")
+            raise NonFiniteStateError.dynamics_at_start(ev.sign * t_now)
         dt = cfg.min_step if cfg.min_step > 0 else cfg.max_step
     boundaries = sorted({*cfg.step_t, *cfg.jump_t})
     jumps = set(cfg.jump_t)
@@ -586,7 +586,7 @@ def solve_adaptive(
             abs0 = y0.abs()
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
-            raise SolverError(
+            raise TooManyStepsError(
                 too_many_steps_message(
                     cfg.max_num_steps, f" near t ≈ {ev.sign * t_now:.6g}", False, cfg.rtol
                 )
@@ -601,12 +601,7 @@ def solve_adaptive(
             dt = hit - t_now
         t1 = t_now + dt if hit is None else hit
         if t1 == t_now:
-            raise SolverError(
-                f"the step size shrank to nothing near t ≈ {ev.sign * t_now:.6g}. The problem is "
-                "probably stiff or the dynamics change too fast there: try looser tolerances, a "
-                "fixed-step method (method='rk4', options={'step_size': ...}), or regularize the "
-                "dynamics."
-            )
+            raise StepSizeUnderflowError(step_underflow_message(f" near t ≈ {ev.sign * t_now:.6g}"))
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in jumps else None
         if callbacks is not None:
             callbacks.step(t_now, y, dt)
@@ -742,7 +737,7 @@ def solve_adaptive_per_sample(
     n_iter = 0
     while bool(active.any()):
         if n_iter >= cfg.max_num_steps:
-            raise SolverError(too_many_steps_message(cfg.max_num_steps, "", False, cfg.rtol))
+            raise TooManyStepsError(too_many_steps_message(cfg.max_num_steps, "", False, cfg.rtol))
         n_iter += 1
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
         dty = dt_eff.to(y.dtype).reshape(view)

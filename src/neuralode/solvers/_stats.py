@@ -26,7 +26,10 @@ class SolveStats:
     dynamics zero times, so ``nfe_backward`` stays 0. Step counters are ``None`` where the engine
     does not report them (e.g. torchdiffeq's Adams and scipy methods). In per-sample batch mode
     (native engine) the ``*_per_sample`` lists hold each sample's own counters, and
-    ``steps_accepted``/``steps_rejected`` those of the hardest sample.
+    ``steps_accepted``/``steps_rejected`` those of the hardest sample. ``time_span`` is the
+    total length of the time intervals solved (``|t[-1] - t[0]|`` summed over solves), so that
+    ``nfe_forward / time_span`` is the cost per unit time and ``time_span / steps_accepted`` the
+    mean step.
     """
 
     nfe_forward: int = 0
@@ -38,6 +41,7 @@ class SolveStats:
     method: str | None = None
     backend: str | None = None
     solves: int = 0
+    time_span: float = 0.0
     nfe_per_sample: list[int] | None = None
     steps_accepted_per_sample: list[int] | None = None
     steps_rejected_per_sample: list[int] | None = None
@@ -69,6 +73,7 @@ class SolveStats:
             method=self.method if self.method == other.method else None,
             backend=self.backend if self.backend == other.backend else None,
             solves=self.solves + other.solves,
+            time_span=self.time_span + other.time_span,
         )
 
     @staticmethod
