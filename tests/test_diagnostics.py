@@ -181,3 +181,14 @@ def test_a_single_vanishing_gradient_is_flagged():
     assert report.vanishing_gradients and "head.net.1.bias" not in report.vanishing_gradients
     assert report.grad_norm_max[1] > neuralode.diagnostics.VANISHING_GRAD_NORM
     assert any(w.startswith("vanishing gradients") for w in report.warnings)
+
+
+def test_biases_that_a_normalisation_cancels_are_not_called_vanishing():
+    """The tutorial's stem has a bias before each BatchNorm: its gradient is zero by
+    construction, which is no sign of vanishing gradients."""
+    from neuralode.diagnostics import _biases_before_norms
+
+    model = create_model("ode")
+    assert _biases_before_norms(model) == {"stem.net.0.bias", "stem.net.3.bias", "stem.net.6.bias"}
+    report = diagnose(model, _batch(8))
+    assert report.ok and not report.vanishing_gradients

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import traceback
@@ -263,7 +264,7 @@ def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> 
         report.warnings.append("the backward pass failed")
     report.solve = solve_stats(model)
     if report.backward_ok:
-        _grad_report(named, report)
+        _grad_report(named, report, _biases_before_norms(model))
 
 
 def _spectral_radius(func: Any, t0: torch.Tensor, h: torch.Tensor, iters: int = 20) -> float:
@@ -349,7 +350,27 @@ def _cost_report(fwd: SolveStats, report: DiagnosticReport) -> None:
         )
 
 
-def _grad_report(named: list[tuple[str, nn.Parameter]], report: DiagnosticReport) -> None:
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+def _biases_before_norms(model: nn.Module) -> set[str]:
+    """Biases of layers that a normalisation layer follows directly in an ``nn.Sequential``:
+    the normalisation subtracts them out, so their gradient is zero by construction (the
+    tutorial's stem has three), which is no sign of vanishing gradients."""
+    out = set()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (name, layer), (_, nxt) in itertools.pairwise(children):
+            if isinstance(nxt, _NORMS) and getattr(layer, "bias", None) is not None:
+                out.add(f"{prefix}.{name}.bias" if prefix else f"{name}.bias")
+    return out
+
+
+def _grad_report(
+    named: list[tuple[str, nn.Parameter]], report: DiagnosticReport, exempt: set[str]
+) -> None:
     norms: list[tuple[str, float]] = []
     for n, p in named:
         if not p.requires_grad:
@@ -384,7 +405,9 @@ def _grad_report(named: list[tuple[str, nn.Parameter]], report: DiagnosticReport
             "small_init=True for the dynamics"
         )
     # the tutorial's rule: any parameter whose gradient norm is below the threshold
-    report.vanishing_gradients = [n for n, g in norms if g < VANISHING_GRAD_NORM]
+    report.vanishing_gradients = [
+        n for n, g in norms if g < VANISHING_GRAD_NORM and n not in exempt
+    ]
     if report.vanishing_gradients:
         shown = ", ".join(report.vanishing_gradients[:5])
         more = len(report.vanishing_gradients) - 5

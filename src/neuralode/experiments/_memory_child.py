@@ -20,7 +20,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     batch = int(spec.pop("batch", 128))
     name = spec.pop("model")
     kw = {k: v for k, v in spec.items() if k != "block_only"}
-    if name != "ode":
+    if name not in ("ode", "ode-strided"):
         kw.pop("gradient", None)
         kw.pop("t1", None)
         kw.pop("backend", None)

@@ -240,13 +240,18 @@ class SpiralODE(nn.Module):
         return out
 
 
+# the registry's models without an ODE (they take num_blocks), and those sized by --hidden
+_DISCRETE = ("resnet", "resnet-strided", "odenet-resnet")
+_TAKES_HIDDEN = ("ode", "ode-strided", "resnet", "resnet-strided")
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a configuration describes."""
     if cfg.dataset == "spiral":
         return SpiralODE(cfg)
-    if cfg.model in ("resnet", "odenet-resnet"):
+    if cfg.model in _DISCRETE:
         kw: dict[str, Any] = {"num_blocks": cfg.num_blocks}
-        if cfg.model == "resnet":
+        if cfg.model in _TAKES_HIDDEN:
             kw["hidden"] = cfg.hidden
         return create_model(cfg.model, **kw)
     regs = []
@@ -255,6 +260,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.jacobian:
         regs.append(JacobianFrobenius(cfg.jacobian))
     kw = dict(regularizers=regs, augment_dim=cfg.augment_dim, **cfg.solver_kwargs())
-    if cfg.model == "ode":
+    if cfg.model in _TAKES_HIDDEN:
         kw["hidden"] = cfg.hidden
     return create_model(cfg.model, **kw)
