@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "GlobalBatchNorm"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,10 +72,22 @@ class Distributed:
         return cls(rank, world, device, True)
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` under DDP. Its batch-norm layers normalise over the global batch (and so
+        keep identical running statistics on every rank), as one process would: PyTorch's
+        ``SyncBatchNorm`` on GPUs, :class:`GlobalBatchNorm` on the CPU, where ``SyncBatchNorm``
+        does not run. The layers are converted in place; parameter names do not change."""
         if not self.initialized:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            import torch.distributed as dist
+
+            # a group of its own: DDP's gradient all-reduces run asynchronously on the default
+            # group, and sharing it would let the two interleave differently on each rank
+            GlobalBatchNorm.convert(model, dist.new_group(backend="gloo"))
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
@@ -115,3 +127,81 @@ class Distributed:
 
             dist.destroy_process_group()
             self.initialized = False
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over the ranks of ``group``, differentiable: the gradient of a sum over ranks is
+    the sum over ranks of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the batch of every rank together, differentiable through the
+    all-reduce of its statistics: training on N ranks normalises exactly as one process does
+    with the global batch. Used for CPU data-parallel training (``SyncBatchNorm`` is GPU-only).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return super().forward(x)
+        group = getattr(self, "process_group", None)
+
+        def all_reduce(t: torch.Tensor) -> torch.Tensor:
+            return _AllReduceSum.apply(t, group)
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = all_reduce(x.new_tensor(float(x.numel() // x.shape[1])))
+        mean = all_reduce(x.sum(dims)) / count
+        centred = x - mean.reshape(shape)
+        var = all_reduce(centred.pow(2).sum(dims)) / count  # biased, for normalising
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
+                unbiased = var * (count / (count - 1).clamp(min=1))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        return out
+
+    @classmethod
+    def convert(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """Turn every ``BatchNorm*d`` in ``module`` into this class, in place (its parameters and
+        buffers stay the same objects), reducing over ``process_group`` (default: the default
+        group; give it a group of its own under DDP)."""
+        for child in module.modules():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                child, (cls, nn.SyncBatchNorm)
+            ):
+                child.__class__ = cls
+            if isinstance(child, cls):
+                child.process_group = process_group
+        return module
