@@ -163,3 +163,43 @@ def test_hybrid_block_is_ode_jump_ode():
     torch.testing.assert_close(block(h), c)
     with pytest.raises(ValueError, match="t_split"):
         HybridNeuralODE(f1, jump, f2, t_split=1.5)
+
+
+def test_the_tutorials_multiscale_block():
+    """Fast block over [0, 0.1], slow over [0, 1], a learned layer on the concatenation."""
+    torch.manual_seed(0)
+    fast, slow = ODEFunc(3, 8), ODEFunc(3, 8)
+    block = neuralode.TutorialMultiScaleODE(fast, slow, dim=3, rtol=1e-6, atol=1e-8)
+    assert block.fast.integration_times.tolist() == pytest.approx([0.0, 0.1])
+    assert block.slow.integration_times.tolist() == [0.0, 1.0]
+    assert (block.combine.in_features, block.combine.out_features) == (6, 3)
+    h = torch.randn(4, 3)
+    kw = dict(rtol=1e-6, atol=1e-8)
+    a = neuralode.odeint(fast, h, torch.tensor([0.0, 0.1]), **kw)[-1]
+    b = neuralode.odeint(slow, h, torch.tensor([0.0, 1.0]), **kw)[-1]
+    want = torch.cat([a, b], dim=1) @ block.combine.weight.T + block.combine.bias
+    out = block(h)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert all(p.grad is not None for p in block.parameters())  # the layer is learned too
+    with pytest.raises(ValueError, match="fast_t1"):
+        neuralode.TutorialMultiScaleODE(fast, slow, dim=3, fast_t1=2.0)
+
+
+class _Clock(nn.Module):
+    def forward(self, t, h):  # dh/dt = t: the time the dynamics see, integrated
+        return t * torch.ones_like(h)
+
+
+def test_the_tutorials_hybrid_block_restarts_time_in_its_second_segment():
+    """The tutorial's second segment sees t in [0, 0.5]; the default continues to [0.5, 1]:
+    with dh/dt = t they add 0.125 and 0.375."""
+    h = torch.zeros(2, 1, dtype=torch.float64)
+    kw = dict(rtol=1e-9, atol=1e-10)
+    restart = HybridNeuralODE(_Clock(), nn.Identity(), _Clock(), restart_time=True, **kw)
+    assert restart.after.integration_times.tolist() == [0.0, 0.5]
+    # first segment adds 0.125, the jump doubles (h + h), the second adds 0.125 (or 0.375)
+    want = torch.full((2, 1), 2 * 0.125 + 0.125, dtype=torch.float64)
+    torch.testing.assert_close(restart(h), want)
+    continued = HybridNeuralODE(_Clock(), nn.Identity(), _Clock(), **kw)
+    torch.testing.assert_close(continued(h), want + 0.25)

@@ -10,6 +10,7 @@ from .blocks import (
     MultiScaleNeuralODE,
     NeuralODEBlock,
     ResidualStack,
+    TutorialMultiScaleODE,
     regularization_loss,
     solve_stats,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "StepSizeUnderflowError",
     "TimeConcatODEFunc",
     "TooManyStepsError",
+    "TutorialMultiScaleODE",
     "__version__",
     "available_backends",
     "create_model",

@@ -18,6 +18,7 @@ __all__ = [
     "MultiScaleNeuralODE",
     "NeuralODEBlock",
     "ResidualStack",
+    "TutorialMultiScaleODE",
     "regularization_loss",
     "solve_stats",
 ]
@@ -212,7 +213,8 @@ class _Scaled(nn.Module):
 
 
 class MultiScaleNeuralODE(nn.Module):
-    """A fast and a slow Neural ODE block applied to the same input, outputs combined.
+    """A fast and a slow Neural ODE block applied to the same input, outputs combined
+    (neuralode's variant; :class:`TutorialMultiScaleODE` is the tutorial's).
 
     The fast block integrates ``speedup * fast_func`` and the slow block ``slow_func``, both over
     ``[0, t1]``; ``combine="sum"`` adds the two final states, ``"concat"`` concatenates them along
@@ -248,11 +250,53 @@ class MultiScaleNeuralODE(nn.Module):
         return out if reg is None else (out, reg)
 
 
+class TutorialMultiScaleODE(nn.Module):
+    """The tutorial's multi-scale block: a fast Neural ODE integrated over a short interval
+    ``[0, fast_t1]`` (0.1) and a slow one over the full interval ``[0, t1]``, both from the
+    same input, combined by a learned layer, ``Linear(2·dim → dim)`` on their concatenation.
+
+    Compare :class:`MultiScaleNeuralODE`, neuralode's own variant, which runs the fast vector
+    field ``speedup`` times faster over the full interval and adds the two states.
+    Extra keyword arguments go to both :class:`NeuralODEBlock` s.
+    """
+
+    def __init__(
+        self,
+        fast_func: nn.Module,
+        slow_func: nn.Module,
+        dim: int,
+        fast_t1: float = 0.1,
+        t1: float = 1.0,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < fast_t1 <= t1:
+            raise ValueError(f"fast_t1 must lie in (0, t1={t1}], got {fast_t1!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer (the state size), got {dim!r}")
+        self.fast = NeuralODEBlock(fast_func, fast_t1, **block_kwargs)
+        self.slow = NeuralODEBlock(slow_func, t1, **block_kwargs)
+        self.combine = nn.Linear(2 * dim, dim)
+
+    def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fast, reg_fast = self.fast.integrate(h)
+        slow, reg_slow = self.slow.integrate(h)
+        return self.combine(torch.cat([fast, slow], dim=-1)), _sum_reg(reg_fast, reg_slow)
+
+    def forward(self, h: torch.Tensor) -> Any:
+        out, reg = self.integrate(h)
+        return out if reg is None else (out, reg)
+
+
 class HybridNeuralODE(nn.Module):
     """Continuous segment, discrete residual jump, continuous segment.
 
-    ``h ← ODE_1(h)`` over ``[0, t_split]``, then ``h ← h + jump(h)``, then ``h ← ODE_2(h)`` over
-    ``[t_split, t1]``. Extra keyword arguments go to both :class:`NeuralODEBlock` s.
+    ``h ← ODE_1(h)`` over ``[0, t_split]``, then ``h ← h + jump(h)``, then ``h ← ODE_2(h)``.
+    The second segment covers ``[t_split, t1]`` (``restart_time=False``, the default: one time
+    axis through the whole block) or, as in the tutorial's hybrid block, ``[0, t1 - t_split]``
+    (``restart_time=True``: time-dependent dynamics of the second segment see ``t`` from 0
+    again, ``t ∈ [0, 0.5]`` with the defaults). Extra keyword arguments go to both
+    :class:`NeuralODEBlock` s.
     """
 
     def __init__(
@@ -262,6 +306,7 @@ class HybridNeuralODE(nn.Module):
         func_after: nn.Module,
         t_split: float = 0.5,
         t1: float = 1.0,
+        restart_time: bool = False,
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -269,7 +314,9 @@ class HybridNeuralODE(nn.Module):
             raise ValueError(f"t_split must lie strictly inside (0, t1={t1}), got {t_split!r}")
         self.before = NeuralODEBlock(func_before, t_split, t0=0.0, **block_kwargs)
         self.jump = jump
-        self.after = NeuralODEBlock(func_after, t1, t0=t_split, **block_kwargs)
+        self.restart_time = bool(restart_time)
+        t0_after, t1_after = (0.0, t1 - t_split) if restart_time else (t_split, t1)
+        self.after = NeuralODEBlock(func_after, t1_after, t0=t0_after, **block_kwargs)
 
     def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, reg_before = self.before.integrate(h)

@@ -230,12 +230,13 @@ def check_dtype_resolution(rtol: Any, atol: Any, y0: Any) -> str | None:
     unit = info.eps / 2
     if r >= unit and a >= info.tiny:
         return None
+    wider = "float64" if ref.dtype == torch.float32 else "float32 or float64"
     bad = f"rtol={r:g}" if r < unit else f"atol={a:g}"
     return (
         f"{bad} is below the resolution of the state's dtype {ref.dtype} (unit roundoff "
         f"{unit:.2g}, smallest normal {info.tiny:.2g}): the solver cannot meet it, so steps "
         f"collapse or the result is silently inaccurate. Use rtol >= {4 * unit:.0e} with "
-        f"{ref.dtype}, or solve in float32/float64"
+        f"{ref.dtype}, or solve in a wider dtype ({wider})"
     )
 
 
