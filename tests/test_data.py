@@ -2,6 +2,7 @@
 and the spiral datasets."""
 
 import gzip
+import math
 import os
 import shutil
 
@@ -108,15 +109,28 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch):
     assert not any((tmp_path / "mnist").iterdir())
 
 
-def test_spiral_trajectory_follows_the_true_dynamics():
-    d = data.make_spiral_trajectory(n_points=1000, noise=0.05, seed=1)
+def test_the_tutorials_spiral_is_one_noisy_arm():
+    """Exercise 1: x = t cos t, y = t sin t, t in [0, 4π], 1,000 points, noise 0.1."""
+    d = data.make_spiral_trajectory(seed=1)
+    assert d.t.shape == (1000,) and d.y.shape == (1000, 2)
+    assert float(d.t[0]) == 0.0 and abs(float(d.t[-1]) - 4 * math.pi) < 1e-5
+    t = d.t.double()
+    want = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1)
+    torch.testing.assert_close(d.y.double(), want, rtol=0, atol=1e-5)
+    noise = (d.observed - d.y).double()
+    assert 0.09 < float(noise.std()) < 0.11 and abs(float(noise.mean())) < 0.01
+    assert d.split == 800
+
+
+def test_the_cubic_trajectory_follows_its_dynamics():
+    d = data.make_cubic_trajectory(n_points=1000, noise=0.05, seed=1)
     assert d.t.shape == (1000,) and d.y.shape == (1000, 2)
     torch.testing.assert_close(d.y[0], torch.tensor([2.0, 0.0]))
     assert float(d.t[-1]) == 25.0
     # central differences of the trajectory against dy/dt = y³A
     dt = float(d.t[1] - d.t[0])
     fd = (d.y[2:] - d.y[:-2]).double() / (2 * dt)
-    f = data.spiral_dynamics(None, d.y[1:-1].double())
+    f = data.cubic_dynamics(None, d.y[1:-1].double())
     assert float((fd - f).abs().max() / f.abs().max()) < 0.02
     noise = d.observed - d.y
     assert 0.04 < float(noise.std()) < 0.06

@@ -220,10 +220,10 @@ def test_a_kill_between_checkpoint_and_metrics_loses_no_row(data_dir, tmp_path, 
     monkeypatch.setattr(loop_mod, "write_csv", dies_on_second)
     assert _train(data_dir, out, "--epochs", "2", "--max-train-batches", "2") == 130
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
-    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
+    assert len(list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))) == 1
     monkeypatch.setattr(loop_mod, "write_csv", real)
     assert main(["-q", "train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
@@ -399,6 +399,6 @@ def test_extending_a_scheduled_run_is_refused_and_the_config_kept(data_dir, tmp_
 
 def test_extending_an_unscheduled_run_trains_the_new_epochs(run, capsys):
     assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "3"]) == 0
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert main(["-q", "evaluate", str(run)]) == 0  # the new summary matches the new weights

@@ -134,13 +134,20 @@ class NeuralODEBlock(nn.Module):
         """``(rtol, atol)`` in force for the current mode (training or evaluation)."""
         return (self.rtol, self.atol) if self.training else (self.eval_rtol, self.eval_atol)
 
-    def integrate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Solve from ``h``; return the output and the weighted regularization (or None)."""
+    def integrate(
+        self, h: torch.Tensor, times: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Solve from ``h``; return the output and the weighted regularization (or None).
+
+        ``times`` overrides the block's integration times for this call (the output is then
+        the whole trajectory at those times): for models that integrate over the times of
+        their data, without changing the block's state."""
         if self.augment_dim:
             pad = h.new_zeros(h.shape[0], self.augment_dim, *h.shape[2:])
             h = torch.cat([h, pad], dim=1)
         rtol, atol = self.tolerances
-        times = self.integration_times.to(dtype=h.dtype)
+        whole = self.return_trajectory or times is not None
+        times = (self.integration_times if times is None else times).to(dtype=h.dtype)
         self.stats = SolveStats()
         if self.has_regularizers:
             self.dynamics.begin_solve(h)
@@ -169,7 +176,7 @@ class NeuralODEBlock(nn.Module):
         if not self.has_regularizers:
             self.last_regularization = None
             self.last_regularization_terms = {}
-            return (sol if self.return_trajectory else sol[-1]), None
+            return (sol if whole else sol[-1]), None
         traj, *accumulated = sol
         terms = {
             r.name: r.weight * acc[-1].mean()
@@ -178,7 +185,7 @@ class NeuralODEBlock(nn.Module):
         reg = torch.stack(list(terms.values())).sum()
         self.last_regularization = reg
         self.last_regularization_terms = terms
-        return (traj if self.return_trajectory else traj[-1]), reg
+        return (traj if whole else traj[-1]), reg
 
     def forward(self, h: torch.Tensor) -> Any:
         out, reg = self.integrate(h)

@@ -25,7 +25,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dataset",
         choices=DATASETS,
-        help="mnist (classification) or spiral (dynamics regression); default mnist",
+        help="mnist (classification), spiral (the tutorial's spiral arm) or cubic "
+        "(dy/dt = y³A): dynamics regression; default mnist",
     )
     g.add_argument("--num-blocks", type=int, help="residual blocks of a resnet (default 6)")
     g.add_argument("--hidden", type=int, help="hidden size (default 64)")
@@ -66,7 +67,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jacobian", type=float, help="Jacobian Frobenius regularization weight")
     g = p.add_argument_group("spiral dataset")
     g.add_argument("--spiral-window", type=int, help="time points per training window (10)")
-    g.add_argument("--spiral-noise", type=float, help="observation noise (default 0.01)")
+    g.add_argument(
+        "--spiral-noise", type=float, help="observation noise (default 0.1 spiral, 0.01 cubic)"
+    )
     g.add_argument("--spiral-iters", type=int, help="iterations per epoch (default 100)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
@@ -155,8 +158,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import load_mnist, make_spiral_trajectory
+    from .data import load_mnist
     from .diagnostics import diagnose
+    from .training.config import trajectory_data
     from .training.loop import load_run
 
     model, cfg = load_run(Path(args.run_dir), args.data_dir)
@@ -167,7 +171,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         batch = (test.x[: args.batch_size].to(device), test.y[: args.batch_size].to(device))
         report = diagnose(model, batch)
     else:
-        data = make_spiral_trajectory(noise=cfg.spiral_noise, seed=cfg.seed)
+        data = trajectory_data(cfg)
         t = data.t[: cfg.spiral_window].to(device)
         y0 = data.y[: args.batch_size : max(1, data.split // args.batch_size)].to(device)
 

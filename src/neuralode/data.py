@@ -21,12 +21,15 @@ import torch
 __all__ = [
     "MNIST_FILES",
     "MNIST_MIRRORS",
+    "TRAJECTORIES",
     "DataError",
-    "SpiralData",
     "TensorData",
+    "TrajectoryData",
     "batches",
+    "cubic_dynamics",
     "find_mnist",
     "load_mnist",
+    "make_cubic_trajectory",
     "make_spiral_points",
     "make_spiral_trajectory",
 ]
@@ -227,12 +230,13 @@ def load_mnist(
 
 # ------------------------------------------------------------------------------ spirals
 
-SPIRAL_A = ((-0.1, 2.0), (-2.0, -0.1))
+CUBIC_A = ((-0.1, 2.0), (-2.0, -0.1))
 
 
 @dataclasses.dataclass
-class SpiralData:
-    """A trajectory of ``dy/dt = y³ A`` (true and noisy observations) split in time."""
+class TrajectoryData:
+    """A 2-D trajectory (true and noisy observations) split in time: the first ``split``
+    points train, the rest (from the last training point on) test extrapolation."""
 
     t: torch.Tensor  # (T,)
     y: torch.Tensor  # (T, 2) noise-free
@@ -244,34 +248,62 @@ class SpiralData:
         return self.t[self.split - 1 :]
 
 
-def spiral_dynamics(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The tutorial's true dynamics, ``dy/dt = y³ A``."""
-    A = torch.tensor(SPIRAL_A, dtype=y.dtype, device=y.device)
-    return (y**3) @ A
+def _split(n_points: int, holdout: float) -> int:
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    return max(2, round(n_points * (1 - holdout)))
+
+
+def _noisy(y: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return y + noise * torch.randn(y.shape, generator=g, dtype=y.dtype)
 
 
 def make_spiral_trajectory(
     n_points: int = 1000,
-    t_end: float = 25.0,
-    noise: float = 0.0,
+    t_end: float = 4 * math.pi,
+    noise: float = 0.1,
     holdout: float = 0.2,
     seed: int = 0,
-) -> SpiralData:
-    """Trajectory of ``dy/dt = y³ A``, ``A = [[-0.1, 2], [-2, -0.1]]``, ``y(0) = [2, 0]`` on
+) -> TrajectoryData:
+    """The tutorial's spiral (Exercise 1): one arm ``x = t cos t, y = t sin t``,
+    ``t ∈ [0, 4π]``, 1,000 points with Gaussian noise of standard deviation 0.1; the last
+    ``holdout`` fraction of times is held out for testing."""
+    split = _split(n_points, holdout)
+    t = torch.linspace(0.0, t_end, n_points, dtype=torch.float64)
+    y = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1)
+    return TrajectoryData(t.float(), y.float(), _noisy(y, noise, seed).float(), split)
+
+
+def cubic_dynamics(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``dy/dt = y³ A`` with ``A = [[-0.1, 2], [-2, -0.1]]`` (torchdiffeq's ode_demo system)."""
+    A = torch.tensor(CUBIC_A, dtype=y.dtype, device=y.device)
+    return (y**3) @ A
+
+
+def make_cubic_trajectory(
+    n_points: int = 1000,
+    t_end: float = 25.0,
+    noise: float = 0.01,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> TrajectoryData:
+    """Trajectory of ``dy/dt = y³ A`` (:func:`cubic_dynamics`), ``y(0) = [2, 0]`` on
     ``[0, t_end]``, solved accurately (dopri5, rtol 1e-7), with Gaussian observation noise; the
-    last ``holdout`` fraction of times is held out for testing."""
+    last ``holdout`` fraction of times is held out. Not the tutorial's spiral (that is
+    :func:`make_spiral_trajectory`): the spiral of torchdiffeq's ``ode_demo``."""
     from .solvers import odeint
 
-    if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    split = _split(n_points, holdout)
     t = torch.linspace(0.0, t_end, n_points, dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
     with torch.no_grad():
-        y = odeint(spiral_dynamics, y0, t, rtol=1e-7, atol=1e-9)[:, 0]
-    g = torch.Generator().manual_seed(seed)
-    observed = y + noise * torch.randn(y.shape, generator=g, dtype=torch.float64)
-    split = max(2, round(n_points * (1 - holdout)))
-    return SpiralData(t.float(), y.float(), observed.float(), split)
+        y = odeint(cubic_dynamics, y0, t, rtol=1e-7, atol=1e-9)[:, 0]
+    return TrajectoryData(t.float(), y.float(), _noisy(y, noise, seed).float(), split)
+
+
+TRAJECTORIES = {"spiral": make_spiral_trajectory, "cubic": make_cubic_trajectory}
+"""The trajectory datasets by name."""
 
 
 def make_spiral_points(

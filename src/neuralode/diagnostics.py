@@ -207,9 +207,9 @@ def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> 
     blocks = [m for m in model.modules() if isinstance(m, NeuralODEBlock)]
     for block in blocks:  # models call block.integrate(h) directly: wrap it on the instance
 
-        def integrate(h, _block=block, _integrate=block.integrate):
+        def integrate(h, *args, _block=block, _integrate=block.integrate, **kwargs):
             entries.setdefault(_block, h.detach())
-            return _integrate(h)
+            return _integrate(h, *args, **kwargs)
 
         block.integrate = integrate
     try:
@@ -298,7 +298,7 @@ def _step_times_jacobian(entries: dict[NeuralODEBlock, torch.Tensor | None]) -> 
         if h is None or not steps:
             continue
         times = block.integration_times
-        span = abs(float(times[-1]) - float(times[0]))
+        span = block.stats.time_span  # the times actually solved over (they may be passed in)
         if block.augment_dim:
             h = torch.cat([h, h.new_zeros(h.shape[0], block.augment_dim, *h.shape[2:])], dim=1)
         try:

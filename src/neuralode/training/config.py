@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..blocks import NeuralODEBlock
+from ..data import TRAJECTORIES, TrajectoryData
 from ..dynamics import ODEFunc
 from ..models import create_model, list_models
 from ..regularizers import JacobianFrobenius, KineticEnergy
@@ -23,13 +24,13 @@ __all__ = [
     "GRADIENTS",
     "OPTIMIZERS",
     "SCHEDULES",
-    "SpiralODE",
     "TrainConfig",
+    "TrajectoryODE",
     "build_model",
     "resolve_device",
 ]
 
-DATASETS = ("mnist", "spiral")
+DATASETS = ("mnist", "spiral", "cubic")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 GRADIENTS = GRADIENT_METHODS
@@ -68,7 +69,7 @@ class TrainConfig:
     test_subset: int | None = None
     threads: int | None = None
     spiral_window: int = 10
-    spiral_noise: float = 0.01
+    spiral_noise: float | None = None  # None: the dataset's own (0.1 spiral, 0.01 cubic)
     spiral_iters: int = 100
 
     # ------------------------------------------------------------------ validation
@@ -112,7 +113,7 @@ class TrainConfig:
                 )
 
         choice("dataset", self.dataset, DATASETS)
-        models = ["ode"] if self.dataset == "spiral" else list_models()
+        models = ["ode"] if self.dataset in TRAJECTORIES else list_models()
         choice("model", self.model, models)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("schedule", self.schedule, SCHEDULES)
@@ -130,14 +131,16 @@ class TrainConfig:
             positive(name, getattr(self, name), integer=True)
         for name in ("lr", "rtol", "atol", "eval_rtol", "eval_atol"):
             positive(name, getattr(self, name))
-        for name in ("kinetic", "jacobian", "weight_decay", "momentum", "spiral_noise"):
+        for name in ("kinetic", "jacobian", "weight_decay", "momentum"):
             positive(name, getattr(self, name), allow_zero=True)
+        if self.spiral_noise is not None:
+            positive("spiral_noise", self.spiral_noise, allow_zero=True)
         positive("augment_dim", self.augment_dim, integer=True, allow_zero=True)
         positive("seed", self.seed, integer=True, allow_zero=True)
         for name in ("max_train_batches", "train_subset", "test_subset", "threads"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name), integer=True)
-        if self.dataset == "spiral" and self.spiral_window < 2:
+        if self.dataset in TRAJECTORIES and self.spiral_window < 2:
             raise ValueError("spiral_window must be at least 2")
         if self.gradient == "checkpoint" and self.backend != "native":
             raise ValueError("gradient 'checkpoint' needs backend 'native'")
@@ -207,6 +210,15 @@ class TrainConfig:
         return data
 
 
+def trajectory_data(cfg: TrainConfig) -> TrajectoryData:
+    """The trajectory a spiral or cubic run trains on (the same for train, evaluate, diagnose
+    and resume)."""
+    kw: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.spiral_noise is not None:
+        kw["noise"] = cfg.spiral_noise
+    return TRAJECTORIES[cfg.dataset](**kw)
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else the CPU; otherwise the named device."""
     if name in (None, "auto"):
@@ -217,26 +229,36 @@ def resolve_device(name: str | None) -> torch.device:
 # ---------------------------------------------------------------------- models
 
 
-class SpiralODE(nn.Module):
-    """The tutorial's spiral model: an MLP on ``y³`` as dynamics; ``forward(y0, t)`` returns the
-    trajectory ``(len(t), batch, 2)``."""
+class _CubicMLP(nn.Module):
+    """An MLP on ``y³``: the form of the cubic system's true dynamics."""
 
-    class _CubicMLP(nn.Module):
-        def __init__(self, hidden: int) -> None:
-            super().__init__()
-            self.mlp = ODEFunc(2, hidden, depth=1, activation="tanh")
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.mlp = ODEFunc(2, hidden, depth=1, activation="tanh")
 
-        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.mlp(t, y**3)
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.mlp(t, y**3)
+
+
+class TrajectoryODE(nn.Module):
+    """A 2-D Neural ODE fitted to a trajectory; ``forward(y0, t)`` returns the trajectory
+    ``(len(t), batch, 2)`` through ``y0`` at the times ``t``.
+
+    For ``dataset="spiral"`` (the tutorial's arm) the dynamics are an MLP on the state, two
+    hidden layers of ``hidden`` with tanh; for ``dataset="cubic"`` an MLP on ``y³``, one
+    hidden layer (the form of that system's true dynamics).
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
-        self.func = self._CubicMLP(cfg.hidden)
-        self.block = NeuralODEBlock(self.func, output_times=[0.0, 1.0], **cfg.solver_kwargs())
+        if cfg.dataset == "cubic":
+            self.func: nn.Module = _CubicMLP(cfg.hidden)
+        else:
+            self.func = ODEFunc(2, cfg.hidden, depth=2, activation="tanh")
+        self.block = NeuralODEBlock(self.func, **cfg.solver_kwargs())
 
     def forward(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.block.integration_times = t.to(self.block.integration_times)
-        out, _ = self.block.integrate(y0)
+        out, _ = self.block.integrate(y0, times=t)
         return out
 
 
@@ -247,8 +269,8 @@ _TAKES_HIDDEN = ("ode", "ode-strided", "resnet", "resnet-strided")
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a configuration describes."""
-    if cfg.dataset == "spiral":
-        return SpiralODE(cfg)
+    if cfg.dataset in TRAJECTORIES:
+        return TrajectoryODE(cfg)
     if cfg.model in _DISCRETE:
         kw: dict[str, Any] = {"num_blocks": cfg.num_blocks}
         if cfg.model in _TAKES_HIDDEN:

@@ -20,11 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..blocks import regularization_loss, solve_stats
-from ..data import TensorData, batches, load_mnist, make_spiral_trajectory
+from ..data import TensorData, batches, load_mnist
 from ..diagnostics import diagnose
 from ..errors import SolverError
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import TrainConfig, build_model
+from .config import TrainConfig, build_model, trajectory_data
 from .distributed import Distributed
 from .files import RunLock, check_folder, remove_stale_temporaries, write_csv, write_json
 
@@ -298,7 +298,7 @@ def _train(
         epoch_fn = _mnist_epoch
         data: Any = (train_data, test_data)
     else:
-        data = make_spiral_trajectory(noise=cfg.spiral_noise, seed=cfg.seed)
+        data = trajectory_data(cfg)
         epoch_fn = _spiral_epoch
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -544,7 +544,7 @@ def evaluate_run(
         res = evaluate_classifier(model, test, batch_size or cfg.batch_size, device)
         res["seconds"] = round(time.perf_counter() - t0, 3)
     else:
-        data = make_spiral_trajectory(noise=cfg.spiral_noise, seed=cfg.seed)
+        data = trajectory_data(cfg)
         res = {"test_mse": _spiral_test_mse(model, data, device)}
         res["nfe_forward"] = solve_stats(model).nfe_forward
     res["eval_rtol"], res["eval_atol"] = cfg.eval_rtol, cfg.eval_atol
