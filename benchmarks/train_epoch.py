@@ -161,11 +161,11 @@ def main() -> None:
             f"{sp['stem']:>6.0%}/{sp['middle']:.0%}/{sp['head']:.0%}"
         )
     ratio = results["neural ODE (native)"] / results["ResNet, 6 blocks"]
-    print(f"\nneural ODE (native) epoch / ResNet epoch: {ratio:.2f}")
+    print(f"\nneural ODE (native) epoch / ResNet epoch: {ratio:.3f}")
     print(f"goal ≤ 1.10× the ResNet's epoch: {'met' if ratio <= 1.10 else 'NOT met'}")
     if "neural ODE (torchdiffeq)" in results:
         r2 = results["neural ODE (torchdiffeq)"] / results["ResNet, 6 blocks"]
-        print(f"neural ODE (torchdiffeq) epoch / ResNet epoch: {r2:.2f}")
+        print(f"neural ODE (torchdiffeq) epoch / ResNet epoch: {r2:.3f}")
 
 
 if __name__ == "__main__":
