@@ -365,3 +365,15 @@ def test_per_sample_mode_rejects_the_options_it_does_not_honour(option):
     with pytest.raises(ValueError, match=f"does not support options \\['{name}'\\]"):
         neuralode.odeint(lambda t, y: -y, torch.ones(4, 2), torch.tensor([0.0, 1.0]),
                          options={"batch_mode": "per_sample", **option})  # fmt: skip
+
+
+def test_odeint_dense_honours_a_step_budget():
+    from neuralode.solvers import step_budget
+
+    def sawtooth(t, y):
+        return torch.sign(torch.sin(1e4 * t)) * torch.ones_like(y)
+
+    t0, t1 = torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    with step_budget(20), pytest.raises(neuralode.TooManyStepsError, match="max_num_steps=20"):
+        neuralode.odeint_dense(sawtooth, torch.zeros(1, dtype=F64), t0, t1, rtol=1e-12,
+                               atol=1e-12)  # fmt: skip

@@ -218,22 +218,20 @@ def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> 
             output = output[0]
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
-    except TooManyStepsError as err:
-        report.forward_error = _short(err)
-        report.step_budget_exhausted = True
-        report.solve = solve_stats(model)
-        report.warnings.append(
-            f"a solve did not finish within {MAX_STEPS:,} steps (the diagnosis' budget; "
-            f"{report.solve.nfe_forward:,} evaluations of the dynamics): the dynamics are "
-            f"stiff or far too expensive. What works: {STIFF_REMEDIES}"
-        )
-        return
     except Exception as err:
         report.forward_error = _short(err)
-        report.warnings.append(
-            "the forward pass failed; the error above says where — see the hint in its message"
-        )
         report.solve = solve_stats(model)
+        report.step_budget_exhausted = isinstance(err, TooManyStepsError)
+        if report.step_budget_exhausted:
+            report.warnings.append(
+                f"a solve did not finish within {MAX_STEPS:,} steps (the diagnosis' budget; "
+                f"{report.solve.nfe_forward:,} evaluations of the dynamics): the dynamics are "
+                f"stiff or far too expensive. What works: {STIFF_REMEDIES}"
+            )
+        else:
+            report.warnings.append(
+                "the forward pass failed; the error above says where — see the hint in its message"
+            )
         return
     finally:
         for block in blocks:
@@ -289,13 +287,13 @@ def _spectral_radius(func: Any, t0: torch.Tensor, h: torch.Tensor, iters: int = 
     return rho
 
 
-def _step_times_jacobian(entries: dict[NeuralODEBlock, torch.Tensor | None]) -> float | None:
+def _step_times_jacobian(entries: dict[NeuralODEBlock, torch.Tensor]) -> float | None:
     """The largest over blocks of (mean accepted step) × (spectral radius of the Jacobian of
     the dynamics at the block's initial state)."""
     worst = None
     for block, h in entries.items():
         steps = block.stats.steps_accepted
-        if h is None or not steps:
+        if not steps:
             continue
         times = block.integration_times
         span = block.stats.time_span  # the times actually solved over (they may be passed in)

@@ -326,27 +326,24 @@ def odeint_dense(
     """
     import torchdiffeq
 
-    from ._backends import get_backend
     from ._instrument import InstrumentedFunc
 
-    v.check_func(func)
     if not isinstance(y0, torch.Tensor):
         raise TypeError(
             f"odeint_dense needs a tensor state y0 (as torchdiffeq's), got {type(y0).__name__}"
         )
-    v.check_y0(y0)
     for name, value in (("t0", t0), ("t1", t1)):
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise TypeError(f"{name} must be a one-element tensor, got {value!r}")
     if not float(t1) > float(t0):
         raise ValueError(f"odeint_dense integrates forward: t1 ({float(t1)}) must exceed t0")
-    v.check_tolerance(rtol, "rtol")
-    v.check_tolerance(atol, "atol")
     if method not in (None, "dopri5"):
         raise ValueError(f"odeint_dense supports method='dopri5' only (as torchdiffeq), got "
                          f"{method!r}")  # fmt: skip
-    engine = get_backend("torchdiffeq")
-    opts = v.check_options(options, "dopri5", engine.valid_options("dopri5"))
+    # the checks of odeint, and a step_budget in force, on the equivalent solve over [t0, t1]
+    t = torch.stack([t0.reshape(()), t1.reshape(())])
+    engine, request = _prepare(func, y0, t, rtol, atol, "dopri5", options, None, "torchdiffeq")
+    opts = dict(request.options)
     v.check_stats(stats)
     stats = SolveStats() if stats is None else stats
     stats.method, stats.backend = "dopri5", engine.name

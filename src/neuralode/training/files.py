@@ -26,11 +26,7 @@ __all__ = [
     "write_json",
 ]
 
-_TMP_SUFFIX = ".tmp"
-
-
-def _tmp_prefix(name: str) -> str:
-    return f".{name}."
+_TMP_SUFFIX = ".tmp"  # temporaries are named .NAME.XXXXXX.tmp beside their target
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
@@ -39,7 +35,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -
     so and names the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name), suffix=_TMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             writer(fh)

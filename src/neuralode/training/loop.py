@@ -141,9 +141,14 @@ class _State:
     train_seconds: float = 0.0
 
 
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The configuration keys, other than those a resume may change, where two runs differ."""
+    return sorted(k for k in set(a) | set(b) if k not in _RESUMABLE and a.get(k) != b.get(k))
+
+
 def _check_resume(cfg: TrainConfig, saved: dict[str, Any], out: Path) -> None:
     old = saved["config"]
-    diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and old.get(k) != v)
+    diff = _differing(cfg.to_dict(), old)
     if diff:
         details = ", ".join(f"{k}: run has {old.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
         raise CheckpointError(
@@ -591,9 +596,7 @@ def _check_same_run(run: Path, saved: dict[str, Any]) -> None:
     if cfg is None:
         return
     old = saved["config"]
-    diff = sorted(
-        k for k in set(cfg) | set(old) if k not in _RESUMABLE and cfg.get(k) != old.get(k)
-    )
+    diff = _differing(cfg, old)
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} vs {cfg.get(k)!r}" for k in diff[:4])
         raise CheckpointError(
