@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from neuralode.cli import main
-from neuralode.training import CheckpointError, TrainConfig, load_checkpoint
+from neuralode.training import CheckpointError, load_checkpoint
 
 SMALL = [
     "--train-subset",
@@ -28,11 +29,17 @@ SMALL = [
 ]
 
 
-def run_cli(args, env=None, timeout=300):
-    """The command in a fresh process, as a user runs it."""
+FAULTS = Path(__file__).with_name("faults.py")
+
+
+def run_cli(args, env=None, timeout=300, fault=None):
+    """The command in a fresh process, as a user runs it; ``fault`` (``"kill=17"``) runs it
+    through tests/faults.py, which injects the fault through the loop's callbacks."""
     full_env = {**os.environ, **(env or {})}
+    command = [sys.executable, "-m", "neuralode"] if fault is None else [
+        sys.executable, str(FAULTS), fault, "--"]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "neuralode", *args],
+        [*command, *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -43,7 +50,18 @@ def run_cli(args, env=None, timeout=300):
 def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(
-        ["-q", "train", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out), *SMALL]
+        [
+            "-q",
+            "train",
+            "mnist",
+            "--data-dir",
+            str(data_dir),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
     )
     assert rc == 0
     printed = capsys.readouterr().out
@@ -82,6 +100,7 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
 def test_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
     common = [
         "train",
+        "mnist",
         "--data-dir",
         str(data_dir),
         "--epochs",
@@ -94,12 +113,11 @@ def test_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
     ]
     full = run_cli([*common, "--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr
-    killed = run_cli(
-        [*common, "--out", str(tmp_path / "cut")], env={"NEURALODE_KILL_AFTER_BATCHES": "17"}
-    )  # mid-epoch 2 (12 per epoch)
+    killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault="kill=17")
+    # mid-epoch 2 (10 batches per epoch: 540 training images after 60 held out, batch 50)
     assert killed.returncode == -9
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    resumed = run_cli(["train", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"])
+    resumed = run_cli(["resume", str(tmp_path / "cut"), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "cut" / "summary.json").read_text())
@@ -112,8 +130,8 @@ def test_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
 def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     out = tmp_path / "nan"
     res = run_cli(
-        ["train", "--data-dir", str(data_dir), "--epochs", "3", "--out", str(out), *SMALL],
-        env={"NEURALODE_NAN_AFTER_BATCHES": "15"},
+        ["train", "mnist", "--data-dir", str(data_dir), "--epochs", "3", "--out", str(out), *SMALL],
+        fault="nan=15",
     )
     assert res.returncode == 3
     assert "training stopped" in res.stderr and "NaN/inf parameters" in res.stderr
@@ -127,20 +145,34 @@ def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--model", "vit", "--out", "x"], r"invalid choice: 'vit' \(choose from"),
-        (["train", "--dataset", "cifar", "--out", "x"], r"invalid choice: 'cifar'"),
-        (["train", "--method", "rk45", "--out", "x"], r"invalid choice: 'rk45'"),
-        (["train", "--rtol", "-1", "--out", "x"], r"rtol must be a positive number"),
-        (["train", "--epochs", "0", "--out", "x"], r"epochs must be a positive integer"),
+        (["train", "mnist", "--model", "vit", "--out", "x"], r"invalid choice: 'vit' \(choose"),
+        (["train", "cifar", "--out", "x"], r"invalid choice: 'cifar'"),
+        (["train", "mnist", "--method", "rk45", "--out", "x"], r"invalid choice: 'rk45'"),
+        (["train", "mnist", "--rtol", "-1", "--out", "x"], r"rtol must be a positive number"),
+        (["train", "mnist", "--rtol", "-1e-3", "--out", "x"], r"rtol must be a positive number"),
+        (["train", "mnist", "--lr", "fast", "--out", "x"], r"expected a number, got 'fast'"),
+        (["train", "mnist", "--epochs", "0", "--out", "x"], r"epochs must be a positive integer"),
         (
-            ["train", "--gradient", "checkpoint", "--backend", "torchdiffeq", "--out", "x"],
+            [
+                "train",
+                "mnist",
+                "--gradient",
+                "checkpoint",
+                "--backend",
+                "torchdiffeq",
+                "--out",
+                "x",
+            ],
             r"needs backend 'native'",
         ),
         (
-            ["train", "--dataset", "spiral", "--model", "resnet", "--out", "x"],
-            r"unknown model 'resnet'; choose from: ode",
+            ["train", "mnist", "--model", "resnet", "--rtol", "1e-5", "--out", "x"],
+            r"option rtol does not apply to model 'resnet'",
         ),
-        (["train", "--resume", "--out", "nowhere"], r"no run to resume"),
+        (["train", "spiral", "--model", "resnet", "--out", "x"], r"unrecognized arguments"),
+        (["train", "--out", "x"], r"argument TASK: invalid choice: .* \(choose from .mnist"),
+        (["train", "mnist", "--resume", "--out", "nowhere"], r"no run to resume"),
+        (["resume", "nowhere"], r"no run to resume"),
         (["evaluate", "nowhere"], r"not a run folder"),
     ],
 )
@@ -152,21 +184,27 @@ def test_bad_options_are_clear_errors(args, message, tmp_path):
     )
     assert res.returncode == 2
     assert re.search(message, res.stderr), res.stderr
-    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # one line, not a usage page
+    assert not list(tmp_path.iterdir())  # nothing was left behind
 
 
 def test_resume_mismatch_and_existing_run(data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
-    res = run_cli(["train", "--out", str(out), "--resume", "--lr", "0.5", "--no-progress"])
+    assert (
+        main(["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    )
+    res = run_cli(["train", "mnist", "--out", str(out), "--resume", "--lr", "0.5",
+                   "--no-progress"])  # fmt: skip
     assert res.returncode == 2 and "different configuration (lr" in res.stderr
-    res = run_cli(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL])
+    res = run_cli(["train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL])
     assert res.returncode == 2 and "already holds a run" in res.stderr
 
 
 def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    assert (
+        main(["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    )
     (out / "checkpoint.pt").write_bytes(b"garbage" * 100)
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         load_checkpoint(out / "checkpoint.pt")
@@ -176,7 +214,9 @@ def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
 
 def test_evaluate_and_diagnose(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    assert (
+        main(["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
+    )
     capsys.readouterr()
     assert main(["-q", "evaluate", str(out)]) == 0
     text = capsys.readouterr().out
@@ -197,6 +237,7 @@ def test_config_file_supplies_defaults(data_dir, tmp_path):
             [
                 "-q",
                 "train",
+                "mnist",
                 "--config",
                 str(conf),
                 "--data-dir",
@@ -210,11 +251,16 @@ def test_config_file_supplies_defaults(data_dir, tmp_path):
         )
         == 0
     )
-    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert (cfg.model, cfg.num_blocks, cfg.lr) == ("resnet", 2, 0.003)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["task"], cfg["model"], cfg["num_blocks"], cfg["lr"]) == (
+        "mnist",
+        "resnet",
+        2,
+        0.003,
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"epoch": 1}))
-    res = run_cli(["train", "--config", str(bad), "--out", str(tmp_path / "x")])
+    res = run_cli(["train", "mnist", "--config", str(bad), "--out", str(tmp_path / "x")])
     assert res.returncode == 2 and "unknown configuration keys ['epoch']" in res.stderr
 
 
@@ -223,8 +269,8 @@ def test_config_file_supplies_defaults(data_dir, tmp_path):
     [
         # the tutorial's arm: windows of 100 points; its held-out MSE is extrapolation over
         # t in [10, 4π] (radius 10 to 12.6), where drift in phase dominates: no bound here
-        ("spiral", ["--spiral-window", "100", "--lr", "0.01"], None),
-        ("cubic", ["--lr", "0.01"], 0.5),
+        ("spiral", [], None),
+        ("cubic", [], 0.5),
     ],
 )
 def test_trajectory_regression_trains_evaluates_diagnoses_and_resumes(
@@ -234,8 +280,8 @@ def test_trajectory_regression_trains_evaluates_diagnoses_and_resumes(
     diagnose and resume from another working directory (evaluate and diagnose of a spiral run
     used to raise a size-mismatch traceback)."""
     out = tmp_path / dataset
-    args = ["-q", "train", "--dataset", dataset, "--epochs", "2", "--spiral-iters", "30",
-            "--batch-size", "16", "--out", str(out), "--no-progress", *extra]  # fmt: skip
+    args = ["-q", "train", dataset, "--epochs", "2", "--iters", "30", "--schedule", "none",
+            "--out", str(out), "--no-progress", *extra]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     losses = [
@@ -246,20 +292,23 @@ def test_trajectory_regression_trains_evaluates_diagnoses_and_resumes(
     assert math.isfinite(summary["test_mse"])
     if max_mse is not None:
         assert summary["test_mse"] < max_mse
-    for name in ("spiral_trajectories.png", "phase_portrait.png"):
+    plots = {"spiral_trajectories.png", "phase_portrait.png", "training_curves.png"}
+    for name in plots:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(summary["plots"]) == {"spiral_trajectories.png", "phase_portrait.png"}
+    assert set(summary["plots"]) == plots
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["test_mse"] == pytest.approx(summary["test_mse"], rel=0.2)
+    assert evaluation["mse"] == pytest.approx(summary["test_mse"], rel=0.2)
     assert main(["diagnose", str(out)]) == 0
     assert "forward pass:      ok" in capsys.readouterr().out
-    assert main(["-q", "train", "--out", str(out), "--resume", "--epochs", "3",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["-q", "evaluate", str(out), "--best"]) == 0
+    best = json.loads((out / "evaluation_best.json").read_text())
+    assert best["checkpoint"] == "best" and math.isfinite(best["mse"])
+    assert main(["-q", "resume", str(out), "--epochs", "3", "--no-progress"]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
 
@@ -293,7 +342,7 @@ def test_torchrun_two_processes(data_dir, tmp_path, model, tolerance):
     # per rank from each shard, so an adaptive run matches one process to the solver's
     # tolerance only.
     args = [
-        "train", "--model", model, "--optimizer", "sgd", "--lr", "0.05",
+        "train", "mnist", "--model", model, "--optimizer", "sgd", "--lr", "0.05",
         "--data-dir", str(data_dir), "--epochs", "2", "--train-subset", "400",
         "--test-subset", "100", "--batch-size", "40", "--threads", "1", "--no-progress",
         "--method", "rk4",

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from neuralode.cli import main
+from neuralode.errors import ExperimentMismatch
 from neuralode.experiments import run_depth_study, run_tolerance_study
 from neuralode.experiments.memory import measure_training_step
 
@@ -108,6 +109,26 @@ def test_corrupt_results_file_is_a_clear_error(tmp_path):
 
 
 def test_memory_measurement_is_real():
-    small = measure_training_step({"model": "ode", "block_only": True, "batch": 64})
-    big = measure_training_step({"model": "ode", "block_only": True, "batch": 2048})
+    small = measure_training_step({"options": {"model": "ode"}, "block_only": True, "batch": 64})
+    big = measure_training_step({"options": {"model": "ode"}, "block_only": True, "batch": 2048})
     assert big["peak_mb"] > small["peak_mb"] + 5
+
+
+def test_a_rerun_with_other_settings_is_refused_not_mixed(data_dir, tmp_path, capsys):
+    """A rerun into the same --out with another --budget skipped the configurations done under
+    the first budget and reported them under the second's heading."""
+    out = tmp_path / "tol"
+    run_tolerance_study(str(out), "smoke", str(data_dir), tolerances=(1e-2,))
+    before = (out / "results.json").read_text()
+    with pytest.raises(ExperimentMismatch, match="budget 'smoke' then, 'full' now"):
+        run_tolerance_study(str(out), "full", str(data_dir), tolerances=(1e-2,))
+    assert (out / "results.json").read_text() == before  # nothing was touched
+    rc = main(["-q", "study", "tolerance", "--budget", "full", "--data-dir", str(data_dir),
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 2 and "other settings" in capsys.readouterr().err
+    # a saved configuration that differs from the rerun's (here: edited) is not reused
+    saved = json.loads(before)
+    saved["rows"][0]["config"]["train_subset"] = 999
+    (out / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ExperimentMismatch, match="train_subset: 999 then, 300 now"):
+        run_tolerance_study(str(out), "smoke", str(data_dir), tolerances=(1e-2,))

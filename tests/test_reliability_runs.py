@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from neuralode.cli import main
-from neuralode.training import TrainConfig, load_checkpoint, save_checkpoint
 from neuralode.training import files as files_mod
+from neuralode.training import load_checkpoint, save_checkpoint
 from neuralode.training import loop as loop_mod
+from neuralode.training import run_folder as run_folder_mod
 from neuralode.training.files import RunFolderBusy, RunLock
 from test_cli import SMALL, run_cli
 
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _train(data_dir, out, *extra):
-    return main(["-q", "train", "--data-dir", str(data_dir), "--out", str(out), *SMALL, *extra])
+    return main(
+        ["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL, *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def _stderr_line(capsys):
 def test_a_second_process_on_the_same_out_is_refused_and_told_who_holds_it(run, capsys):
     """Two trains 0.3 s apart into one folder both exited 0: one run was lost."""
     with RunLock(run):
-        assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+        assert main(["-q", "resume", str(run), "--epochs", "2"]) == 2
     err = _stderr_line(capsys)
     assert "in use by another neuralode process" in err and f"pid {os.getpid()}" in err
 
@@ -96,7 +99,7 @@ def test_a_lock_held_by_another_process_blocks_it(tmp_path):
 
 def test_two_trains_started_together_one_runs_and_one_is_refused(data_dir, tmp_path):
     out = tmp_path / "race"
-    args = ["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]
+    args = ["train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL]
     args += ["--max-train-batches", "4"]
     procs = []
     for _ in range(2):
@@ -128,7 +131,7 @@ def test_a_flipped_block_inside_the_weights_is_detected(run, capsys):
     (run / "checkpoint.pt").write_bytes(bytes(raw))
     assert main(["-q", "evaluate", str(run)]) == 2
     assert "do not match the SHA-256" in _stderr_line(capsys)
-    assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    assert main(["-q", "resume", str(run), "--epochs", "2"]) == 2
     assert "do not match the SHA-256" in _stderr_line(capsys)
 
 
@@ -140,7 +143,7 @@ def test_an_altered_optimizer_state_is_not_resumed(run, capsys):
     at = raw.index(needle)
     raw = raw[:at] + bytes(len(needle)) + raw[at + len(needle) :]
     (run / "checkpoint.pt").write_bytes(raw)
-    assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    assert main(["-q", "resume", str(run), "--epochs", "2"]) == 2
     assert "corrupt" in _stderr_line(capsys)
 
 
@@ -222,7 +225,7 @@ def test_a_kill_between_checkpoint_and_metrics_loses_no_row(data_dir, tmp_path, 
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     assert len(list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))) == 1
     monkeypatch.setattr(loop_mod, "write_csv", real)
-    assert main(["-q", "train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert main(["-q", "resume", str(out), "--epochs", "2"]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
@@ -233,7 +236,7 @@ def test_temporaries_of_a_killed_write_are_removed(run):
     stale.write_bytes(b"half a checkpoint")
     other = run / "notes.tmp"  # not ours: kept
     other.write_text("mine")
-    assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert main(["-q", "resume", str(run), "--epochs", "2"]) == 0
     assert not stale.exists() and other.exists()
 
 
@@ -272,7 +275,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_said_and_the_old_one_survives(
 
 def test_a_real_file_size_limit_on_resume_keeps_the_previous_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]
+    args = ["train", "mnist", "--data-dir", str(data_dir), "--out", str(out), *SMALL]
     assert run_cli([*args, "--max-train-batches", "2"]).returncode == 0
     before = (out / "checkpoint.pt").read_bytes()
     limit = len(before) // 2
@@ -281,7 +284,7 @@ def test_a_real_file_size_limit_on_resume_keeps_the_previous_checkpoint(data_dir
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     res = subprocess.run(
-        [sys.executable, "-m", "neuralode", "train", "--out", str(out), "--resume",
+        [sys.executable, "-m", "neuralode", "resume", str(out),
          "--epochs", "2", "--no-progress"],
         capture_output=True, text=True, preexec_fn=small_files, timeout=300,
     )  # fmt: skip
@@ -308,7 +311,10 @@ def test_out_that_is_a_file_or_under_a_file(data_dir, tmp_path, capsys):
 def test_data_dir_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "data.bin"
     f.write_text("x")
-    assert main(["-q", "train", "--data-dir", str(f), "--out", str(tmp_path / "r"), *SMALL]) == 2
+    assert (
+        main(["-q", "train", "mnist", "--data-dir", str(f), "--out", str(tmp_path / "r"), *SMALL])
+        == 2
+    )
     assert "is a file; it must be the folder that holds mnist/" in _stderr_line(capsys)
 
 
@@ -329,7 +335,7 @@ def test_evaluate_on_a_read_only_run_still_reports(run, capsys, monkeypatch, cap
     def refuse(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(loop_mod, "write_json", refuse)
+    monkeypatch.setattr(run_folder_mod, "write_json", refuse)
     assert main(["evaluate", str(run)]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert "could not save evaluation.json" in caplog.text
@@ -354,7 +360,7 @@ def test_world_size_without_rank(data_dir, tmp_path, capsys, monkeypatch):
 def test_bad_config_files_are_messages_that_name_them(tmp_path, capsys, name, text, message):
     path = tmp_path / name
     path.write_text(text)
-    rc = main(["-q", "train", "--config", str(path), "--out", str(tmp_path / "r")])
+    rc = main(["-q", "train", "mnist", "--config", str(path), "--out", str(tmp_path / "r")])
     assert rc == 2
     err = _stderr_line(capsys)
     assert message in err
@@ -368,9 +374,9 @@ def test_bad_config_files_are_messages_that_name_them(tmp_path, capsys, name, te
 def test_a_batch_larger_than_the_training_set_is_refused(data_dir, tmp_path, capsys):
     """It trained zero steps and wrote loss 0.0 and accuracy 0.0 with exit 0."""
     out = tmp_path / "r"
-    args = ["-q", "train", "--data-dir", str(data_dir), "--out", str(out)]
+    args = ["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out)]
     assert main([*args, "--train-subset", "100", "--batch-size", "128"]) == 2
-    assert "larger than the training set (100 images)" in _stderr_line(capsys)
+    assert "larger than the training set (90 images, after 10 held out" in _stderr_line(capsys)
     assert not (out / "checkpoint.pt").exists()
 
 
@@ -390,15 +396,15 @@ def test_extending_a_scheduled_run_is_refused_and_the_config_kept(data_dir, tmp_
     out = tmp_path / "cos"
     assert _train(data_dir, out, "--epochs", "2", "--schedule", "cosine",
                   "--max-train-batches", "2") == 0  # fmt: skip
-    assert main(["-q", "train", "--out", str(out), "--resume", "--epochs", "5"]) == 2
+    assert main(["-q", "resume", str(out), "--epochs", "5"]) == 2
     err = _stderr_line(capsys)
     assert "cosine learning-rate schedule laid out for 2 epochs" in err
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
-    assert TrainConfig.from_file(out / "config.json")["schedule"] == "cosine"
+    assert json.loads((out / "config.json").read_text())["schedule"] == "cosine"
 
 
 def test_extending_an_unscheduled_run_trains_the_new_epochs(run, capsys):
-    assert main(["-q", "train", "--out", str(run), "--resume", "--epochs", "3"]) == 0
+    assert main(["-q", "resume", str(run), "--epochs", "3"]) == 0
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert main(["-q", "evaluate", str(run)]) == 0  # the new summary matches the new weights

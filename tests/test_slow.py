@@ -15,6 +15,7 @@ def test_one_full_epoch_of_mnist_reaches_98_percent(data_dir, tmp_path):
             [
                 "-q",
                 "train",
+                "mnist",
                 "--data-dir",
                 str(data_dir),
                 "--epochs",

@@ -3,6 +3,8 @@
 Solving (torchdiffeq-compatible): :func:`odeint`, :func:`odeint_adjoint`, :class:`SolveStats`.
 Modelling: dynamics (:class:`ODEFunc`, ...), blocks (:class:`NeuralODEBlock`, ...),
 regularizers, models (:func:`create_model`) and :func:`diagnose`.
+Training (tasks by name, see :mod:`neuralode.tasks`): :func:`train`, :func:`resume`,
+:func:`evaluate`, :func:`load_run`.
 """
 
 from .blocks import (
@@ -24,7 +26,13 @@ from .dynamics import (
     TimeConcatODEFunc,
     small_init_,
 )
-from .errors import NonFiniteStateError, SolverError, StepSizeUnderflowError, TooManyStepsError
+from .errors import (
+    NeuralODEError,
+    NonFiniteStateError,
+    SolverError,
+    StepSizeUnderflowError,
+    TooManyStepsError,
+)
 from .models import (
     NeuralODEClassifier,
     ODENet,
@@ -46,6 +54,9 @@ from .solvers import (
     register_backend,
     set_default_backend,
 )
+from .tasks import list_tasks
+from .training import diagnose_run, load_run, resume, train
+from .training import evaluate_run as evaluate
 
 __version__ = "0.1.0"
 
@@ -63,6 +74,7 @@ __all__ = [
     "MultiScaleNeuralODE",
     "NeuralODEBlock",
     "NeuralODEClassifier",
+    "NeuralODEError",
     "NonFiniteStateError",
     "ODEFunc",
     "ODENet",
@@ -79,15 +91,21 @@ __all__ = [
     "available_backends",
     "create_model",
     "diagnose",
+    "diagnose_run",
+    "evaluate",
     "get_default_backend",
     "list_models",
+    "list_tasks",
+    "load_run",
     "odeint",
     "odeint_adjoint",
     "odeint_dense",
     "odeint_event",
     "register_backend",
     "regularization_loss",
+    "resume",
     "set_default_backend",
     "small_init_",
     "solve_stats",
+    "train",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, RegularizedDynamics
 from .solvers import GRADIENT_METHODS, SolveStats, odeint, odeint_adjoint
 from .solvers import _validate as v
@@ -74,7 +75,7 @@ class NeuralODEBlock(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(func, nn.Module):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"func must be an nn.Module with forward(t, h), got {type(func).__name__}"
             )
         for name, tol in (("rtol", rtol), ("atol", atol)):
@@ -82,18 +83,22 @@ class NeuralODEBlock(nn.Module):
         for name, tol in (("eval_rtol", eval_rtol), ("eval_atol", eval_atol)):
             v.check_tolerance(tol, name)
         if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
-            raise ValueError(f"augment_dim must be a non-negative integer, got {augment_dim!r}")
+            raise InvalidArgumentError(
+                f"augment_dim must be a non-negative integer, got {augment_dim!r}"
+            )
         if output_times is None:
             times = torch.tensor([float(t0), float(t1)])
         else:
             times = torch.as_tensor(output_times, dtype=torch.get_default_dtype()).detach()
         v.check_t(times)
         if times.numel() < 2:
-            raise ValueError("output_times must hold at least two times (a start and an end)")
+            raise InvalidArgumentError(
+                "output_times must hold at least two times (a start and an end)"
+            )
         regs = list(regularizers)
         for r in regs:
             if not isinstance(r, AbstractRegularizer):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"regularizers must be AbstractRegularizer instances, got {type(r).__name__}"
                 )
         self.func = func
@@ -108,11 +113,13 @@ class NeuralODEBlock(nn.Module):
         if gradient is None:
             gradient = "adjoint" if adjoint else "direct"
         if gradient not in GRADIENT_METHODS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"gradient must be 'direct', 'adjoint' or 'checkpoint', got {gradient!r}"
             )
         if adjoint and gradient != "adjoint":
-            raise ValueError(f"adjoint=True contradicts gradient={gradient!r}; pass one of them")
+            raise InvalidArgumentError(
+                f"adjoint=True contradicts gradient={gradient!r}; pass one of them"
+            )
         self.gradient = gradient
         self.adjoint = gradient == "adjoint"
         self.options = dict(options or {})
@@ -239,9 +246,9 @@ class MultiScaleNeuralODE(nn.Module):
     ) -> None:
         super().__init__()
         if combine not in ("sum", "concat"):
-            raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
+            raise InvalidArgumentError(f"combine must be 'sum' or 'concat', got {combine!r}")
         if not speedup > 0:
-            raise ValueError(f"speedup must be positive, got {speedup!r}")
+            raise InvalidArgumentError(f"speedup must be positive, got {speedup!r}")
         self.fast = NeuralODEBlock(_Scaled(fast_func, speedup), t1, **block_kwargs)
         self.slow = NeuralODEBlock(slow_func, t1, **block_kwargs)
         self.combine = combine
@@ -278,9 +285,11 @@ class TutorialMultiScaleODE(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 < fast_t1 <= t1:
-            raise ValueError(f"fast_t1 must lie in (0, t1={t1}], got {fast_t1!r}")
+            raise InvalidArgumentError(f"fast_t1 must lie in (0, t1={t1}], got {fast_t1!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer (the state size), got {dim!r}")
+            raise InvalidArgumentError(
+                f"dim must be a positive integer (the state size), got {dim!r}"
+            )
         self.fast = NeuralODEBlock(fast_func, fast_t1, **block_kwargs)
         self.slow = NeuralODEBlock(slow_func, t1, **block_kwargs)
         self.combine = nn.Linear(2 * dim, dim)
@@ -318,7 +327,9 @@ class HybridNeuralODE(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 < t_split < t1:
-            raise ValueError(f"t_split must lie strictly inside (0, t1={t1}), got {t_split!r}")
+            raise InvalidArgumentError(
+                f"t_split must lie strictly inside (0, t1={t1}), got {t_split!r}"
+            )
         self.before = NeuralODEBlock(func_before, t_split, t0=0.0, **block_kwargs)
         self.jump = jump
         self.restart_time = bool(restart_time)
@@ -348,7 +359,7 @@ class ResidualStack(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+            raise InvalidArgumentError(f"num_blocks must be a positive integer, got {num_blocks!r}")
         self.num_blocks = num_blocks
         self.shared = shared
         count = 1 if shared else num_blocks

@@ -1,137 +1,51 @@
-"""The ``neuralode`` command: train, evaluate and diagnose (nothing imports this module)."""
+"""The ``neuralode`` command: train, resume, evaluate, diagnose and the experiments.
+
+The options of ``neuralode train TASK`` are derived from the task's options dataclass (their
+help, defaults and choices are written once, there). Errors neuralode raises on purpose
+(:class:`neuralode.errors.NeuralODEError`) are one line and their class's exit code; anything
+else is a bug and gets its traceback. Nothing imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import os
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("neuralode.cli")
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .models import list_models
-    from .solvers import available_backends, get_backend
-    from .training.config import DATASETS, GRADIENTS, OPTIMIZERS, SCHEDULES
+class _Parser(argparse.ArgumentParser):
+    """argparse with numbers such as ``-1e-3`` taken as values (so that ``--rtol -1e-3``
+    reaches validation and its message) and a one-line usage error."""
 
-    methods = sorted(get_backend("native").methods)
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", choices=list_models(), help="model to train (default: ode)")
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help="mnist (classification), spiral (the tutorial's spiral arm) or cubic "
-        "(dy/dt = y³A): dynamics regression; default mnist",
-    )
-    g.add_argument("--num-blocks", type=int, help="residual blocks of a resnet (default 6)")
-    g.add_argument("--hidden", type=int, help="hidden size (default 64)")
-    g.add_argument("--augment-dim", type=int, help="ANODE: zero dimensions added to the state")
-    g.add_argument(
-        "--data-dir",
-        help="folder holding mnist/ (default: $NEURALODE_DATA_DIR, "
-        "then the user cache; downloaded if absent)",
-    )
-    g.add_argument("--train-subset", type=int, help="use only the first N training images")
-    g.add_argument("--test-subset", type=int, help="use only the first N test images")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="number of epochs (default 1)")
-    g.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default none)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    g.add_argument("--max-train-batches", type=int, help="stop each epoch after N batches")
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
-    g = p.add_argument_group("ODE solver")
-    g.add_argument(
-        "--method",
-        choices=methods,
-        metavar="METHOD",
-        help=f"solver (default dopri5); one of: {', '.join(methods)}",
-    )
-    g.add_argument("--rtol", type=float, help="training rtol (default 1e-3)")
-    g.add_argument("--atol", type=float, help="training atol (default 1e-4)")
-    g.add_argument("--eval-rtol", type=float, help="evaluation rtol (default 1e-5)")
-    g.add_argument("--eval-atol", type=float, help="evaluation atol (default 1e-6)")
-    g.add_argument(
-        "--gradient", choices=GRADIENTS, help="direct backprop (default), adjoint, or checkpoint"
-    )
-    g.add_argument("--backend", choices=available_backends(), help="solver engine (default native)")
-    g.add_argument("--kinetic", type=float, help="kinetic-energy regularization weight")
-    g.add_argument("--jacobian", type=float, help="Jacobian Frobenius regularization weight")
-    g = p.add_argument_group("spiral dataset")
-    g.add_argument("--spiral-window", type=int, help="time points per training window (10)")
-    g.add_argument(
-        "--spiral-noise", type=float, help="observation noise (default 0.1 spiral, 0.01 cubic)"
-    )
-    g.add_argument("--spiral-iters", type=int, help="iterations per epoch (default 100)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    g.add_argument("--config", metavar="FILE", help="JSON or TOML file supplying defaults")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    g.add_argument("--threads", type=int, help="CPU threads for PyTorch")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument(
-        "--no-allocator-tuning",
-        action="store_true",
-        help="keep the C library's default malloc thresholds (see README)",
-    )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
-def _config_from_args(args: argparse.Namespace):
-    from .training import TrainConfig
+def _typed(kind: type):
+    names = {int: "an integer", float: "a number", str: "a string"}
 
-    values: dict[str, Any] = {}
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.is_file():
-        # resuming: the run's own configuration is the default; flags may only repeat it
-        values.update(TrainConfig.from_file(saved))
-    elif args.config:
-        values.update(TrainConfig.from_file(args.config))
-    for field in dataclasses.fields(TrainConfig):
-        v = getattr(args, field.name, None)
-        if v is not None:
-            values[field.name] = v
-    return TrainConfig.from_dict(values).validate()
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}") from None
 
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
-
-    cfg = _config_from_args(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    if summary.get("world_size", 1) > 1 and _rank() != 0:
-        return 0
-    keys = [
-        "parameters",
-        "test_accuracy",
-        "test_mse",
-        "nfe_forward",
-        "nfe_backward",
-        "train_seconds",
-        "peak_memory_mb",
-    ]
-    print(f"run folder: {args.out}")
-    for k in keys:
-        if summary.get(k) is not None:
-            print(f"  {k:<15} {summary[k]}")
-    return 0
-
-
-def _rank() -> int:
-    import os
-
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:  # reported by the training's own check of the environment
-        return 0
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def _positive_int(text: str) -> int:
@@ -144,78 +58,232 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------- train
+
+
+def _add_task_parser(sub, task_cls) -> None:
+    from .tasks.base import _base_type
+
+    models = task_cls.models
+    lines = [f"  {m:<16} {models.description(m)}" for m in models.names()]
+    p = sub.add_parser(
+        task_cls.name,
+        help=task_cls.description,
+        description=f"Train: {task_cls.description}.",
+        epilog="models:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(task_cls.Options):
+        meta = f.metadata
+        name = meta.get("group", "options")
+        if name not in groups:
+            groups[name] = p.add_argument_group(name)
+        kind = _base_type(task_cls.Options, f.name)
+        choices = meta.get("choices")
+        if callable(choices):
+            choices = list(choices())
+        default = "none" if f.default is None else f.default
+        kw: dict[str, Any] = {"dest": f.name, "default": None}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _typed(kind)
+            if choices is not None:
+                kw["choices"] = choices
+                kw["metavar"] = "{" + ",".join(choices) + "}" if len(choices) <= 8 else "NAME"
+            else:
+                kw["metavar"] = {int: "N", float: "X", str: "TEXT"}[kind]
+        extra = f"; one of: {', '.join(choices)}" if choices and len(choices) > 8 else ""
+        kw["help"] = f"{meta.get('help', '')} (default: {default}{extra})"
+        groups[name].add_argument("--" + f.name.replace("_", "-"), **kw)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--config", metavar="FILE", help="JSON or TOML file supplying defaults")
+    _add_run_flags(g)
+    p.set_defaults(func=_cmd_train, task=task_cls.name)
+
+
+def _add_run_flags(g) -> None:
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-allocator-tuning",
+        action="store_true",
+        help="keep the C library's default malloc thresholds (see README)",
+    )
+
+
+def _explicit_options(args: argparse.Namespace, options_cls) -> dict[str, Any]:
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(options_cls)
+        if getattr(args, f.name, None) is not None
+    }
+
+
+def _cmd_train(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
+    from .tasks import get_task, make_options
+    from .training.loop import train
+    from .training.run_folder import read_json, upgrade_config
+
+    task_cls = get_task(args.task)
+    config: Any = args.config
+    saved = read_json(Path(args.out) / "config.json") if args.resume else None
+    if saved is not None:  # resuming: the run's options are the defaults; flags may repeat them
+        config = upgrade_config(saved)
+    options = make_options(args.task, config, **_explicit_options(args, task_cls.Options))
+    summary = train(task_cls(options), args.out, args.resume, not args.no_progress, callbacks)
+    return _print_summary(args.out, summary)
+
+
+def _cmd_resume(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
+    from .training.api import stored_task
+    from .training.loop import train
+
+    changes = {
+        k: getattr(args, k)
+        for k in ("epochs", "device", "threads", "data_dir")
+        if getattr(args, k) is not None
+    }
+    task = stored_task(args.run_dir, **changes)
+    summary = train(task, args.run_dir, True, not args.no_progress, callbacks)
+    return _print_summary(args.run_dir, summary)
+
+
+def _print_summary(out: str, summary: dict[str, Any]) -> int:
+    if summary.get("world_size", 1) > 1 and _rank() != 0:
+        return 0
+    print(f"run folder: {out}")
+    keys = ["task", "model", "parameters"]
+    keys += [k for k in summary if k.startswith("test_")]
+    keys += ["nfe_forward", "nfe_backward", "train_seconds", "peak_memory_mb"]
+    for k in keys:
+        if summary.get(k) is not None:
+            print(f"  {k:<17} {summary[k]}")
+    best = summary.get("best")
+    if best:
+        metric = best["metric"]
+        test = "test_" + metric.removeprefix("val_")
+        print(
+            f"  {'best':<17} epoch {best['epoch']} ({best['file']}): {metric} {best[metric]}, "
+            f"{test} {best.get(test)}"
+        )
+    for w in summary.get("warnings", []):
+        print(f"  warning: {w}")
+    return 0
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:  # reported by the training's own check of the environment
+        return 0
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def _cmd_evaluate(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
     from .training import evaluate_run
 
-    res = evaluate_run(args.run_dir, args.data_dir, args.batch_size)
-    print(f"evaluation of {args.run_dir} (rtol {res['eval_rtol']:g}, atol {res['eval_atol']:g})")
+    res = evaluate_run(args.run_dir, args.data_dir, args.batch_size, args.best)
+    print(
+        f"evaluation of {args.run_dir} ({res['checkpoint']} checkpoint; rtol "
+        f"{res['eval_rtol']:g}, atol {res['eval_atol']:g})"
+    )
     for k, v in res.items():
-        if k not in ("eval_rtol", "eval_atol"):
+        if k not in ("eval_rtol", "eval_atol", "checkpoint"):
             print(f"  {k:<12} {v:.6g}" if isinstance(v, float) else f"  {k:<12} {v}")
     return 0
 
 
-def _cmd_diagnose(args: argparse.Namespace) -> int:
-    import torch
+def _cmd_diagnose(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
+    from .training import diagnose_run
 
-    from .data import load_mnist
-    from .diagnostics import diagnose
-    from .training.config import trajectory_data
-    from .training.loop import load_run
-
-    model, cfg = load_run(Path(args.run_dir), args.data_dir)
-    device = cfg.resolved_device()
-    model.to(device)
-    if cfg.dataset == "mnist":
-        _, test = load_mnist(cfg.data_dir)
-        batch = (test.x[: args.batch_size].to(device), test.y[: args.batch_size].to(device))
-        report = diagnose(model, batch)
-    else:
-        data = trajectory_data(cfg)
-        t = data.t[: cfg.spiral_window].to(device)
-        y0 = data.y[: args.batch_size : max(1, data.split // args.batch_size)].to(device)
-
-        class _Window(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m(x, t)
-
-        report = diagnose(_Window(model), y0)
+    report = diagnose_run(args.run_dir, args.data_dir, args.batch_size, args.best)
     print(report)
     return 0 if report.ok else 1
 
 
+def _add_run_dir_parser(sub, name: str, help: str, func, batch_default: int | None) -> None:
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (as given to --out)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the task's data, if it moved since training (default: the run's)",
+    )
+    what = "the run's own" if batch_default is None else str(batch_default)
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=batch_default,
+        metavar="N",
+        help=f"samples per batch (default: {what})",
+    )
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="use the best validation epoch's weights (best.pt) instead of the last",
+    )
+    p.set_defaults(func=func)
+
+
+# ---------------------------------------------------------------------------- the parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+    from .tasks import get_task, list_tasks
+
+    parser = _Parser(
         prog="neuralode",
         description="Train, evaluate, diagnose and compare Neural ODEs.",
     )
+    parser.add_argument("--version", action="version", version=f"neuralode {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("train", help="train a model and write a run folder")
-    _add_train_options(p)
-    p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("evaluate", help="evaluate a run with its evaluation tolerances")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.set_defaults(func=_cmd_evaluate)
-    p = sub.add_parser("diagnose", help="print the health report of a run's model")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.set_defaults(func=_cmd_diagnose)
+    p = sub.add_parser(
+        "train",
+        help="train a task's model and write a run folder",
+        description="Train a model on a task; `neuralode train TASK --help` lists its options.",
+    )
+    tasks = p.add_subparsers(dest="task_name", required=True, metavar="TASK")
+    for name in list_tasks():
+        _add_task_parser(tasks, get_task(name))
+    p = sub.add_parser(
+        "resume",
+        help="continue an interrupted run (or extend one) with its own options",
+        description="Continue the run in RUN_DIR from its last checkpoint, bit for bit.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (as given to --out)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", help="train up to N epochs")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: the run's)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for PyTorch")
+    p.add_argument("--data-dir", metavar="DIR", help="the task's data folder, if it moved")
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_resume)
+    _add_run_dir_parser(
+        sub, "evaluate", "evaluate a run's model on its test data at its evaluation tolerances",
+        _cmd_evaluate, None,
+    )  # fmt: skip
+    _add_run_dir_parser(
+        sub, "diagnose", "print the health report of a run's model on a batch of its data",
+        _cmd_diagnose, 64,
+    )  # fmt: skip
     from .experiments import cli as experiments_cli
 
     experiments_cli.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
+    """Run the command ``argv``; ``callbacks`` (:class:`neuralode.training.Callback`) reach
+    the training loop of ``train`` and ``resume``."""
+    from .errors import NeuralODEError, TrainingDiverged
+
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -228,28 +296,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     if rank != 0:  # other ranks still report their final weights (for checks)
         logging.getLogger("neuralode.training.digest").setLevel(logging.INFO)
-    from .data import DataError
-    from .training import CheckpointError, TrainingDiverged
-    from .training.files import RunFolderBusy
-
-    if args.command in ("train", "compare", "study") and not getattr(
+    if args.command in ("train", "resume", "compare", "study") and not getattr(
         args, "no_allocator_tuning", False
     ):
         from .training.allocator import tune_allocator
 
         tune_allocator()
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args, callbacks) or 0)
     except TrainingDiverged as err:
         print(f"neuralode: training stopped: {err}", file=sys.stderr)
-        return 3
-    except (ValueError, CheckpointError, DataError, RunFolderBusy) as err:
+        return err.exit_code
+    except NeuralODEError as err:
         print(f"neuralode {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except OSError as err:  # the file system refused: say which file and why, in one line
         where = f" {err.filename}" if err.filename else ""
         print(f"neuralode {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("neuralode: interrupted; resume with --resume", file=sys.stderr)
+        print("neuralode: interrupted; resume with: neuralode resume RUN_DIR", file=sys.stderr)
         return 130

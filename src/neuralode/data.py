@@ -3,6 +3,7 @@ dynamics. Everything is loaded once into memory as tensors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from .errors import DataError, InvalidArgumentError
 
 __all__ = [
     "MNIST_FILES",
@@ -35,10 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """A dataset is missing, corrupt or could not be downloaded."""
 
 
 # SHA-256 of the *decompressed* bytes: the .gz wrappers differ between mirrors and recompressions.
@@ -99,11 +98,22 @@ def _candidates(data_dir: str | os.PathLike | None) -> list[Path]:
     return [r / "mnist" for r in roots]
 
 
+def _holds_mnist(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in MNIST_FILES)
+
+
 def find_mnist(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first folder holding all four MNIST files: ``DATA_DIR/mnist``, then
-    ``$NEURALODE_DATA_DIR/mnist``, then the user cache directory."""
-    for folder in _candidates(data_dir):
-        if all((folder / name).is_file() for name in MNIST_FILES):
+    """The first folder holding all four MNIST files: ``DATA_DIR/mnist``, then ``DATA_DIR``
+    itself (a data folder given as the ``mnist`` folder), then ``$NEURALODE_DATA_DIR/mnist``,
+    then the user cache directory."""
+    candidates = _candidates(data_dir)
+    if data_dir is not None:
+        candidates.insert(1, Path(data_dir))
+    for folder in candidates:
+        if _holds_mnist(folder):
+            if data_dir is not None and folder == Path(data_dir):
+                logger.info("the MNIST files are in %s itself (not in %s/mnist): using them",
+                            folder, folder)  # fmt: skip
             return folder
     return None
 
@@ -205,10 +215,22 @@ def load_mnist(
                 f"MNIST files not found (searched {searched}). Put {', '.join(MNIST_FILES)} in "
                 "DATA_DIR/mnist and pass --data-dir DATA_DIR, or set NEURALODE_DATA_DIR"
             )
-        folder = _candidates(None)[-1] if data_dir is None else _candidates(data_dir)[0]
-        for name in MNIST_FILES:
-            if not (folder / name).is_file():
-                _download(name, folder, retries, progress)
+        if data_dir is None:
+            folder = _candidates(None)[-1]
+        elif Path(data_dir).name == "mnist":  # the mnist folder itself: not mnist/mnist
+            folder = Path(data_dir)
+        else:
+            folder = _candidates(data_dir)[0]
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            for name in MNIST_FILES:
+                if not (folder / name).is_file():
+                    _download(name, folder, retries, progress)
+        except BaseException:
+            for p in created:  # deepest first: leave no empty folders behind
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only if empty
+            raise
     arrays = {}
     for name in MNIST_FILES:
         raw = _decompress(folder / name)
@@ -250,7 +272,7 @@ class TrajectoryData:
 
 def _split(n_points: int, holdout: float) -> int:
     if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        raise InvalidArgumentError(f"holdout must be in [0, 1), got {holdout}")
     return max(2, round(n_points * (1 - holdout)))
 
 

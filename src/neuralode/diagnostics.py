@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import NeuralODEBlock, solve_stats
-from .errors import TooManyStepsError
+from .errors import InvalidTypeError, TooManyStepsError
 from .solvers import SolveStats, step_budget
 from .solvers._messages import STIFF_REMEDIES
 
@@ -217,7 +217,7 @@ def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> 
         if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
             output = output[0]
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
+            raise InvalidTypeError(f"model returned {type(output).__name__}, expected a tensor")
     except Exception as err:
         report.forward_error = _short(err)
         report.solve = solve_stats(model)

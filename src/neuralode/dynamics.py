@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import InvalidArgumentError
+
 __all__ = [
     "ACTIVATIONS",
     "ConcatConv2d",
@@ -38,7 +40,7 @@ def get_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown activation {name!r}; valid activations are: {', '.join(sorted(ACTIVATIONS))}"
         ) from None
 
@@ -59,7 +61,7 @@ def small_init_(module: nn.Module, gain: float = 0.1) -> nn.Module:
 
 def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -71,7 +73,7 @@ def _time_column(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return t.reshape(1, 1).expand(h.shape[0], 1)
     if t.ndim == 1 and t.shape[0] == h.shape[0]:
         return t.reshape(-1, 1)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"t must be a scalar or hold one time per sample (shape ({h.shape[0]},)), "
         f"got shape {tuple(t.shape)}"
     )

@@ -1,12 +1,100 @@
-"""Exceptions raised by neuralode."""
+"""Everything neuralode raises on purpose derives from :class:`NeuralODEError`.
+
+Each class also derives from the built-in exception a Python user would expect (a bad argument
+is a ``ValueError``, a failed solve a ``RuntimeError``), so ``except ValueError`` keeps working.
+The ``neuralode`` command prints these as one line and exits with the class's ``exit_code``;
+anything else is a bug and gets a traceback.
+
+==========================  =========  ========================================================
+class                       exit code  meaning
+==========================  =========  ========================================================
+InvalidArgumentError        2          a bad option, argument or input value (``ValueError``)
+InvalidTypeError            2          an argument of the wrong type (``TypeError``)
+DataError                   2          a dataset is missing, corrupt or could not be downloaded
+CheckpointError             2          a checkpoint or run folder is missing, corrupt or another's
+RunFolderBusy               2          another process holds the run folder
+ExperimentMismatch          2          an experiment folder holds results of other settings
+TrainingDiverged            3          the loss became NaN/inf; the last good checkpoint is kept
+SolverError (and subclasses) 4         an ODE solve failed outside training
+==========================  =========  ========================================================
+"""
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteStateError", "SolverError", "StepSizeUnderflowError", "TooManyStepsError"]
+from typing import Any
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "ExperimentMismatch",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "NeuralODEError",
+    "NonFiniteStateError",
+    "RunFolderBusy",
+    "SolverError",
+    "StepSizeUnderflowError",
+    "TooManyStepsError",
+    "TrainingDiverged",
+]
 
 
-class SolverError(RuntimeError):
+class NeuralODEError(Exception):
+    """The base class of every exception neuralode raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidArgumentError(NeuralODEError, ValueError):
+    """A bad option, argument or input value; the message names it and the fix."""
+
+    exit_code = 2
+
+
+class InvalidTypeError(NeuralODEError, TypeError):
+    """An argument of the wrong type."""
+
+    exit_code = 2
+
+
+class DataError(NeuralODEError, RuntimeError):
+    """A dataset is missing, corrupt or could not be downloaded."""
+
+    exit_code = 2
+
+
+class CheckpointError(NeuralODEError, RuntimeError):
+    """A checkpoint is missing, corrupt or belongs to another run."""
+
+    exit_code = 2
+
+
+class RunFolderBusy(NeuralODEError, RuntimeError):
+    """Another process holds the run folder's lock."""
+
+    exit_code = 2
+
+
+class ExperimentMismatch(NeuralODEError, RuntimeError):
+    """An experiment folder holds results made with other settings than the rerun's."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(NeuralODEError, RuntimeError):
+    """The loss became NaN or infinite; the report says why, the last good checkpoint is kept."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class SolverError(NeuralODEError, RuntimeError):
     """An ODE solve could not be completed."""
+
+    exit_code = 4
 
 
 class TooManyStepsError(SolverError):

@@ -11,6 +11,7 @@ from torch import nn
 
 from .blocks import NeuralODEBlock, ResidualStack
 from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc, group_norm
+from .errors import InvalidArgumentError
 from .regularizers import AbstractRegularizer
 
 __all__ = [
@@ -42,7 +43,9 @@ def _make_dynamics(
         cls = _DYNAMICS[kind]
     except KeyError:
         valid = ", ".join(sorted([*_DYNAMICS, "hypernet"]))
-        raise ValueError(f"unknown dynamics {kind!r}; valid dynamics are: {valid}") from None
+        raise InvalidArgumentError(
+            f"unknown dynamics {kind!r}; valid dynamics are: {valid}"
+        ) from None
     return cls(dim, hidden, depth, activation=activation, small_init=small_init)
 
 
@@ -101,7 +104,9 @@ def _make_stem(stem: str, hidden: int, in_channels: int) -> nn.Module:
     try:
         cls = STEMS[stem]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown stem {stem!r}; valid stems are: {', '.join(STEMS)}") from None
+        raise InvalidArgumentError(
+            f"unknown stem {stem!r}; valid stems are: {', '.join(STEMS)}"
+        ) from None
     return cls(hidden, in_channels=in_channels)
 
 
@@ -294,7 +299,7 @@ class ODENetResNet(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+            raise InvalidArgumentError(f"num_blocks must be a positive integer, got {num_blocks!r}")
         self.stem = _ODENetStem(in_channels, channels)
         self.blocks = nn.Sequential(*(_ResBlock(channels) for _ in range(num_blocks)))
         self.head = _ODENetHead(channels, num_classes)
@@ -336,7 +341,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     try:
         factory = MODELS[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown model {name!r}; valid models are: {', '.join(list_models())}"
         ) from None
     return factory(**kwargs)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["plot_phase_portrait", "plot_spiral_fit", "pyplot"]
+__all__ = ["plot_phase_portrait", "plot_spiral_fit", "plot_training_curves", "pyplot"]
 
 
 def pyplot():
@@ -88,4 +88,36 @@ def plot_phase_portrait(func: Any, data: Any, learned: torch.Tensor, path: Path)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) -> Path:
+    """Loss, the task's metric, and NFE forward/backward per epoch, from ``metrics.csv`` rows."""
+    plt = pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+
+    def curve(ax, key: str, label: str, style: str = "o-") -> None:
+        values = [r.get(key) for r in rows]
+        if any(isinstance(v, (int, float)) for v in values):
+            ax.plot(epochs, [v if isinstance(v, (int, float)) else float("nan") for v in values],
+                    style, label=label)  # fmt: skip
+
+    for key in ("train_loss", "val_loss", "test_loss"):
+        curve(axes[0], key, key.replace("_", " "))
+    axes[0].set_title("loss")
+    if all(r.get("train_loss", 0) > 0 for r in rows):
+        axes[0].set_yscale("log")
+    for split in ("train", "val", "test"):
+        curve(axes[1], f"{split}_{metric}", f"{split} {metric}")
+    axes[1].set_title(metric)
+    curve(axes[2], "nfe_forward", "NFE forward (training)")
+    curve(axes[2], "nfe_backward", "NFE backward (training)")
+    curve(axes[2], "test_nfe_forward", "NFE forward (test, eval tolerances)", "s--")
+    axes[2].set_title("function evaluations per batch")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

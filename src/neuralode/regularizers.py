@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .errors import InvalidArgumentError
+
 __all__ = [
     "AbstractRegularizer",
     "JacobianFrobenius",
@@ -34,7 +36,9 @@ class AbstractRegularizer(nn.Module, abc.ABC):
     def __init__(self, weight: float = 0.01) -> None:
         super().__init__()
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-            raise ValueError(f"regularizer weight must be a non-negative number, got {weight!r}")
+            raise InvalidArgumentError(
+                f"regularizer weight must be a non-negative number, got {weight!r}"
+            )
         self.weight = float(weight)
 
     def begin_solve(self, h0: torch.Tensor) -> None:
@@ -81,9 +85,11 @@ class JacobianFrobenius(AbstractRegularizer):
     ) -> None:
         super().__init__(weight)
         if estimator not in ("hutchinson", "exact"):
-            raise ValueError(f"estimator must be 'hutchinson' or 'exact', got {estimator!r}")
+            raise InvalidArgumentError(
+                f"estimator must be 'hutchinson' or 'exact', got {estimator!r}"
+            )
         if probe not in ("gaussian", "rademacher"):
-            raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
+            raise InvalidArgumentError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
         self.estimator = estimator
         self.probe = probe
         self._eps: torch.Tensor | None = None

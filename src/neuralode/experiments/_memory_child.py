@@ -14,17 +14,13 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.nn import functional as F
 
     import neuralode
+    from neuralode.tasks import get_task, make_options
 
     torch.manual_seed(0)
-    device = torch.device(spec.pop("device", "cpu"))
-    batch = int(spec.pop("batch", 128))
-    name = spec.pop("model")
-    kw = {k: v for k, v in spec.items() if k != "block_only"}
-    if name not in ("ode", "ode-strided"):
-        kw.pop("gradient", None)
-        kw.pop("t1", None)
-        kw.pop("backend", None)
-    model = neuralode.create_model(name, **kw).to(device)
+    device = torch.device(spec.get("device", "cpu"))
+    batch = int(spec.get("batch", 128))
+    task = str(spec.get("task", "mnist"))
+    model = get_task(task)(make_options(task, **spec["options"])).build_model().to(device)
 
     block_only = bool(spec.get("block_only", False))
     feats = {}

@@ -33,7 +33,7 @@ def _report(exp) -> int:
     return 0
 
 
-def _run(args) -> int:
+def _run(args, callbacks=()) -> int:
     from . import run_compare, run_depth_study, run_tolerance_study
 
     runner = {"compare": run_compare, "tolerance": run_tolerance_study, "depth": run_depth_study}[

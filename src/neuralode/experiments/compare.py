@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from ..models import create_model
-from ..training.config import resolve_device
+from ..tasks import get_task, make_options, resolve_device
 from .memory import measure_training_step
 from .runner import BUDGETS, Experiment, train_configuration
 
@@ -22,10 +21,11 @@ logger = logging.getLogger(__name__)
 MODELS = {"ode": {"model": "ode"}, "resnet": {"model": "resnet", "num_blocks": 6}}
 
 
-def _forward_ms(name: str, device: torch.device, repeats: int, batch: int = 128) -> float:
+def _forward_ms(
+    options: dict[str, Any], device: torch.device, repeats: int, batch: int = 128
+) -> float:
     torch.manual_seed(0)
-    kw = {"num_blocks": 6} if name == "resnet" else {"backend": "native"}
-    model = create_model(name, **kw).to(device)
+    model = get_task("mnist")(make_options("mnist", **options)).build_model().to(device)
     x = torch.randn(batch, 1, 28, 28, device=device)
     times = []
     with torch.no_grad():
@@ -51,19 +51,25 @@ def run_compare(
 ) -> Experiment:
     b = BUDGETS[budget]
     dev = resolve_device(device)
-    exp = Experiment(out_dir, "Neural ODE vs ResNet (same stem and head)", command)
+    exp = Experiment(
+        out_dir,
+        "Neural ODE vs ResNet (same stem and head)",
+        command,
+        {"budget": b.name, "device": str(dev)},
+    )
     repeats = 5 if budget == "smoke" else 30
     for name, kw in MODELS.items():
+        config, train_it = train_configuration(
+            exp, name, b, data_dir, progress, device=str(dev), **kw
+        )
 
-        def measure(name: str = name, kw: dict[str, Any] = kw) -> dict[str, Any]:
-            s = train_configuration(exp, name, b, data_dir, progress, device=str(dev), **kw)
-            mem = measure_training_step(
-                {"model": name, **({"num_blocks": 6} if name == "resnet" else {})}, str(dev)
-            )
+        def measure(name: str = name, kw: dict[str, Any] = kw, train_it=train_it) -> dict:
+            s = train_it()
+            mem = measure_training_step({"options": kw}, str(dev))
             return {
                 "model": name,
                 "parameters": s["parameters"],
-                "forward_ms": round(_forward_ms(name, dev, repeats), 3),
+                "forward_ms": round(_forward_ms(kw, dev, repeats), 3),
                 "train_step_peak_mb": mem["peak_mb"],
                 "nfe_forward": s["nfe_forward"],
                 "nfe_backward": s["nfe_backward"],
@@ -71,27 +77,21 @@ def run_compare(
                 "train_seconds": s["train_seconds"],
             }
 
-        exp.run(name, measure)
+        exp.run(name, measure, config)
     # dynamics at their default initialisation (not near zero), so longer integration takes
     # more steps, as trained dynamics do
     lengths = [1.0, 4.0, 16.0] if budget == "smoke" else [1.0, 4.0, 16.0, 64.0]
     for t1 in lengths:
         for gradient in ("direct", "adjoint"):
             key = f"memory-{gradient}-T{t1:g}"
+            spec = {
+                "options": {"model": "ode", "gradient": gradient, "t1": t1},
+                "block_only": True,
+                "batch": 1024,
+            }
 
-            def mem_row(gradient: str = gradient, t1: float = t1) -> dict[str, Any]:
-                m = measure_training_step(
-                    {
-                        "model": "ode",
-                        "gradient": gradient,
-                        "t1": t1,
-                        "backend": "native",
-                        "small_init": False,
-                        "block_only": True,
-                        "batch": 1024,
-                    },
-                    str(dev),
-                )
+            def mem_row(gradient: str = gradient, t1: float = t1, spec=spec) -> dict[str, Any]:
+                m = measure_training_step(spec, str(dev))
                 return {
                     "model": f"ode ({gradient})",
                     "t1": t1,
@@ -100,7 +100,7 @@ def run_compare(
                     "nfe_backward": m["nfe_backward"],
                 }
 
-            exp.run(key, mem_row)
+            exp.run(key, mem_row, {**spec, "device": str(dev)})
     plots = _plots(exp)
     notes = (
         f"Budget **{b.name}**: {b.description}, batch {b.batch_size}; device {dev}. "

@@ -5,7 +5,7 @@ process's resident set (``VmHWM``), reset just before the step (``/proc/self/cle
 the resident set at that moment — a real measurement of what the step needed, not an estimate.
 Where that is unavailable, the growth of ``ru_maxrss`` over a warmed-up baseline.
 
-    python -m neuralode.experiments._memory_child '{"model": "ode", "gradient": "adjoint"}'
+    python -m neuralode.experiments._memory_child '{"options": {"gradient": "adjoint"}}'
 """
 
 from __future__ import annotations

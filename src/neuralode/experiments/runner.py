@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..training import TrainConfig, train
+from ..errors import ExperimentMismatch, InvalidArgumentError
+from ..tasks import get_task, make_options
 from ..training.files import atomic_write, write_csv, write_json
+from ..training.loop import train
 
-__all__ = ["BUDGETS", "Budget", "Experiment", "train_configuration"]
+__all__ = ["BUDGETS", "Budget", "Experiment", "run_options", "train_configuration"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +47,16 @@ class Experiment:
     """A folder of results: ``results.json`` (written after every configuration),
     ``results.csv``, plots and ``report.md``."""
 
-    def __init__(self, out_dir: str | os.PathLike, title: str, command: Sequence[str] | None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        title: str,
+        command: Sequence[str] | None,
+        settings: dict[str, Any] | None = None,
+    ):
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.title = title
+        self.settings = dict(settings or {})
         self.command = " ".join(shlex.quote(a) for a in (command or ["neuralode", *sys.argv[1:]]))
         self.path = self.out / "results.json"
         self.rows: list[dict[str, Any]] = []
@@ -56,31 +64,70 @@ class Experiment:
             try:
                 saved = json.loads(self.path.read_text())
                 self.rows = list(saved.get("rows", []))
-            except (json.JSONDecodeError, OSError) as err:
-                raise ValueError(
+                before = dict(saved.get("settings", {}))
+            except (json.JSONDecodeError, OSError, AttributeError, TypeError) as err:
+                raise InvalidArgumentError(
                     f"{self.path} is unreadable ({err}); delete it to start the experiment over"
                 ) from None
+            changed = {
+                k: (before.get(k), v) for k, v in self.settings.items() if before.get(k) != v
+            }
+            if changed:
+                details = ", ".join(f"{k} {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+                raise ExperimentMismatch(
+                    f"{self.out} holds results of this experiment made with other settings "
+                    f"({details}); rerun with the same settings to finish it, or choose another "
+                    "--out"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
 
     def done(self, key: str) -> dict[str, Any] | None:
         return next((r for r in self.rows if r.get("key") == key), None)
 
-    def run(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Result of configuration ``key``: from an earlier run, or computed now and saved."""
+    def run(
+        self, key: str, fn: Callable[[], dict[str, Any]], config: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Result of configuration ``key``: from an earlier run, or computed now and saved.
+        ``config`` describes the work; a saved result is reused only if it was made with the
+        same ``config``."""
+        config = json.loads(json.dumps(config or {}, default=str))  # as results.json stores it
         row = self.done(key)
         if row is not None:
+            if row.get("config", {}) != config:
+                old = row.get("config", {})
+                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                details = ", ".join(
+                    f"{k}: {old.get(k)!r} then, {config.get(k)!r} now" for k in diff
+                )
+                raise ExperimentMismatch(
+                    f"{self.out}: the saved result of {key!r} was made with another "
+                    f"configuration ({details}); rerun with the settings it was made with, or "
+                    "choose another --out"
+                )
             logger.info("%s: %s already done, skipped", self.title, key)
             return row
         t0 = time.perf_counter()
         logger.info("%s: running %s", self.title, key)
-        row = {"key": key, **fn()}
+        row = {"key": key, **fn(), "config": config}
         row.setdefault("seconds", round(time.perf_counter() - t0, 2))
         self.rows.append(row)
         self.save()
         return row
 
     def save(self) -> None:
-        write_json(self.path, {"title": self.title, "command": self.command, "rows": self.rows})
-        write_csv(self.out / "results.csv", self.rows)
+        write_json(
+            self.path,
+            {
+                "title": self.title,
+                "command": self.command,
+                "settings": self.settings,
+                "rows": self.rows,
+            },
+        )
+        write_csv(
+            self.out / "results.csv",
+            [{k: v for k, v in r.items() if k != "config"} for r in self.rows],
+        )
 
     def report(
         self,
@@ -116,19 +163,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def train_configuration(
-    exp: Experiment, key: str, budget: Budget, data_dir: str | None, progress: bool, **overrides
-) -> dict[str, Any]:
-    """Train one configuration into ``OUT/runs/KEY`` (resuming it if it was interrupted)."""
-    run_dir = exp.out / "runs" / key
-    cfg = TrainConfig(
+def run_options(budget: Budget, data_dir: str | None, **overrides: Any):
+    """The MNIST task's options of one configuration under ``budget``."""
+    return make_options(
+        "mnist",
         epochs=budget.epochs,
         batch_size=budget.batch_size,
         train_subset=budget.train_subset,
         test_subset=budget.test_subset,
         data_dir=data_dir,
         **overrides,
-    )
-    resume = (run_dir / "checkpoint.pt").is_file()
-    summary = train(cfg, run_dir, resume=resume, progress=progress)
-    return summary
+    ).normalize()
+
+
+def train_configuration(
+    exp: Experiment, key: str, budget: Budget, data_dir: str | None, progress: bool, **overrides
+) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
+    """The options of one configuration, and a function training it into ``OUT/runs/KEY``
+    (resuming it if it was interrupted) and returning its summary."""
+    options = run_options(budget, data_dir, **overrides)
+    run_dir = exp.out / "runs" / key
+
+    def run() -> dict[str, Any]:
+        resume = (run_dir / "checkpoint.pt").is_file()
+        return train(get_task("mnist")(options), run_dir, resume=resume, progress=progress)
+
+    config = {k: v for k, v in options.to_dict().items() if k not in ("data_dir", "threads")}
+    return config, run

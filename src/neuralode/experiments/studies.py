@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..plotting import _save, pyplot
-from ..training.config import resolve_device
+from ..tasks import resolve_device
 from .runner import BUDGETS, Experiment, train_configuration
 
 __all__ = ["DEPTHS", "TOLERANCES", "run_depth_study", "run_tolerance_study"]
@@ -31,21 +31,21 @@ def run_tolerance_study(
     """Train the Neural ODE classifier with rtol = atol = each tolerance (same seed, same
     budget); record accuracy, NFE forward and backward, training time."""
     b = BUDGETS[budget]
-    exp = Experiment(out_dir, "Tolerance study: accuracy against cost", command)
+    exp = Experiment(
+        out_dir,
+        "Tolerance study: accuracy against cost",
+        command,
+        {"budget": b.name, "device": _device(device)},
+    )
     for tol in tolerances:
+        key = f"tol-{tol:g}"
+        config, train_it = train_configuration(
+            exp, key, b, data_dir, progress, model="ode", rtol=tol, atol=tol,
+            device=_device(device),
+        )  # fmt: skip
 
-        def one(tol: float = tol) -> dict[str, Any]:
-            s = train_configuration(
-                exp,
-                f"tol-{tol:g}",
-                b,
-                data_dir,
-                progress,
-                model="ode",
-                rtol=tol,
-                atol=tol,
-                device=_device(device),
-            )
+        def one(tol: float = tol, train_it=train_it) -> dict[str, Any]:
+            s = train_it()
             return {
                 "rtol": tol,
                 "atol": tol,
@@ -55,7 +55,7 @@ def run_tolerance_study(
                 "train_seconds": s["train_seconds"],
             }
 
-        exp.run(f"tol-{tol:g}", one)
+        exp.run(key, one, config)
     rows = sorted(exp.rows, key=lambda r: -r["rtol"])
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -107,20 +107,21 @@ def run_depth_study(
 ) -> Experiment:
     """ResNets of several depths against the Neural ODE (its effective depth: NFE)."""
     b = BUDGETS[budget]
-    exp = Experiment(out_dir, "Depth study: ResNets against the Neural ODE", command)
+    exp = Experiment(
+        out_dir,
+        "Depth study: ResNets against the Neural ODE",
+        command,
+        {"budget": b.name, "device": _device(device)},
+    )
     for depth in depths:
+        key = f"resnet-{depth}"
+        config, train_it = train_configuration(
+            exp, key, b, data_dir, progress, model="resnet", num_blocks=depth,
+            device=_device(device),
+        )  # fmt: skip
 
-        def one(depth: int = depth) -> dict[str, Any]:
-            s = train_configuration(
-                exp,
-                f"resnet-{depth}",
-                b,
-                data_dir,
-                progress,
-                model="resnet",
-                num_blocks=depth,
-                device=_device(device),
-            )
+        def one(depth: int = depth, train_it=train_it) -> dict[str, Any]:
+            s = train_it()
             return {
                 "model": "resnet",
                 "depth": depth,
@@ -129,12 +130,14 @@ def run_depth_study(
                 "train_seconds": s["train_seconds"],
             }
 
-        exp.run(f"resnet-{depth}", one)
+        exp.run(key, one, config)
+
+    config, train_ode = train_configuration(
+        exp, "ode", b, data_dir, progress, model="ode", device=_device(device)
+    )
 
     def ode() -> dict[str, Any]:
-        s = train_configuration(
-            exp, "ode", b, data_dir, progress, model="ode", device=_device(device)
-        )
+        s = train_ode()
         return {
             "model": "ode",
             "depth": s["nfe_forward"],
@@ -145,7 +148,7 @@ def run_depth_study(
             "nfe_backward": s["nfe_backward"],
         }
 
-    ode_row = exp.run("ode", ode)
+    ode_row = exp.run("ode", ode, config)
     res = sorted((r for r in exp.rows if r["model"] == "resnet"), key=lambda r: r["depth"])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

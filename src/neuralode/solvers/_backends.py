@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
     NonFiniteStateError,
     SolverError,
     StepSizeUnderflowError,
@@ -100,7 +102,9 @@ _DEFAULT: list[str] = ["native"]
 def register_backend(backend: AbstractBackend) -> None:
     """Make ``backend`` selectable as ``odeint(..., backend=backend.name)``."""
     if not isinstance(backend, AbstractBackend):
-        raise TypeError(f"expected an AbstractBackend instance, got {type(backend).__name__}")
+        raise InvalidTypeError(
+            f"expected an AbstractBackend instance, got {type(backend).__name__}"
+        )
     _BACKENDS[backend.name] = backend
 
 
@@ -116,7 +120,7 @@ def get_backend(name: str | AbstractBackend | None) -> AbstractBackend:
     try:
         return _BACKENDS[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown backend {name!r}; valid backends are: {', '.join(available_backends())}"
         ) from None
 
@@ -182,7 +186,7 @@ class TorchdiffeqBackend(AbstractBackend):
 
         r = request
         if r.gradient != "direct":
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"gradient={r.gradient!r} needs backend='native'; torchdiffeq backpropagates "
                 "directly (odeint) or by the adjoint (odeint_adjoint)"
             )

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
 from ._stats import SolveStats
 
@@ -97,17 +98,17 @@ class InstrumentedFunc(nn.Module):
         dy = self.func(t, y)
         if self._is_tuple:
             if not isinstance(dy, (tuple, list)) or len(dy) != len(self._expected):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"func(t, y) must return a tuple of {len(self._expected)} tensors for a "
                     f"tuple state, got {type(dy).__name__}"
                 )
             got = tuple(getattr(v, "shape", None) for v in dy)
         else:
             if not isinstance(dy, torch.Tensor):
-                raise TypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
+                raise InvalidTypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
             got = dy.shape
         if not self.backward_phase and got != self._expected:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"func(t, y) returned dy/dt of shape {_fmt(got)} but the state y has shape "
                 f"{_fmt(self._expected)}; the dynamics must return a derivative of the same shape "
                 "as the state (check the output size of the last layer)"

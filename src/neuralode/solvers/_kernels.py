@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "MAX_BYTES",
     "Scratch",
@@ -138,12 +140,12 @@ class Stages:
     def _conform(self, k: torch.Tensor) -> torch.Tensor:
         """``k`` converted to a readable tensor of the state's dtype, or a ``ValueError``."""
         if not k.is_cpu:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{self.what} on {k.device} but the state y is on the CPU; "
                 "the dynamics must return their derivative on the device of the state"
             )
         if k.numel() != self.numel:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{self.what} with {k.numel()} elements but the state has "
                 f"{self.numel}; the dynamics must return a derivative of the state's shape on "
                 "every call"
@@ -226,7 +228,7 @@ class Scratch:
     def __init__(self, like: torch.Tensor, extent: tuple[int, int]) -> None:
         numel, seg = extent
         if not (seg > 0 and 0 <= numel <= like.numel()):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"error_ratio: extent {extent} does not fit a state of {like.numel()} elements"
             )
         self.extent = extent
@@ -251,7 +253,9 @@ def error_ratio(
         raise _mismatch(scratch.tensor, scratch.extent[0], dtype, "scratch of an error ratio")
     numel, seg = scratch.extent
     if numel > n:
-        raise ValueError(f"error_ratio: extent {scratch.extent} does not fit {n} elements")
+        raise InvalidArgumentError(
+            f"error_ratio: extent {scratch.extent} does not fit {n} elements"
+        )
     return _fused.error_ratio(
         dtype is torch.float64,
         numel,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError
 from . import _kernels as kernels
 from ._backends import AbstractBackend, SolveRequest, TorchdiffeqBackend, register_backend
 from ._callbacks import StepCallbacks
@@ -158,12 +159,12 @@ def _make_plan(
         step_size = float(options["step_size"])
     batch_mode = options.get("batch_mode", "joint")
     if batch_mode not in ("joint", "per_sample"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"options['batch_mode'] must be 'joint' or 'per_sample', got {batch_mode!r}"
         )
     interp = options.get("interp", "linear")
     if interp not in ("linear", "cubic"):
-        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+        raise InvalidArgumentError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
     return _Plan(
         func=func,
         tab=tab,
@@ -493,12 +494,14 @@ class NativeBackend(AbstractBackend):
         reason = self._delegate(request)
         if reason is not None:
             if request.gradient == "checkpoint":
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"gradient='checkpoint' is not available here ({reason}); use "
                     "gradient='direct' or odeint_adjoint"
                 )
             if request.options.get("batch_mode", "joint") != "joint":
-                raise ValueError(f"batch_mode='per_sample' is not available here ({reason})")
+                raise InvalidArgumentError(
+                    f"batch_mode='per_sample' is not available here ({reason})"
+                )
             logger.debug("native backend delegates to torchdiffeq: %s", reason)
             request.options = {k: v for k, v in request.options.items() if k != "batch_mode"}
             stats.backend = self._fallback.name
@@ -508,20 +511,22 @@ class NativeBackend(AbstractBackend):
         y0 = _flat(r.y0)
         gradient = "adjoint" if r.adjoint else r.gradient
         if plan.per_sample and gradient != "direct":
-            raise ValueError(
+            raise InvalidArgumentError(
                 "batch_mode='per_sample' supports direct backpropagation only; use odeint "
                 "without gradient='checkpoint', or batch_mode='joint'"
             )
         if plan.per_sample and plan.cfg is None:
-            raise ValueError("batch_mode='per_sample' needs an adaptive method such as dopri5")
+            raise InvalidArgumentError(
+                "batch_mode='per_sample' needs an adaptive method such as dopri5"
+            )
         if plan.per_sample and isinstance(r.y0, tuple):
-            raise ValueError("batch_mode='per_sample' needs a tensor state, not a tuple")
+            raise InvalidArgumentError("batch_mode='per_sample' needs a tensor state, not a tuple")
         if plan.per_sample:
             ignored = sorted(k for k in _NOT_PER_SAMPLE if r.options.get(k) is not None)
             if float(r.options.get("pcoeff") or 0.0) != 0.0:
                 ignored.append("pcoeff")
             if ignored:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"batch_mode='per_sample' does not support options {ignored}: every sample "
                     "has its own steps, so step_t/jump_t boundaries, a custom norm and the PI "
                     "term of the step-size controller are not applied per sample. Use "
@@ -553,7 +558,7 @@ class NativeBackend(AbstractBackend):
         elif isinstance(r.func, nn.Module):
             params = tuple(r.func.parameters())
         else:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "gradient='checkpoint' needs func to be an nn.Module so that its parameters can "
                 "be found"
             )

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NonFiniteStateError, SolverError, TooManyStepsError
+from ..errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    NonFiniteStateError,
+    SolverError,
+    TooManyStepsError,
+)
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
 from ._instrument import first_nonfinite_time, is_finite
@@ -64,7 +70,9 @@ def step_budget(max_num_steps: int) -> Iterator[None]:
     :class:`~neuralode.TooManyStepsError` instead of running on. :func:`neuralode.diagnose`
     runs its probes under one, so that no model can make it hang."""
     if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
-        raise ValueError(f"max_num_steps must be a positive integer, got {max_num_steps!r}")
+        raise InvalidArgumentError(
+            f"max_num_steps must be a positive integer, got {max_num_steps!r}"
+        )
     token = _STEP_BUDGET.set(max_num_steps)
     try:
         yield
@@ -183,7 +191,7 @@ def odeint(
     """
     engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
     if gradient not in ("direct", "checkpoint"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"gradient must be 'direct' or 'checkpoint', got {gradient!r}; for the continuous "
             "adjoint call odeint_adjoint"
         )
@@ -218,7 +226,7 @@ def odeint_adjoint(
     """
     engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
     if adjoint_params is None and not isinstance(func, nn.Module):
-        raise ValueError(
+        raise InvalidArgumentError(
             "func must be an nn.Module so that the adjoint can find its parameters; otherwise "
             "pass them explicitly with adjoint_params=(...) (adjoint_params=() if there are none)"
         )
@@ -226,7 +234,7 @@ def odeint_adjoint(
         adjoint_params = tuple(adjoint_params)
         for i, p in enumerate(adjoint_params):
             if not isinstance(p, torch.Tensor):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}; pass e.g. "
                     "adjoint_params=tuple(model.parameters())"
                 )
@@ -239,7 +247,7 @@ def odeint_adjoint(
     a_opts: dict[str, Any] | None = None
     if a_method != request.method and adjoint_options is None:
         if request.options:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "adjoint_method differs from method, so adjoint_options cannot be inferred from "
                 "options; pass adjoint_options as well (e.g. adjoint_options={})"
             )
@@ -254,7 +262,7 @@ def odeint_adjoint(
         a_opts = _within_budget(engine, a_method, a_opts)
         norm = a_opts.get("norm")
         if isinstance(norm, str) and norm not in ("seminorm", "full"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"adjoint_options['norm'] must be 'seminorm', 'full' or a callable, got {norm!r}"
             )
     request.adjoint = True
@@ -291,9 +299,9 @@ def odeint_event(
     v.check_y0(y0)
     v.check_event_fn(event_fn)
     if event_fn is None:
-        raise TypeError("event_fn is required: odeint_event(func, y0, t0, event_fn=...)")
+        raise InvalidTypeError("event_fn is required: odeint_event(func, y0, t0, event_fn=...)")
     if not isinstance(t0, torch.Tensor) or t0.numel() != 1 or not t0.is_floating_point():
-        raise TypeError(
+        raise InvalidTypeError(
             f"t0 must be a one-element floating-point tensor, e.g. torch.tensor(0.0), got {t0!r}"
         )
     return torchdiffeq.odeint_event(
@@ -329,17 +337,20 @@ def odeint_dense(
     from ._instrument import InstrumentedFunc
 
     if not isinstance(y0, torch.Tensor):
-        raise TypeError(
+        raise InvalidTypeError(
             f"odeint_dense needs a tensor state y0 (as torchdiffeq's), got {type(y0).__name__}"
         )
     for name, value in (("t0", t0), ("t1", t1)):
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise TypeError(f"{name} must be a one-element tensor, got {value!r}")
+            raise InvalidTypeError(f"{name} must be a one-element tensor, got {value!r}")
     if not float(t1) > float(t0):
-        raise ValueError(f"odeint_dense integrates forward: t1 ({float(t1)}) must exceed t0")
+        raise InvalidArgumentError(
+            f"odeint_dense integrates forward: t1 ({float(t1)}) must exceed t0"
+        )
     if method not in (None, "dopri5"):
-        raise ValueError(f"odeint_dense supports method='dopri5' only (as torchdiffeq), got "
-                         f"{method!r}")  # fmt: skip
+        raise InvalidArgumentError(
+            f"odeint_dense supports method='dopri5' only (as torchdiffeq), got {method!r}"
+        )
     # the checks of odeint, and a step_budget in force, on the equivalent solve over [t0, t1]
     t = torch.stack([t0.reshape(()), t1.reshape(())])
     engine, request = _prepare(func, y0, t, rtol, atol, "dopri5", options, None, "torchdiffeq")

@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from ..errors import NonFiniteStateError, StepSizeUnderflowError, TooManyStepsError
+from ..errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    NonFiniteStateError,
+    StepSizeUnderflowError,
+    TooManyStepsError,
+)
 from . import _kernels as kernels
 from ._callbacks import StepCallbacks
 from ._messages import step_underflow_message, too_many_steps_message
@@ -114,11 +120,11 @@ class Evaluator:
     def _check(self, dy: Any, y: torch.Tensor) -> None:
         if self.shapes is None:
             if not isinstance(dy, torch.Tensor):
-                raise TypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
+                raise InvalidTypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
             got, want = tuple(dy.shape), tuple(y.shape)
         else:
             if not isinstance(dy, (tuple, list)) or len(dy) != len(self.shapes):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"func(t, y) must return a tuple of {len(self.shapes)} tensors for a tuple "
                     f"state, got {type(dy).__name__}"
                 )
@@ -126,7 +132,7 @@ class Evaluator:
             want = tuple(tuple(s) for s in self.shapes)
         if got != want:
             later = " (on a later call than the first)" if self.checked else ""
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"func(t, y) returned dy/dt of shape {got} but the state y has shape {want}"
                 f"{later}; the dynamics must return a derivative of the same shape as the state "
                 "on every call (check the output size of the last layer)"
@@ -689,7 +695,7 @@ def solve_adaptive_per_sample(
     The dynamics receive ``t`` as a tensor of shape ``(batch,)``.
     """
     if y0.ndim == 0:
-        raise ValueError("batch_mode='per_sample' needs a state with a batch dimension")
+        raise InvalidArgumentError("batch_mode='per_sample' needs a state with a batch dimension")
     B = y0.shape[0]
     dev = y0.device
     tdt = torch.float64 if y0.dtype == torch.float64 or dev.type == "cpu" else torch.float32

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "ADAPTIVE",
     "FIXED",
@@ -88,36 +90,40 @@ class ButcherTableau:
     def __post_init__(self) -> None:
         s = len(self.c)
         if s < 1 or len(self.a) != s or len(self.b) != s:
-            raise ValueError(f"{self.name}: c, a and b must all have one entry per stage")
+            raise InvalidArgumentError(f"{self.name}: c, a and b must all have one entry per stage")
         if self.c[0] != 0.0:
-            raise ValueError(f"{self.name}: the first node must be 0")
+            raise InvalidArgumentError(f"{self.name}: the first node must be 0")
         for i, row in enumerate(self.a):
             if len(row) != i:
-                raise ValueError(f"{self.name}: row {i} of a must have {i} entries")
+                raise InvalidArgumentError(f"{self.name}: row {i} of a must have {i} entries")
             if abs(math.fsum(row) - self.c[i]) > _TOL:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{self.name}: row {i} of a sums to {math.fsum(row)}, not c={self.c[i]}"
                 )
         if abs(math.fsum(self.b) - 1.0) > _TOL:
-            raise ValueError(f"{self.name}: the weights b sum to {math.fsum(self.b)}, not 1")
+            raise InvalidArgumentError(
+                f"{self.name}: the weights b sum to {math.fsum(self.b)}, not 1"
+            )
         if self.b_err is not None:
             if len(self.b_err) != s:
-                raise ValueError(f"{self.name}: b_err must have one entry per stage")
+                raise InvalidArgumentError(f"{self.name}: b_err must have one entry per stage")
             if abs(math.fsum(self.b_err)) > _TOL:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{self.name}: error weights sum to {math.fsum(self.b_err)}, not 0"
                 )
         if self.c_mid is not None:
             if len(self.c_mid) != s:
-                raise ValueError(f"{self.name}: c_mid must have one entry per stage")
+                raise InvalidArgumentError(f"{self.name}: c_mid must have one entry per stage")
             if abs(math.fsum(self.c_mid) - 0.5) > 1e-9:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{self.name}: midpoint weights sum to {math.fsum(self.c_mid)}, not 1/2"
                 )
         if self.order < 1:
-            raise ValueError(f"{self.name}: order must be positive")
+            raise InvalidArgumentError(f"{self.name}: order must be positive")
         if self.last_stage_as_f1 and self.c[-1] != 1.0:
-            raise ValueError(f"{self.name}: last_stage_as_f1 needs a last stage at c == 1")
+            raise InvalidArgumentError(
+                f"{self.name}: last_stage_as_f1 needs a last stage at c == 1"
+            )
         object.__setattr__(self, "_fsal", self._is_fsal())
         object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero_terms(self.b))

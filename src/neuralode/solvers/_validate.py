@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from ._stats import SolveStats
 
 __all__ = [
@@ -34,7 +35,7 @@ hopeless solve). A solve that needs more raises a ``SolverError`` that says how 
 
 def check_func(func: Any, name: str = "func") -> None:
     if not callable(func):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{name} must be callable as {name}(t, y) and return dy/dt, got {type(func).__name__}"
         )
 
@@ -46,16 +47,16 @@ def check_y0(y0: Any) -> bool:
     elif isinstance(y0, tuple) and len(y0) > 0:
         tensors, is_tuple = y0, True
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             "y0 must be a floating-point tensor or a non-empty tuple of them, "
             f"got {type(y0).__name__}"
         )
     for i, y in enumerate(tensors):
         where = f"y0[{i}]" if is_tuple else "y0"
         if not isinstance(y, torch.Tensor):
-            raise TypeError(f"{where} must be a tensor, got {type(y).__name__}")
+            raise InvalidTypeError(f"{where} must be a tensor, got {type(y).__name__}")
         if not (y.is_floating_point() or y.is_complex()):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{where} must be a floating-point tensor, got dtype {y.dtype}; "
                 f"convert it first, e.g. {where}.float() or {where}.double()"
             )
@@ -64,29 +65,31 @@ def check_y0(y0: Any) -> bool:
 
 def check_t(t: Any) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(
+        raise InvalidTypeError(
             f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), got {type(t).__name__}"
         )
     if t.ndim != 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"t must be 1-D (the times at which to report the solution), got shape "
             f"{tuple(t.shape)}; {_T_EXAMPLE}"
         )
     if not t.is_floating_point():
-        raise TypeError(
+        raise InvalidTypeError(
             f"t must be a floating-point tensor, got dtype {t.dtype}; use t.float() "
             f"or t.double() ({_T_EXAMPLE})"
         )
     if t.numel() == 0:
-        raise ValueError(f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}")
+        raise InvalidArgumentError(
+            f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}"
+        )
     if t.numel() > 1:
         times = t.detach().tolist()
         if not all(math.isfinite(x) for x in times):
-            raise ValueError(f"t must hold finite times, got {times}")
+            raise InvalidArgumentError(f"t must hold finite times, got {times}")
         inc = all(b > a for a, b in itertools.pairwise(times))
         if not (inc or all(b < a for a, b in itertools.pairwise(times))):
             shown = times if len(times) <= 10 else f"{times[:10]} ..."
-            raise ValueError(
+            raise InvalidArgumentError(
                 "t must be strictly increasing or strictly decreasing (no repeated times), "
                 f"got {shown}"
             )
@@ -96,17 +99,21 @@ def check_tolerance(value: Any, name: str) -> None:
     hint = "typical values are 1e-3 for training and 1e-5 for evaluation"
     if isinstance(value, torch.Tensor):
         if value.requires_grad:
-            raise ValueError(f"{name} must not require gradient; pass {name}.detach()")
+            raise InvalidArgumentError(f"{name} must not require gradient; pass {name}.detach()")
         v = value.detach()
         if not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"{name} must be a float or a real tensor, got dtype {v.dtype}")
+            raise InvalidTypeError(f"{name} must be a float or a real tensor, got dtype {v.dtype}")
         if v.numel() == 0 or not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
-            raise ValueError(f"{name} must be positive and finite, got {v.tolist()}; {hint}")
+            raise InvalidArgumentError(
+                f"{name} must be positive and finite, got {v.tolist()}; {hint}"
+            )
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive float or tensor, got {type(value).__name__}")
+        raise InvalidTypeError(
+            f"{name} must be a positive float or tensor, got {type(value).__name__}"
+        )
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value!r}; {hint}")
+        raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}; {hint}")
 
 
 def check_method(method: str | None, methods: Iterable[str], name: str = "method") -> str:
@@ -114,7 +121,7 @@ def check_method(method: str | None, methods: Iterable[str], name: str = "method
         return "dopri5"
     if not isinstance(method, str) or method not in methods:
         valid = ", ".join(sorted(methods))
-        raise ValueError(f"unknown {name} {method!r}; valid methods are: {valid}")
+        raise InvalidArgumentError(f"unknown {name} {method!r}; valid methods are: {valid}")
     return method
 
 
@@ -127,11 +134,11 @@ def check_options(
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise TypeError(f"{name} must be a dict, got {type(options).__name__}")
+        raise InvalidTypeError(f"{name} must be a dict, got {type(options).__name__}")
     valid = sorted(valid_keys)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown {name} {unknown} for method {method!r}; valid keys are: {', '.join(valid)}"
         )
     opts = dict(options)
@@ -139,17 +146,19 @@ def check_options(
         if opts.get(key) is not None:
             v = _real(opts[key], f"{name}[{key!r}]")
             if key == "min_step" and not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name}['min_step'] must be non-negative and finite, got {v!r}")
+                raise InvalidArgumentError(
+                    f"{name}['min_step'] must be non-negative and finite, got {v!r}"
+                )
             if key != "min_step" and not v > 0:
-                raise ValueError(f"{name}[{key!r}] must be positive, got {v!r}")
+                raise InvalidArgumentError(f"{name}[{key!r}] must be positive, got {v!r}")
             if key in ("step_size", "first_step") and not math.isfinite(v):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{name}[{key!r}] must be finite, got {v!r}; it is a step length in the "
                     "units of t, e.g. 0.1"
                 )
     lo, hi = opts.get("min_step"), opts.get("max_step")
     if lo is not None and hi is not None and _real(lo, "") > _real(hi, ""):
-        raise ValueError(f"{name}: min_step ({lo}) must not exceed max_step ({hi})")
+        raise InvalidArgumentError(f"{name}: min_step ({lo}) must not exceed max_step ({hi})")
     bounds = {  # key: (low, high, what a sensible value looks like)
         "safety": (0.0, 1.0, "a factor in (0, 1], e.g. 0.9"),
         "dfactor": (0.0, 1.0, "the smallest step factor after a rejection, in (0, 1], e.g. 0.2"),
@@ -160,17 +169,17 @@ def check_options(
             v = _real(opts[key], f"{name}[{key!r}]")
             ok = low < v <= high if key != "ifactor" else low <= v < high
             if not ok:
-                raise ValueError(f"{name}[{key!r}] must be {hint}; got {v!r}")
+                raise InvalidArgumentError(f"{name}[{key!r}] must be {hint}; got {v!r}")
     for key in ("pcoeff", "icoeff"):
         if opts.get(key) is not None:
             v = _real(opts[key], f"{name}[{key!r}]")
             if not math.isfinite(v):
-                raise ValueError(f"{name}[{key!r}] must be finite, got {v!r}")
+                raise InvalidArgumentError(f"{name}[{key!r}] must be finite, got {v!r}")
     v = opts.get("max_num_steps")
     if v is not None:
         n = _real(v, f"{name}['max_num_steps']")
         if not (math.isfinite(n) and n == int(n) and n >= 1):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}['max_num_steps'] must be a whole number of at least 1, got {v!r} "
                 f"(the default is {DEFAULT_MAX_NUM_STEPS})"
             )
@@ -184,12 +193,12 @@ def _real(value: Any, where: str) -> float:
         return float(value.detach())
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    raise TypeError(f"{where} must be a real number, got {value!r}")
+    raise InvalidTypeError(f"{where} must be a real number, got {value!r}")
 
 
 def check_stats(stats: Any) -> None:
     if stats is not None and not isinstance(stats, SolveStats):
-        raise TypeError(
+        raise InvalidTypeError(
             f"stats must be a neuralode.SolveStats (or None), got {type(stats).__name__}; "
             "e.g. stats = neuralode.SolveStats(); odeint(..., stats=stats)"
         )
@@ -207,7 +216,7 @@ def check_tolerance_shape(value: Any, name: str, y0: Any) -> None:
     except RuntimeError:
         ok = False
     if not ok:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name} of shape {tuple(value.shape)} does not broadcast to the state's shape "
             f"{target}; pass a float, a one-element tensor, or a tensor that broadcasts to the "
             "state (one tolerance per element)"
@@ -242,6 +251,6 @@ def check_dtype_resolution(rtol: Any, atol: Any, y0: Any) -> str | None:
 
 def check_event_fn(event_fn: Callable | None) -> None:
     if event_fn is not None and not callable(event_fn):
-        raise TypeError(
+        raise InvalidTypeError(
             f"event_fn must be callable as event_fn(t, y) or None, got {type(event_fn).__name__}"
         )

@@ -1,16 +1,23 @@
-"""Training: configuration, the loop, checkpoints and the run folder, distributed training."""
+"""Training: the generic loop, checkpoints and the run folder, distributed training, and the
+Python API (:func:`train`, :func:`resume`, :func:`evaluate_run`). Tasks are in
+:mod:`neuralode.tasks`."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig, build_model
-from .loop import TrainingDiverged, evaluate_run, train
+from ..errors import CheckpointError, TrainingDiverged
+from .api import resume, train
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import BatchEnd, Callback
+from .run_folder import diagnose_run, evaluate_run, load_run
 
 __all__ = [
+    "BatchEnd",
+    "Callback",
     "CheckpointError",
-    "TrainConfig",
     "TrainingDiverged",
-    "build_model",
+    "diagnose_run",
     "evaluate_run",
     "load_checkpoint",
+    "load_run",
+    "resume",
     "save_checkpoint",
     "train",
 ]

@@ -13,16 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from .files import atomic_write
 
 __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or belongs to another run."""
 
 
 def capture_rng() -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["Distributed", "GlobalBatchNorm"]
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
+        raise InvalidArgumentError(
+            f"environment variable {name}={value!r} must be an integer"
+        ) from None
 
 
 class Distributed:
@@ -49,7 +53,7 @@ class Distributed:
         import torch.distributed as dist
 
         if "RANK" not in os.environ:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"WORLD_SIZE={world} is set but RANK is not: start data-parallel training with "
                 "torchrun (e.g. torchrun --nproc-per-node 2 -m neuralode train ...), which sets "
                 "both, or unset WORLD_SIZE to train in one process"
@@ -57,13 +61,13 @@ class Distributed:
         rank = _env_int("RANK", 0)
         local = _env_int("LOCAL_RANK", rank)
         if not 0 <= rank < world:
-            raise ValueError(f"RANK={rank} is outside 0 … WORLD_SIZE-1 = {world - 1}")
+            raise InvalidArgumentError(f"RANK={rank} is outside 0 … WORLD_SIZE-1 = {world - 1}")
         if device.type == "cuda":
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if cfg.batch_size % world:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"--batch-size {cfg.batch_size} is the global batch and must be divisible by "
                 f"the number of processes ({world})"
             )
@@ -159,7 +163,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+            raise InvalidArgumentError(f"expected at least 2-D input (got {input.dim()}-D)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)

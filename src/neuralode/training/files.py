@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import InvalidArgumentError, RunFolderBusy
+
 __all__ = [
     "RunFolderBusy",
     "RunLock",
@@ -88,13 +90,9 @@ def check_folder(path: str | os.PathLike, what: str = "--out") -> Path:
         if p.exists():
             if not p.is_dir():
                 where = "is a file" if p == path else f"is under {p}, which is a file"
-                raise ValueError(f"{what} {path} {where}; it must be a folder")
+                raise InvalidArgumentError(f"{what} {path} {where}; it must be a folder")
             break
     return path
-
-
-class RunFolderBusy(RuntimeError):
-    """Another process holds the run folder's lock."""
 
 
 class RunLock:

@@ -1,0 +1,509 @@
+"""What a training task is: its options (a dataclass), its models (a registry), its data, its
+training step, its metrics and its plots. The loop in :mod:`neuralode.training.loop` does the
+rest for every task; the command line is derived from the options.
+
+A new task is a module with a :class:`Task` subclass and ``@register_task``; nothing else
+changes (see ``tests/test_tasks.py`` for a toy task in a few lines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..regularizers import JacobianFrobenius, KineticEnergy
+from ..solvers import GRADIENT_METHODS, available_backends, get_backend
+
+__all__ = [
+    "SOLVER_OPTIONS",
+    "ModelRegistry",
+    "Step",
+    "Task",
+    "TrainOptions",
+    "get_task",
+    "list_tasks",
+    "make_options",
+    "option",
+    "register_task",
+    "resolve_device",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+
+# options a resumed run may change: they do not change what is being trained
+RESUMABLE = ("epochs", "device", "data_dir", "threads")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    check: str | None = None,
+    group: str = "optimisation",
+    model: bool = False,
+) -> Any:
+    """A field of a task's options, with what the command line and validation need.
+
+    ``check``: ``"positive"`` or ``"non-negative"`` (numbers); ``choices``: the allowed values
+    (or a function returning them, for registries); ``model``: the option configures the model,
+    so setting it for a model that does not use it is an error.
+    """
+    meta = {"help": help, "choices": choices, "check": check, "group": group, "model": model}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _methods() -> list[str]:
+    return sorted(get_backend("native").methods)
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """The options every task has: optimisation, the run, and the ODE solver of its models."""
+
+    epochs: int = option(1, "number of epochs", check="positive")
+    batch_size: int = option(128, "global batch size", check="positive")
+    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate", check="positive")
+    schedule: str = option(
+        "none", "learning-rate schedule over the epochs (cosine: to 0)", choices=SCHEDULES
+    )
+    weight_decay: float = option(0.0, "weight decay", check="non-negative")
+    momentum: float = option(0.9, "SGD momentum", check="non-negative")
+    max_train_batches: int | None = option(
+        None, "stop each epoch after N batches", check="positive"
+    )
+    seed: int = option(0, "random seed", check="non-negative")
+    device: str = option("auto", "cpu, cuda, cuda:1 … (auto: cuda when available)", group="run")
+    threads: int | None = option(None, "CPU threads for PyTorch", check="positive", group="run")
+    method: str = option("dopri5", "ODE solver", choices=_methods, group="ODE solver", model=True)
+    rtol: float = option(1e-3, "training rtol", check="positive", group="ODE solver", model=True)
+    atol: float = option(1e-4, "training atol", check="positive", group="ODE solver", model=True)
+    eval_rtol: float = option(
+        1e-5, "evaluation rtol", check="positive", group="ODE solver", model=True
+    )
+    eval_atol: float = option(
+        1e-6, "evaluation atol", check="positive", group="ODE solver", model=True
+    )
+    gradient: str = option(
+        "direct",
+        "direct backpropagation, adjoint, or checkpoint",
+        choices=GRADIENT_METHODS,
+        group="ODE solver",
+        model=True,
+    )
+    backend: str = option(
+        "native", "solver engine", choices=available_backends, group="ODE solver", model=True
+    )
+    kinetic: float = option(
+        0.0, "kinetic-energy regularization weight", check="non-negative", group="ODE solver",
+        model=True,
+    )  # fmt: skip
+    jacobian: float = option(
+        0.0, "Jacobian Frobenius regularization weight", check="non-negative",
+        group="ODE solver", model=True,
+    )  # fmt: skip
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainOptions:
+        """Options from a mapping of option names (as in ``config.json``); unknown names and
+        values of the wrong type are an :class:`InvalidArgumentError`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown configuration keys {unknown}; valid keys: {', '.join(sorted(names))}"
+            )
+        _check_types(cls, data)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainOptions:
+        return self.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> TrainOptions:
+        """Raise :class:`InvalidArgumentError` naming the first bad option; return ``self``."""
+        _check_types(type(self), self.to_dict())
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices is not None and value is not None:
+                allowed = list(choices() if callable(choices) else choices)
+                if value not in allowed:
+                    raise InvalidArgumentError(
+                        f"unknown {f.name} {value!r}; choose from: {', '.join(allowed)}"
+                    )
+            check = f.metadata.get("check")
+            if check and value is not None and (value < 0 or (value == 0 and check == "positive")):
+                word = "a positive" if check == "positive" else "a non-negative"
+                kind = "integer" if _base_type(type(self), f.name) is int else "number"
+                raise InvalidArgumentError(f"{f.name} must be {word} {kind}, got {value!r}")
+        if self.method not in get_backend(self.backend).methods:
+            raise InvalidArgumentError(
+                f"backend {self.backend!r} has no method {self.method!r}; choose from: "
+                f"{', '.join(sorted(get_backend(self.backend).methods))}"
+            )
+        if self.gradient == "checkpoint" and self.backend != "native":
+            raise InvalidArgumentError("gradient 'checkpoint' needs backend 'native'")
+        if self.device != "auto":
+            try:
+                dev = torch.device(self.device)
+            except RuntimeError as err:
+                raise InvalidArgumentError(f"invalid device {self.device!r}: {err}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise InvalidArgumentError(
+                    f"device {self.device!r} requested but CUDA is not available"
+                )
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """A task's own checks across options (override; raise InvalidArgumentError)."""
+
+    def normalize(self) -> TrainOptions:
+        """Make values that depend on where the command runs independent of it (e.g. an
+        absolute data folder). Called once when a run starts; override to add."""
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def solver_kwargs(self) -> dict[str, Any]:
+        """The :class:`~neuralode.NeuralODEBlock` arguments these options set."""
+        return {name: getattr(self, name) for name in SOLVER_OPTIONS}
+
+    def regularizers(self) -> list[nn.Module]:
+        regs: list[nn.Module] = []
+        if self.kinetic:
+            regs.append(KineticEnergy(self.kinetic))
+        if self.jacobian:
+            regs.append(JacobianFrobenius(self.jacobian))
+        return regs
+
+    def resolved_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+
+SOLVER_OPTIONS = ("method", "rtol", "atol", "eval_rtol", "eval_atol", "gradient", "backend")
+REGULARIZER_OPTIONS = ("kinetic", "jacobian")
+
+
+def _base_type(cls: type, name: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    return kinds[0]
+
+
+def _check_types(cls: type, data: dict[str, Any]) -> None:
+    """Raise naming the first value of the wrong type (as from a config file:
+    ``data_dir = 5``); integers are accepted for float options."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        ok = any(
+            (value is None and kind is type(None))
+            or (kind is float and isinstance(value, (int, float)))
+            or (kind in (int, str) and isinstance(value, kind))
+            or (kind is bool and isinstance(value, bool))
+            for kind in allowed
+        ) and (bool in allowed or not isinstance(value, bool))
+        if not ok:
+            names = " or ".join(
+                "null" if k is type(None) else getattr(k, "__name__", str(k)) for k in allowed
+            )
+            raise InvalidArgumentError(
+                f"option {name} must be {names}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else the CPU; otherwise the named device."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    uses: tuple[str, ...]
+    description: str
+
+
+class ModelRegistry:
+    """A task's models by name, in the style of timm's ``create_model``.
+
+    A factory's parameters are the names of the options it uses; two names stand for groups:
+    ``solver`` receives :meth:`TrainOptions.solver_kwargs` and ``regularizers`` the
+    regularizers the options ask for. The registry so knows which options each model uses, and
+    an option set for a model that ignores it is an error rather than a silent no-op.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _ModelEntry] = {}
+
+    def register(self, name: str, description: str = "") -> Callable:
+        def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            params = tuple(inspect.signature(factory).parameters)
+            uses: list[str] = []
+            for p in params:
+                uses += {"solver": SOLVER_OPTIONS, "regularizers": REGULARIZER_OPTIONS}.get(p, (p,))
+            doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+            self._entries[name] = _ModelEntry(name, factory, tuple(uses), doc)
+            return factory
+
+        return add
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def uses(self, name: str) -> tuple[str, ...]:
+        return self._entry(name).uses
+
+    def description(self, name: str) -> str:
+        return self._entry(name).description
+
+    def _entry(self, name: str) -> _ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise InvalidArgumentError(
+                f"unknown model {name!r}; choose from: {', '.join(self._entries)}"
+            ) from None
+
+    def create(self, name: str, options: TrainOptions) -> nn.Module:
+        entry = self._entry(name)
+        kwargs: dict[str, Any] = {}
+        for p in inspect.signature(entry.factory).parameters:
+            if p == "solver":
+                kwargs[p] = options.solver_kwargs()
+            elif p == "regularizers":
+                kwargs[p] = options.regularizers()
+            else:
+                kwargs[p] = getattr(options, p)
+        return entry.factory(**kwargs)
+
+    def check_options(self, name: str, options: TrainOptions) -> None:
+        """An option that configures models, set away from its default for a model that does
+        not use it, is an error (it would be silently ignored)."""
+        uses = set(self.uses(name))
+        for f in dataclasses.fields(options):
+            if not f.metadata.get("model") or f.name in uses:
+                continue
+            if getattr(options, f.name) != f.default:
+                raise InvalidArgumentError(
+                    f"option {f.name} does not apply to model {name!r}, which uses: "
+                    f"{', '.join(u for u in self.uses(name)) or 'no options'}; drop it, or "
+                    "choose a model that uses it"
+                )
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+@dataclasses.dataclass
+class Step:
+    """What a training step returns: the loss to minimise (before regularization), the number
+    of samples it averages over, and per-sample sums to report (``{"accuracy": 37}`` becomes
+    ``train_accuracy`` = 37 / samples, summed over the epoch)."""
+
+    loss: torch.Tensor
+    samples: int
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Task:
+    """A training job: subclass, set the class attributes, implement the methods, and decorate
+    with :func:`register_task`.
+
+    Class attributes:
+        name: the name on the command line (``neuralode train NAME``).
+        description: one line for ``neuralode train --help``.
+        Options: the options dataclass (a :class:`TrainOptions` subclass with a ``model``
+            field if the task has several models).
+        models: the :class:`ModelRegistry` of the models it can train.
+        metric: the validation metric the best checkpoint is chosen by (a key of
+            :meth:`evaluate`'s result for the ``"val"`` split), and ``maximize`` its direction.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[TrainOptions]] = TrainOptions
+    models: ClassVar[ModelRegistry]
+    metric: ClassVar[str] = "loss"
+    maximize: ClassVar[bool] = False
+
+    def __init__(self, options: TrainOptions) -> None:
+        if not isinstance(options, self.Options):
+            raise InvalidArgumentError(
+                f"task {self.name!r} takes {self.Options.__name__}, got {type(options).__name__}"
+            )
+        self.options = options
+
+    # -- the model
+    @property
+    def model_name(self) -> str:
+        return getattr(self.options, "model", self.models.names()[0])
+
+    def check_options(self) -> None:
+        self.models.check_options(self.model_name, self.options)
+
+    def build_model(self) -> nn.Module:
+        return self.models.create(self.model_name, self.options)
+
+    # -- data and training (implement)
+    def load_data(self, progress: bool = False) -> Any:
+        """Everything the task trains and evaluates on (called once per process)."""
+        raise NotImplementedError
+
+    def check_data(self, data: Any, world: int) -> None:
+        """Refuse a configuration the data cannot serve (override)."""
+
+    def batches_per_epoch(self, data: Any, world: int) -> int:
+        raise NotImplementedError
+
+    def train_batches(
+        self, data: Any, generator: torch.Generator, rank: int, world: int
+    ) -> Iterator[Any]:
+        """This rank's batches of one epoch, drawn with ``generator``."""
+        raise NotImplementedError
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> Step:
+        raise NotImplementedError
+
+    def evaluate(
+        self, model: nn.Module, data: Any, split: str, device: torch.device, dist: Any = None
+    ) -> dict[str, float]:
+        """Metrics of ``split`` (``"val"`` or ``"test"``) in eval mode; ``{}`` when the split
+        is empty."""
+        raise NotImplementedError
+
+    # -- optional
+    def plots(self, model: nn.Module, data: Any, out: Path, device: torch.device) -> list[str]:
+        """Task-specific pictures written into the run folder; their file names."""
+        return []
+
+    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple:
+        """``(module, batch)`` for :func:`neuralode.diagnose`: the model as a function of one
+        input, and a batch from the task's data."""
+        return model, batch
+
+    def diagnosis_batch(self, data: Any, size: int) -> Any:
+        """A batch of ``size`` samples of evaluation data for ``neuralode diagnose``."""
+        raise NotImplementedError
+
+
+_TASKS: dict[str, type[Task]] = {}
+_PLUGINS_LOADED = False
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Make a task trainable by name: ``neuralode train NAME`` and ``neuralode.train(NAME)``."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise InvalidArgumentError(f"register_task expects a Task subclass, got {cls!r}")
+    for attr in ("name", "models"):
+        if not hasattr(cls, attr):
+            raise InvalidArgumentError(f"task {cls.__name__} must define {attr!r}")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def _load_plugins() -> None:
+    """Tasks other packages register under the ``neuralode.tasks`` entry-point group."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="neuralode.tasks"):
+        ep.load()
+
+
+def list_tasks() -> list[str]:
+    _load_plugins()
+    return list(_TASKS)
+
+
+def get_task(name: str) -> type[Task]:
+    _load_plugins()
+    try:
+        return _TASKS[name]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(
+            f"unknown task {name!r}; choose from: {', '.join(_TASKS)}"
+        ) from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Options from a JSON or TOML file (keys as in ``config.json``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InvalidArgumentError(f"cannot read config file {path}: {err}") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidArgumentError(f"config file {path} is not valid TOML: {err}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InvalidArgumentError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(
+            f"config file {path} must hold a table of options (keys as in config.json), "
+            f"got a {type(data).__name__}"
+        )
+    return data
+
+
+def make_options(
+    task: str, config: str | os.PathLike | dict[str, Any] | None = None, **options: Any
+) -> TrainOptions:
+    """A task's options: its defaults, then a config file (or mapping), then ``options``;
+    validated. A config's ``task`` key, if present, must name ``task``."""
+    cls = get_task(task)
+    values: dict[str, Any] = {}
+    if config is not None:
+        data = dict(config) if isinstance(config, dict) else read_config_file(config)
+        named = data.pop("task", task)
+        if named != task:
+            raise InvalidArgumentError(
+                f"the configuration is for task {named!r}, not {task!r}; train {named!r} "
+                "or drop its task key"
+            )
+        values.update(data)
+    values.update(options)
+    opts = cls.Options.from_dict(values).validate()
+    cls(opts).check_options()
+    return opts
+
+
+def iterate_limited(items: Iterable[Any], limit: int) -> Iterator[tuple[int, Any]]:
+    """``enumerate(items, 1)`` stopped after ``limit`` items."""
+    for i, item in enumerate(items, 1):
+        if i > limit:
+            return
+        yield i, item
