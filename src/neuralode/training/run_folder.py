@@ -3,6 +3,7 @@ model with the trained weights; ``evaluate`` and ``diagnose`` of a finished or i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,23 +48,32 @@ def run_config(task: Task) -> dict[str, Any]:
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A configuration as this version stores it. Runs written before tasks existed (a
-    ``dataset`` key, every option of every dataset) keep evaluating and resuming: the
-    options their task does not have are dropped, renamed ones renamed, and options added
-    since take the value that reproduces the old behaviour (no validation split)."""
-    if "task" in config or "dataset" not in config:
-        return config
-    old = dict(config)
-    name = old.pop("dataset")
-    fields = set(get_task(name).Options.__dataclass_fields__)
-    new: dict[str, Any] = {"task": name}
-    for key, value in old.items():
-        key = _RENAMED.get(key, key)
-        if key in fields:
-            new[key] = value
-    if "val_fraction" in fields:
-        new["val_fraction"] = 0.0
-    return new
+    """A configuration as this version stores it: options added since it was written take
+    their defaults. Runs written before tasks existed (a ``dataset`` key, every option of every
+    dataset) keep evaluating and resuming: the options their task does not have are dropped,
+    renamed ones renamed, and ``val_fraction`` is 0 (they had no validation split)."""
+    config = dict(config)
+    if "task" not in config and "dataset" in config:
+        name = config.pop("dataset")
+        fields = set(get_task(name).Options.__dataclass_fields__)
+        old, config = config, {"task": name}
+        for key, value in old.items():
+            key = _RENAMED.get(key, key)
+            if key in fields:
+                config[key] = value
+        if "val_fraction" in fields:
+            config["val_fraction"] = 0.0
+    try:
+        options = get_task(config.get("task")).Options
+    except InvalidArgumentError:
+        return config  # reported by whoever reads it
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(options)
+        if f.default is not dataclasses.MISSING
+    }
+    return {"task": config["task"], **{k: v for k, v in defaults.items() if k not in config},
+            **{k: v for k, v in config.items() if k != "task"}}  # fmt: skip
 
 
 def task_from_config(config: dict[str, Any], where: str) -> Task:

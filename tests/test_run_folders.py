@@ -1,0 +1,181 @@
+"""Run folders a user can trust, for every task: each case here was tried as a new user would
+and failed before tasks were plug-ins (a traceback, a download, a folder left behind, an
+unreadable old run)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import neuralode
+from neuralode.cli import main
+from neuralode.errors import (
+    CheckpointError,
+    DataError,
+    InvalidArgumentError,
+    NeuralODEError,
+    SolverError,
+    TrainingDiverged,
+)
+from neuralode.training import load_checkpoint, save_checkpoint
+from neuralode.training.run_folder import upgrade_config
+from test_cli import SMALL, _torchrun, run_cli
+
+TRAJECTORY = ["--iters", "10", "--epochs", "3", "--schedule", "none", "--no-progress"]
+
+
+@pytest.mark.parametrize("task", ["spiral", "cubic"])
+def test_a_killed_trajectory_run_resumes_bit_identically_from_elsewhere(task, tmp_path):
+    common = ["train", task, *TRAJECTORY]
+    full = run_cli([*common, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault="kill=15")  # in epoch 2
+    assert killed.returncode == -9
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "neuralode", "resume", "../cut", "--no-progress"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"] and a["best"] == b["best"]
+
+
+def test_a_nan_in_a_trajectory_run_stops_with_a_diagnosis(tmp_path):
+    out = tmp_path / "nan"
+    res = run_cli(["train", "spiral", *TRAJECTORY, "--out", str(out)], fault="nan=15")
+    assert res.returncode == 3 and "training stopped" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "NaN" in (out / "diagnosis.txt").read_text()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_a_spiral_run_trains_identically_on_two_ranks(tmp_path):
+    args = [
+        "-m",
+        "neuralode",
+        "train",
+        "spiral",
+        "--iters",
+        "5",
+        "--epochs",
+        "2",
+        "--method",
+        "rk4",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    res = _torchrun(args, 29565)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+
+def test_data_dir_is_stored_absolute_and_evaluates_from_anywhere(data_dir, tmp_path, monkeypatch):
+    """config.json stored data_dir relative to where the command ran: evaluate from another
+    directory then tried to download."""
+    monkeypatch.chdir(data_dir.parent)
+    out = tmp_path / "run"
+    rc = main(["-q", "train", "mnist", "--data-dir", data_dir.name, "--out", str(out),
+               "--max-train-batches", "2", *SMALL])  # fmt: skip
+    assert rc == 0
+    stored = json.loads((out / "config.json").read_text())["data_dir"]
+    assert stored == str(data_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "evaluate", str(out)]) == 0
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """No data (offline): the run folder and an empty cache folder were left behind."""
+    import neuralode.data
+
+    monkeypatch.setattr(neuralode.data.time, "sleep", lambda s: None)  # between retries
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    out = tmp_path / "run"
+    rc = main(["-q", "train", "mnist", "--data-dir", str(empty), "--out", str(out), *SMALL])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "could not download" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert list(empty.iterdir()) == []  # no empty nodata/mnist either
+
+
+def test_data_dir_pointing_at_the_mnist_folder_itself_is_understood(data_dir, tmp_path):
+    """--data-dir DATA/mnist created DATA/mnist/mnist and tried to download into it."""
+    mnist = tmp_path / "mnist"
+    shutil.copytree(data_dir / "mnist", mnist)
+    out = tmp_path / "run"
+    rc = main(["-q", "train", "mnist", "--data-dir", str(mnist), "--out", str(out),
+               "--max-train-batches", "2", *SMALL])  # fmt: skip
+    assert rc == 0
+    assert not (mnist / "mnist").exists()
+
+
+def test_a_run_written_before_tasks_existed_still_evaluates_and_resumes(data_dir, tmp_path):
+    """neuralode 0.1 stored one flat configuration with a dataset key: upgrade it on read."""
+    out = tmp_path / "old"
+    args = ["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out),
+            "--max-train-batches", "2", "--val-fraction", "0", *SMALL]  # fmt: skip
+    assert main(args) == 0
+    old = {"dataset": "mnist", "spiral_window": 10, "spiral_noise": None, "spiral_iters": 100}
+    new = json.loads((out / "config.json").read_text())
+    old.update({k: v for k, v in new.items() if k not in ("task", "val_fraction", "t1")})
+    assert upgrade_config(old) == new  # t1 added since: its default
+    (out / "config.json").write_text(json.dumps(old))
+    saved = load_checkpoint(out / "checkpoint.pt")
+    saved["config"] = old
+    save_checkpoint(out / "checkpoint.pt", saved)
+    assert main(["-q", "evaluate", str(out)]) == 0
+    assert main(["-q", "resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"neuralode {neuralode.__version__}"
+    for command, words in (
+        ("evaluate", ["--best", "best validation epoch", "--batch-size N", "--data-dir DIR"]),
+        ("diagnose", ["--best", "(default: 64)", "RUN_DIR"]),
+        ("resume", ["--epochs N", "--device"]),
+        ("train", ["mnist", "spiral", "cubic"]),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for w in words:
+            assert w in text, (command, w)
+    with pytest.raises(SystemExit):
+        main(["train", "mnist", "--help"])
+    text = capsys.readouterr().out
+    assert "--val-fraction X" in text and "(default: 0.1)" in text and "--rtol X" in text
+    assert "resnet-strided" in text  # the models, with what they are
+
+
+def test_one_exception_hierarchy_with_exit_codes(monkeypatch, capsys):
+    for cls in (InvalidArgumentError, DataError, CheckpointError, TrainingDiverged, SolverError):
+        assert issubclass(cls, NeuralODEError)
+    assert issubclass(InvalidArgumentError, ValueError)  # `except ValueError` keeps working
+    import neuralode.training as training
+
+    for err, code in ((SolverError("the solve failed"), 4), (DataError("no data"), 2)):
+        monkeypatch.setattr(
+            training, "evaluate_run", lambda *a, err=err: (_ for _ in ()).throw(err)
+        )
+        assert main(["-q", "evaluate", "anywhere"]) == code
+        assert capsys.readouterr().err.strip().endswith(str(err))
+    # anything else is a bug: its traceback, not a message
+    monkeypatch.setattr(training, "evaluate_run", lambda *a: [][1])
+    with pytest.raises(IndexError):
+        main(["-q", "evaluate", "anywhere"])
