@@ -93,11 +93,11 @@ def _add_task_parser(sub, task_cls) -> None:
                 kw["choices"] = choices
                 kw["metavar"] = "{" + ",".join(choices) + "}" if len(choices) <= 8 else "NAME"
             else:
-                kw["metavar"] = {int: "N", float: "X", str: "TEXT"}[kind]
+                kw["metavar"] = {int: "N", float: "X"}.get(kind, f.name.upper())
         extra = f"; one of: {', '.join(choices)}" if choices and len(choices) > 8 else ""
         kw["help"] = f"{meta.get('help', '')} (default: {default}{extra})"
         groups[name].add_argument("--" + f.name.replace("_", "-"), **kw)
-    g = p.add_argument_group("run")
+    g = groups.get("run") or p.add_argument_group("run")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     g.add_argument("--config", metavar="FILE", help="JSON or TOML file supplying defaults")

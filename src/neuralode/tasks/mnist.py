@@ -84,8 +84,8 @@ class MNISTOptions(TrainOptions):
     )  # fmt: skip
     data_dir: str | None = option(
         None,
-        "folder holding mnist/ (default: $NEURALODE_DATA_DIR, then the user cache; "
-        "downloaded if absent)",
+        "folder holding mnist/; none: $NEURALODE_DATA_DIR, then the user cache (downloaded "
+        "there if absent)",
         group="model and data",
     )
     train_subset: int | None = option(

@@ -347,7 +347,7 @@ class _Loop:
         seconds = time.perf_counter() - t0
         state.train_seconds += seconds
         row.update(
-            epoch_seconds=seconds,
+            epoch_seconds=round(seconds, 3),
             peak_memory_mb=round(peak_memory_mb(device), 1),
             lr=opt.param_groups[0]["lr"],
         )
