@@ -388,6 +388,8 @@ for (n, a), b in zip(model.named_buffers(), ref.buffers()):
     worst[n] = float((a.double() - b.double()).norm()) / (float(b.double().norm()) + 1e-12)
 if rank == 0:
     print(json.dumps(worst))
+dist.barrier()
+dist.destroy_process_group()  # its gloo threads end before the interpreter does (else: abort)
 """
 
 
