@@ -203,3 +203,15 @@ def test_a_model_option_the_model_ignores_is_an_error(toy):
 def test_registering_something_that_is_not_a_task_is_an_error():
     with pytest.raises(InvalidArgumentError, match="expects a Task subclass"):
         register_task(object)
+
+    class Half(Task):  # a task without its training step and evaluation
+        name, models = "half", TOY_MODELS
+
+        def load_data(self, progress=False): ...
+        def batches_per_epoch(self, data, world): ...
+        def train_batches(self, data, generator, rank, world): ...
+        def diagnosis_batch(self, data, size): ...
+
+    with pytest.raises(InvalidArgumentError, match="must implement: evaluate, training_step"):
+        register_task(Half)
+    assert "half" not in neuralode.list_tasks()

@@ -8,12 +8,13 @@ changes (see ``tests/test_tasks.py`` for a toy task in a few lines).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import inspect
 import json
 import os
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -132,9 +133,6 @@ class TrainOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> TrainOptions:
-        return self.from_dict({**self.to_dict(), **changes})
-
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainOptions:
         """Raise :class:`InvalidArgumentError` naming the first bad option; return ``self``."""
@@ -151,7 +149,7 @@ class TrainOptions:
             check = f.metadata.get("check")
             if check and value is not None and (value < 0 or (value == 0 and check == "positive")):
                 word = "a positive" if check == "positive" else "a non-negative"
-                kind = "integer" if _base_type(type(self), f.name) is int else "number"
+                kind = "integer" if option_type(type(self), f.name) is int else "number"
                 raise InvalidArgumentError(f"{f.name} must be {word} {kind}, got {value!r}")
         if self.method not in get_backend(self.backend).methods:
             raise InvalidArgumentError(
@@ -201,7 +199,7 @@ SOLVER_OPTIONS = ("method", "rtol", "atol", "eval_rtol", "eval_atol", "gradient"
 REGULARIZER_OPTIONS = ("kinetic", "jacobian")
 
 
-def _base_type(cls: type, name: str) -> Any:
+def option_type(cls: type, name: str) -> Any:
     hint = typing.get_type_hints(cls)[name]
     kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
     return kinds[0]
@@ -329,7 +327,7 @@ class Step:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class Task:
+class Task(abc.ABC):
     """A training job: subclass, set the class attributes, implement the methods, and decorate
     with :func:`register_task`.
 
@@ -369,31 +367,33 @@ class Task:
         return self.models.create(self.model_name, self.options)
 
     # -- data and training (implement)
+    @abc.abstractmethod
     def load_data(self, progress: bool = False) -> Any:
         """Everything the task trains and evaluates on (called once per process)."""
-        raise NotImplementedError
 
-    def check_data(self, data: Any, world: int) -> None:
+    def check_data(self, data: Any, world: int) -> None:  # noqa: B027 - optional, no-op
         """Refuse a configuration the data cannot serve (override)."""
 
+    @abc.abstractmethod
     def batches_per_epoch(self, data: Any, world: int) -> int:
-        raise NotImplementedError
+        """Global batches in one epoch."""
 
+    @abc.abstractmethod
     def train_batches(
         self, data: Any, generator: torch.Generator, rank: int, world: int
     ) -> Iterator[Any]:
         """This rank's batches of one epoch, drawn with ``generator``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> Step:
-        raise NotImplementedError
+        """The loss of one batch (moved to ``device`` here), as a :class:`Step`."""
 
+    @abc.abstractmethod
     def evaluate(
         self, model: nn.Module, data: Any, split: str, device: torch.device, dist: Any = None
     ) -> dict[str, float]:
         """Metrics of ``split`` (``"val"`` or ``"test"``) in eval mode; ``{}`` when the split
         is empty."""
-        raise NotImplementedError
 
     # -- optional
     def plots(self, model: nn.Module, data: Any, out: Path, device: torch.device) -> list[str]:
@@ -402,12 +402,13 @@ class Task:
 
     def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple:
         """``(module, batch)`` for :func:`neuralode.diagnose`: the model as a function of one
-        input, and a batch from the task's data."""
-        return model, batch
+        input, and a batch of the task's data on ``device`` (by default the model and the
+        batch's tensors moved there)."""
+        return model, _to_device(batch, device)
 
+    @abc.abstractmethod
     def diagnosis_batch(self, data: Any, size: int) -> Any:
         """A batch of ``size`` samples of evaluation data for ``neuralode diagnose``."""
-        raise NotImplementedError
 
 
 _TASKS: dict[str, type[Task]] = {}
@@ -421,6 +422,9 @@ def register_task(cls: type[Task]) -> type[Task]:
     for attr in ("name", "models"):
         if not hasattr(cls, attr):
             raise InvalidArgumentError(f"task {cls.__name__} must define {attr!r}")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise InvalidArgumentError(f"task {cls.__name__} must implement: {missing}")
     _TASKS[cls.name] = cls
     return cls
 
@@ -501,9 +505,10 @@ def make_options(
     return opts
 
 
-def iterate_limited(items: Iterable[Any], limit: int) -> Iterator[tuple[int, Any]]:
-    """``enumerate(items, 1)`` stopped after ``limit`` items."""
-    for i, item in enumerate(items, 1):
-        if i > limit:
-            return
-        yield i, item
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with its tensors (alone, or in a tuple or list) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch

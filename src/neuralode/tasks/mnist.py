@@ -211,6 +211,3 @@ class MNISTTask(Task):
 
     def diagnosis_batch(self, data: MNISTData, size: int) -> Any:
         return data.test.x[:size], data.test.y[:size]
-
-    def diagnosis_view(self, model, batch, device) -> tuple:
-        return model, (batch[0].to(device), batch[1].to(device))

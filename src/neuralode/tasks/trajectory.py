@@ -5,6 +5,7 @@ starts across the training span, the test is extrapolation over the held-out end
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,8 +101,9 @@ class _TrajectoryTask(Task):
     maximize = False
     options: TrajectoryOptions
 
+    @abc.abstractmethod
     def make_data(self, **kwargs: Any) -> TrajectoryData:
-        raise NotImplementedError
+        """The trajectory, from the dataset's generator (``seed``, ``noise``)."""
 
     def load_data(self, progress: bool = False) -> TrajectoryData:
         kw: dict[str, Any] = {"seed": self.options.seed}
