@@ -27,7 +27,7 @@ from ..blocks import regularization_loss, solve_stats
 from ..diagnostics import diagnose
 from ..errors import CheckpointError, SolverError, TrainingDiverged
 from ..tasks import Task
-from .checkpoint import capture_rng, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import Distributed
 from .files import RunLock, check_folder, remove_stale_temporaries, write_csv, write_json
 from .run_folder import (
@@ -176,9 +176,11 @@ def train(
     dist = Distributed.from_environment(task.options)
     lock = RunLock(out)
     loop = _Loop(task, out, progress, dist, list(callbacks))
+    locked = False
     try:
         if dist.is_main:  # one writer per run folder; the OS drops the lock if we are killed
             lock.acquire()
+            locked = True
             stale = remove_stale_temporaries(out)
             if stale:
                 logger.info("removed temporary files of an interrupted write: %s", stale)
@@ -193,9 +195,9 @@ def train(
             )
         return loop.run(resume)
     except BaseException:
-        lock.release()
-        if new_folder and not loop.started and dist.is_main:
-            # a failed start (bad data, bad option found late): leave nothing behind
+        if new_folder and locked and not loop.started:
+            # a failed start (bad data, bad option found late) of the folder this process
+            # created and holds: leave nothing behind (the lock is released just after)
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
@@ -376,7 +378,7 @@ class _Loop:
                 },
             )
             if improved:
-                self._sync_best_file(state)
+                self._write_best_file(state)
             write_csv(self.out / "metrics.csv", state.rows)
         logger.info(
             "epoch %d: %s", epoch, ", ".join(f"{k}={v}" for k, v in row.items() if k != "epoch")
@@ -404,22 +406,22 @@ class _Loop:
         return True
 
     def _sync_best_file(self, state: _State) -> None:
-        """``best.pt``: the best epoch's weights, as a checkpoint of their own (the record in
-        checkpoint.pt is the authority; this file is rewritten from it when it lags)."""
+        """On resume: rewrite ``best.pt`` from the checkpoint's record (the authority) if a
+        kill between the two writes left it behind, or it is missing or damaged."""
         if state.best is None:
             return
-        path = self.out / BEST
-        if path.is_file():
-            try:
-                from .checkpoint import load_checkpoint
+        try:
+            if load_checkpoint(self.out / BEST).get("epoch") == state.best["epoch"]:
+                return
+        except CheckpointError:
+            pass  # missing or damaged: rewritten below
+        self._write_best_file(state)
 
-                if load_checkpoint(path).get("epoch") == state.best["epoch"]:
-                    return
-            except CheckpointError:
-                pass  # damaged: rewritten below
+    def _write_best_file(self, state: _State) -> None:
+        """``best.pt``: the best epoch's weights, as a checkpoint of their own."""
         best = state.best
         save_checkpoint(
-            path,
+            self.out / BEST,
             {
                 "model": best["model"],
                 "epoch": best["epoch"],
