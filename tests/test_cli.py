@@ -32,7 +32,7 @@ SMALL = [
 FAULTS = Path(__file__).with_name("faults.py")
 
 
-def run_cli(args, env=None, timeout=300, fault=None):
+def run_cli(args, env=None, timeout=300, fault=None, cwd=None):
     """The command in a fresh process, as a user runs it; ``fault`` (``"kill=17"``) runs it
     through tests/faults.py, which injects the fault through the loop's callbacks."""
     full_env = {**os.environ, **(env or {})}
@@ -44,6 +44,7 @@ def run_cli(args, env=None, timeout=300, fault=None):
         text=True,
         env=full_env,
         timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -117,7 +118,9 @@ def test_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
     # mid-epoch 2 (10 batches per epoch: 540 training images after 60 held out, batch 50)
     assert killed.returncode == -9
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    resumed = run_cli(["resume", str(tmp_path / "cut"), "--no-progress"])
+    elsewhere = tmp_path / "elsewhere"  # from another working directory, by a relative path
+    elsewhere.mkdir()
+    resumed = run_cli(["resume", "../cut", "--no-progress"], cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "cut" / "summary.json").read_text())

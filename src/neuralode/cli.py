@@ -62,7 +62,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_task_parser(sub, task_cls) -> None:
-    from .tasks.base import _base_type
+    from .tasks.base import option_type
 
     models = task_cls.models
     lines = [f"  {m:<16} {models.description(m)}" for m in models.names()]
@@ -79,7 +79,7 @@ def _add_task_parser(sub, task_cls) -> None:
         name = meta.get("group", "options")
         if name not in groups:
             groups[name] = p.add_argument_group(name)
-        kind = _base_type(task_cls.Options, f.name)
+        kind = option_type(task_cls.Options, f.name)
         choices = meta.get("choices")
         if callable(choices):
             choices = list(choices())
@@ -123,31 +123,33 @@ def _explicit_options(args: argparse.Namespace, options_cls) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
-    from .tasks import get_task, make_options
-    from .training.loop import train
+    from .tasks import get_task
+    from .training import train
     from .training.run_folder import read_json, upgrade_config
 
-    task_cls = get_task(args.task)
     config: Any = args.config
     saved = read_json(Path(args.out) / "config.json") if args.resume else None
     if saved is not None:  # resuming: the run's options are the defaults; flags may repeat them
         config = upgrade_config(saved)
-    options = make_options(args.task, config, **_explicit_options(args, task_cls.Options))
-    summary = train(task_cls(options), args.out, args.resume, not args.no_progress, callbacks)
+    options = _explicit_options(args, get_task(args.task).Options)
+    summary = train(
+        args.task,
+        args.out,
+        config=config,
+        resume=args.resume,
+        progress=not args.no_progress,
+        callbacks=callbacks,
+        **options,
+    )
     return _print_summary(args.out, summary)
 
 
 def _cmd_resume(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
-    from .training.api import stored_task
-    from .training.loop import train
+    from .tasks.base import RESUMABLE
+    from .training import resume
 
-    changes = {
-        k: getattr(args, k)
-        for k in ("epochs", "device", "threads", "data_dir")
-        if getattr(args, k) is not None
-    }
-    task = stored_task(args.run_dir, **changes)
-    summary = train(task, args.run_dir, True, not args.no_progress, callbacks)
+    changes = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k) is not None}
+    summary = resume(args.run_dir, progress=not args.no_progress, callbacks=callbacks, **changes)
     return _print_summary(args.run_dir, summary)
 
 

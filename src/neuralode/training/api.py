@@ -66,10 +66,10 @@ def resume(
             f"a resumed run keeps its options; only {', '.join(RESUMABLE)} may change, not "
             f"{', '.join(bad)}"
         )
-    return _train(stored_task(run_dir, **changes), run_dir, True, progress, callbacks)
+    return _train(_stored_task(run_dir, **changes), run_dir, True, progress, callbacks)
 
 
-def stored_task(run_dir: str | os.PathLike, **changes: Any) -> Task:
+def _stored_task(run_dir: str | os.PathLike, **changes: Any) -> Task:
     """The task of the run in ``run_dir`` as its ``config.json`` (or checkpoint) records it,
     with ``changes`` applied."""
     run = Path(run_dir)
