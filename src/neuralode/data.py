@@ -195,8 +195,10 @@ def load_mnist(
     download: bool = True,
     retries: int = 3,
     progress: bool = False,
+    normalize: bool = True,
 ) -> tuple[TensorData, TensorData]:
-    """MNIST train and test sets as normalised float tensors ``(N, 1, 28, 28)`` and int64 labels.
+    """MNIST train and test sets as normalised float tensors ``(N, 1, 28, 28)`` and int64 labels
+    (``normalize=False``: the pixel values scaled to [0, 1], ``k / 255``).
 
     Files are looked up under ``data_dir/mnist``, ``$NEURALODE_DATA_DIR/mnist`` and the user cache
     directory; if absent they are downloaded into the cache (``download=True``), verified by the
@@ -239,7 +241,7 @@ def load_mnist(
 
     def images(key: str) -> torch.Tensor:
         x = arrays[key].to(torch.float32).div_(255.0).unsqueeze(1)
-        return x.sub_(MNIST_MEAN).div_(MNIST_STD)
+        return x.sub_(MNIST_MEAN).div_(MNIST_STD) if normalize else x
 
     train = TensorData(
         images("train-images-idx3-ubyte.gz"), arrays["train-labels-idx1-ubyte.gz"].long()

@@ -7,7 +7,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["plot_phase_portrait", "plot_spiral_fit", "plot_training_curves", "pyplot"]
+__all__ = [
+    "plot_density",
+    "plot_flow_strip",
+    "plot_image_samples",
+    "plot_phase_portrait",
+    "plot_spiral_fit",
+    "plot_training_curves",
+    "pyplot",
+    "save_flow_gif",
+]
 
 
 def pyplot():
@@ -120,4 +129,110 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) ->
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _hist2d(ax, pts: torch.Tensor, lim: float, title: str) -> None:
+    ax.hist2d(pts[:, 0].numpy(), pts[:, 1].numpy(), bins=120, range=[[-lim, lim], [-lim, lim]],
+              cmap="inferno")  # fmt: skip
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@torch.no_grad()
+def plot_density(model: Any, data: Any, path: Path, device: Any, n: int = 20_000) -> Path:
+    """A 2-D flow beside its data: data samples, the model's density on a grid, and samples
+    drawn from the model."""
+    plt = pyplot()
+    lim = data.dist.bound
+    m = 150
+    xs = torch.linspace(-lim, lim, m)
+    X, Y = torch.meshgrid(xs, xs, indexing="xy")
+    grid = torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+    logp = torch.cat([model.log_prob(g.to(device)).cpu() for g in grid.split(4096)])
+    samples = model.sample(n, torch.Generator().manual_seed(0)).cpu()
+    truth = data.dist.sample(n, torch.Generator().manual_seed(0))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    _hist2d(axes[0], truth, lim, "data")
+    axes[1].imshow(logp.exp().reshape(m, m).numpy(), origin="lower", cmap="inferno",
+                   extent=(-lim, lim, -lim, lim))  # fmt: skip
+    axes[1].set_title("model density")
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    _hist2d(axes[2], samples, lim, "model samples")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _scatter_frame(ax, pts: torch.Tensor, lim: float, title: str) -> None:
+    ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, alpha=0.5, color="C0")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def _path_limit(path: torch.Tensor) -> float:
+    return float(path.abs().quantile(0.995)) * 1.1
+
+
+def plot_flow_strip(path_xy: torch.Tensor, path: Path, snapshots: int = 6) -> Path:
+    """A strip of snapshots of base samples carried to data by the flow: ``path_xy`` is
+    ``(frames, n, 2)`` from the base to the data."""
+    plt = pyplot()
+    frames = path_xy.shape[0]
+    idx = [round(i * (frames - 1) / (snapshots - 1)) for i in range(snapshots)]
+    lim = _path_limit(path_xy)
+    fig, axes = plt.subplots(1, snapshots, figsize=(2.2 * snapshots, 2.4))
+    for ax, i in zip(axes, idx):
+        _scatter_frame(ax, path_xy[i], lim, f"{i / (frames - 1):.0%} of the flow")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_flow_gif(path_xy: torch.Tensor, path: Path, ms_per_frame: int = 120) -> Path:
+    """The same path as an animated GIF (written atomically)."""
+    import io
+
+    from PIL import Image
+
+    from .training.files import atomic_write
+
+    plt = pyplot()
+    lim = _path_limit(path_xy)
+    images = []
+    frames = path_xy.shape[0]
+    for i in range(frames):
+        fig, ax = plt.subplots(figsize=(3, 3))
+        _scatter_frame(ax, path_xy[i], lim, f"base → data: {i / (frames - 1):.0%}")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        buf.seek(0)
+        images.append(Image.open(buf).convert("P"))
+    images += [images[-1]] * 8  # rest on the data
+
+    def write(fh):
+        images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
+                       duration=ms_per_frame, loop=0)  # fmt: skip
+
+    atomic_write(path, write)
+    return path
+
+
+def plot_image_samples(images: torch.Tensor, path: Path, columns: int = 8) -> Path:
+    """A grid of images ``(n, 1, H, W)`` with values in [0, 1]."""
+    plt = pyplot()
+    n = images.shape[0]
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows))
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+    fig.tight_layout(pad=0.1)
     return _save(fig, path)

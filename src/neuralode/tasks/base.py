@@ -403,7 +403,8 @@ class Task(abc.ABC):
     def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple:
         """``(module, batch)`` for :func:`neuralode.diagnose`: the model as a function of one
         input, and a batch of the task's data on ``device`` (by default the model and the
-        batch's tensors moved there)."""
+        batch's tensors moved there); a third element, if any, is the loss function
+        ``loss_fn(output, target)`` to diagnose with."""
         return model, _to_device(batch, device)
 
     @abc.abstractmethod

@@ -274,5 +274,7 @@ def diagnose_run(
     device = task.options.resolved_device()
     model.to(device)
     data = task.load_data()
-    module, batch = task.diagnosis_view(model, task.diagnosis_batch(data, batch_size), device)
-    return diagnose(module, batch)
+    module, batch, *loss_fn = task.diagnosis_view(
+        model, task.diagnosis_batch(data, batch_size), device
+    )
+    return diagnose(module, batch, *loss_fn)

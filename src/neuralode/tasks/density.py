@@ -1,0 +1,375 @@
+"""Density estimation with continuous normalizing flows: FFJORD's 2-D toy distributions (test
+NLL in nats, against the data's own entropy) and MNIST (bits per dimension), trained fast with
+RNODE's regularizers (``--kinetic``, ``--jacobian``) and STEER (``--steer``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..blocks import solve_stats
+from ..data import load_mnist
+from ..errors import InvalidArgumentError
+from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
+from ..toy_densities import TOY_DATASETS, get_toy
+from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
+
+__all__ = ["DensityData", "DensityOptions", "DensityTask", "bits_per_dim"]
+
+DATASETS = (*TOY_DATASETS, "mnist")
+DIVERGENCES = ("auto", "exact", "hutchinson")
+MNIST_SHAPE = (1, 28, 28)
+
+
+def bits_per_dim(log_prob_unit: torch.Tensor, dims: int) -> torch.Tensor:
+    """Bits per dimension of 8-bit data from the log-density of its dequantized values scaled
+    to ``[0, 1]``: ``(-log p + D log 256) / (D log 2)``."""
+    return (-log_prob_unit + dims * math.log(256.0)) / (dims * math.log(2.0))
+
+
+MODELS = ModelRegistry()
+
+
+def _divergence(divergence: str, image: bool) -> str:
+    if divergence == "auto":
+        return "hutchinson" if image else "exact"
+    return divergence
+
+
+@MODELS.register(
+    "cnf", "2-D data: CNF blocks of concat-squash MLPs (FFJORD's toy dynamics), normal base"
+)
+def _cnf(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularizers):
+    layers = [
+        CNF(
+            ConcatSquashMLP(2, (hidden,) * depth, activation="tanh"),
+            t1,
+            divergence=_divergence(divergence, False),
+            noise=noise,
+            steer=steer,
+            regularizers=[type(r)(r.weight) for r in regularizers],
+            **solver,
+        )
+        for _ in range(blocks)
+    ]
+    return FlowDensity(SequentialFlow(layers), shape=(2,))
+
+
+@MODELS.register(
+    "multiscale", "images: logit, then CNF blocks per scale with squeeze and factor-out"
+)
+def _multiscale(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularizers):
+    return MultiscaleCNF(
+        MNIST_SHAPE,
+        scales=3,
+        blocks=blocks,
+        hidden=(hidden,) * depth,
+        T=t1,
+        divergence=_divergence(divergence, True),
+        noise=noise,
+        steer=steer,
+        regularizers=regularizers,
+        **solver,
+    )
+
+
+_MNIST_ONLY = ("data_dir", "train_subset", "test_subset", "val_fraction")
+
+
+@dataclasses.dataclass
+class DensityOptions(TrainOptions):
+    """A recipe for the 2-D data: batches of 512 fresh samples, Adam at 1e-3, 10 epochs of
+    100 iterations, exact trace. MNIST: ``--dataset mnist`` (the model follows)."""
+
+    epochs: int = option(10, "number of epochs", check="positive")
+    batch_size: int = option(512, "samples per batch (global)", check="positive")
+    rtol: float = option(1e-5, "training rtol", check="positive", group="ODE solver", model=True)
+    atol: float = option(1e-5, "training atol", check="positive", group="ODE solver", model=True)
+    eval_rtol: float = option(
+        1e-5, "evaluation rtol", check="positive", group="ODE solver", model=True
+    )
+    eval_atol: float = option(
+        1e-5, "evaluation atol", check="positive", group="ODE solver", model=True
+    )
+    dataset: str = option(
+        "8gaussians", "data to model (2-D toy distributions, or mnist)", choices=DATASETS,
+        group="model and data",
+    )  # fmt: skip
+    model: str = option(
+        "auto", "model (auto: cnf for 2-D data, multiscale for mnist)",
+        choices=lambda: ["auto", *MODELS.names()], group="model and data",
+    )  # fmt: skip
+    hidden: int = option(
+        64, "hidden width of the dynamics", check="positive", group="model and data", model=True
+    )
+    depth: int = option(
+        3, "hidden layers of the dynamics", check="positive", group="model and data", model=True
+    )
+    blocks: int = option(
+        1, "CNF blocks stacked (per scale for images)", check="positive",
+        group="model and data", model=True,
+    )  # fmt: skip
+    t1: float = option(
+        0.5, "integration time T of each CNF block", check="positive", group="model and data",
+        model=True,
+    )  # fmt: skip
+    divergence: str = option(
+        "auto", "trace of the Jacobian: exact, or hutchinson's estimate (auto: exact for 2-D, "
+        "hutchinson for images)", choices=DIVERGENCES, group="ODE solver", model=True,
+    )  # fmt: skip
+    noise: str = option(
+        "rademacher", "noise of the hutchinson estimator", choices=("rademacher", "gaussian"),
+        group="ODE solver", model=True,
+    )  # fmt: skip
+    steer: float = option(
+        0.0, "STEER: training end times drawn from [T - steer, T + steer]", check="non-negative",
+        group="ODE solver", model=True,
+    )  # fmt: skip
+    iters: int = option(
+        100, "2-D data: iterations per epoch (fresh samples each)", check="positive",
+        group="model and data",
+    )  # fmt: skip
+    val_size: int = option(
+        2000, "2-D data: validation samples", check="positive", group="model and data"
+    )
+    test_size: int = option(
+        10000, "2-D data: test samples", check="positive", group="model and data"
+    )
+    data_dir: str | None = option(
+        None, "mnist: folder holding mnist/ (as for the mnist task)", group="model and data"
+    )
+    train_subset: int | None = option(
+        None, "mnist: only the first N training images", check="positive",
+        group="model and data",
+    )  # fmt: skip
+    test_subset: int | None = option(
+        None, "mnist: only the first N test images", check="positive", group="model and data"
+    )
+    val_fraction: float = option(
+        0.1, "mnist: the last fraction of the training images held out for validation",
+        check="non-negative", group="model and data",
+    )  # fmt: skip
+
+    @property
+    def image(self) -> bool:
+        return self.dataset == "mnist"
+
+    def check(self) -> None:
+        if self.steer >= self.t1:
+            raise InvalidArgumentError(
+                f"steer must be below t1 ({self.t1}), got {self.steer}: the end time is drawn "
+                "from [t1 - steer, t1 + steer]"
+            )
+        if self.model == "cnf" and self.image:
+            raise InvalidArgumentError(
+                "model 'cnf' is for 2-D data; use --model multiscale (or auto) for mnist"
+            )
+        if self.model == "multiscale" and not self.image:
+            raise InvalidArgumentError(
+                f"model 'multiscale' is for images; use --model cnf (or auto) for {self.dataset}"
+            )
+        if not self.image:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in _MNIST_ONLY:
+                if getattr(self, name) != defaults[name]:
+                    raise InvalidArgumentError(
+                        f"option {name} applies to --dataset mnist only, not {self.dataset}"
+                    )
+        if self.val_fraction >= 0.5:
+            raise InvalidArgumentError(f"val_fraction must be below 0.5, got {self.val_fraction}")
+
+    def normalize(self) -> DensityOptions:
+        if self.data_dir is not None:
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        return self
+
+
+@dataclasses.dataclass
+class DensityData:
+    """2-D data: the distribution (training batches are drawn fresh) and fixed val/test
+    samples. MNIST: 8-bit pixels ``(N, 1, 28, 28)`` of each split, and fixed dequantization
+    noise for val and test."""
+
+    dist: Any
+    train: torch.Tensor | None
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+def _dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform dequantization, scaled to [0, 1): ``(pixel + u) / 256``."""
+    u = torch.rand(pixels.shape, generator=generator)
+    return (pixels.to(torch.float32) + u) / 256.0
+
+
+class _NegLogProb(nn.Module):
+    """The model as a function of its input for :func:`neuralode.diagnose`: per-sample NLL."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.model(x)
+
+
+def _mean_loss(output: torch.Tensor, target: Any) -> torch.Tensor:
+    return output.mean()
+
+
+@register_task
+class DensityTask(Task):
+    name = "density"
+    description = "density estimation with continuous normalizing flows (FFJORD, RNODE)"
+    Options = DensityOptions
+    models = MODELS
+    maximize = False
+    options: DensityOptions
+
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        return "bpd" if self.options.image else "nll"
+
+    @property
+    def model_name(self) -> str:
+        if self.options.model == "auto":
+            return "multiscale" if self.options.image else "cnf"
+        return self.options.model
+
+    # -- data
+    def load_data(self, progress: bool = False) -> DensityData:
+        o = self.options
+        if not o.image:
+            dist = get_toy(o.dataset)
+            # fixed seeds apart from the training seed: the same val/test sets for every run
+            val = dist.sample(o.val_size, torch.Generator().manual_seed(1_000_003))
+            test = dist.sample(o.test_size, torch.Generator().manual_seed(2_000_003))
+            return DensityData(dist, None, val, test)
+        train, test = load_mnist(o.data_dir, progress=progress, normalize=False)
+        pixels = train.x.mul(255).round().to(torch.uint8)
+        if o.train_subset is not None:
+            pixels = pixels[: o.train_subset]
+        n_val = round(len(pixels) * o.val_fraction)
+        cut = len(pixels) - n_val
+        test_pixels = test.x.mul(255).round().to(torch.uint8)
+        if o.test_subset is not None:
+            test_pixels = test_pixels[: o.test_subset]
+        return DensityData(
+            None,
+            pixels[:cut],
+            _dequantize(pixels[cut:], torch.Generator().manual_seed(1_000_003)),
+            _dequantize(test_pixels, torch.Generator().manual_seed(2_000_003)),
+        )
+
+    def check_data(self, data: DensityData, world: int) -> None:
+        if data.train is not None and self.options.batch_size > len(data.train):
+            raise InvalidArgumentError(
+                f"--batch-size {self.options.batch_size} is larger than the training set "
+                f"({len(data.train)} images); use a batch size of at most {len(data.train)}"
+            )
+
+    def batches_per_epoch(self, data: DensityData, world: int) -> int:
+        if data.train is None:
+            return self.options.iters
+        return len(data.train) // self.options.batch_size
+
+    def train_batches(
+        self, data: DensityData, generator: torch.Generator, rank: int, world: int
+    ) -> Iterator[Any]:
+        o = self.options
+        local = max(1, o.batch_size // world)
+        for _ in range(self.batches_per_epoch(data, world)):
+            if data.train is None:
+                x = data.dist.sample(o.batch_size, generator)
+            else:
+                idx = torch.randint(0, len(data.train), (o.batch_size,), generator=generator)
+                x = _dequantize(data.train[idx], generator)
+            yield x[rank * local : (rank + 1) * local]
+
+    # -- the loss and metrics
+    def _loss(self, log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.options.image:
+            return bits_per_dim(log_prob, x[0].numel()).mean()
+        return -log_prob.mean()
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> Step:
+        x = batch.to(device)
+        return Step(self._loss(model(x), x), len(x))
+
+    @torch.no_grad()
+    def evaluate(self, model, data: DensityData, split, device, dist=None) -> dict[str, float]:
+        x_all = data.val if split == "val" else data.test
+        if len(x_all) == 0:
+            return {}
+        was_training = model.training
+        model.eval()
+        rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        size = max(1, self.options.batch_size)
+        total, loss_sum, nfe, n_batches = 0, 0.0, 0, 0
+        for i, x in enumerate(x_all.split(size)):
+            if i % world != rank:
+                continue
+            x = x.to(device)
+            loss_sum += float(self._loss(model(x), x)) * len(x)
+            total += len(x)
+            nfe += solve_stats(model).nfe_forward
+            n_batches += 1
+        if dist is not None:
+            total, loss_sum, nfe, n_batches = dist.sum([total, loss_sum, nfe, n_batches])
+        model.train(was_training)
+        value = loss_sum / max(total, 1)
+        out = {self.metric: value, "nfe_forward": nfe / max(n_batches, 1), "samples": total}
+        if not self.options.image:
+            from ..toy_densities import entropy
+
+            out["entropy_gap"] = value - entropy(self.options.dataset, 20_000)[0]
+        return out
+
+    # -- pictures
+    def plots(self, model, data: DensityData, out: Path, device) -> list[str]:
+        from ..plotting import plot_density, plot_flow_strip, plot_image_samples, save_flow_gif
+
+        was_training = model.training
+        model.eval()
+        try:
+            if self.options.image:
+                with torch.no_grad():
+                    samples = model.sample(64, torch.Generator().manual_seed(0)).cpu()
+                return [plot_image_samples(samples.clamp(0, 1), out / "samples.png").name]
+            paths = [plot_density(model, data, out / "density.png", device)]
+            path = flow_path(model, 2000, frames=25, device=device)
+            paths.append(plot_flow_strip(path, out / "flow_snapshots.png"))
+            paths.append(save_flow_gif(path, out / "flow.gif"))
+            return [p.name for p in paths]
+        finally:
+            model.train(was_training)
+
+    # -- diagnosis
+    def diagnosis_batch(self, data: DensityData, size: int) -> Any:
+        return data.test[:size]
+
+    def diagnosis_view(self, model, batch, device) -> tuple:
+        return _NegLogProb(model), batch.to(device), _mean_loss
+
+
+@torch.no_grad()
+def flow_path(
+    model: FlowDensity, n: int, frames: int, device: torch.device, seed: int = 0
+) -> torch.Tensor:
+    """Base samples carried by the flow to data: ``(frames, n, 2)`` from the base (first) to
+    the data (last), evenly spaced in time across the stacked CNF blocks."""
+    z = torch.randn((n, *model.shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    layers = list(model.flow.layers)[::-1]
+    per = max(2, math.ceil((frames - 1) / len(layers)) + 1)
+    path = [z]
+    for layer in layers:
+        times = torch.linspace(layer.T, 0.0, per)
+        traj = layer.inverse(path[-1], times=times)
+        path.extend(traj[1:])
+    return torch.stack(path).cpu()
