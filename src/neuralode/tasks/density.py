@@ -51,6 +51,7 @@ def _cnf(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularize
             ConcatSquashMLP(2, (hidden,) * depth, activation="tanh"),
             t1,
             divergence=_divergence(divergence, False),
+            eval_divergence="exact",  # two dimensions: the test NLL is exact
             noise=noise,
             steer=steer,
             regularizers=[type(r)(r.weight) for r in regularizers],
@@ -208,15 +209,18 @@ def _dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return (pixels.to(torch.float32) + u) / 256.0
 
 
-class _NegLogProb(nn.Module):
-    """The model as a function of its input for :func:`neuralode.diagnose`: per-sample NLL."""
+class _SampleLoss(nn.Module):
+    """The model as a function of its input for :func:`neuralode.diagnose`: each sample's
+    training loss (NLL in nats, or bits/dim for images)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, image: bool) -> None:
         super().__init__()
         self.model = model
+        self.image = image
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.model(x)
+        log_prob = self.model(x)
+        return bits_per_dim(log_prob, x[0].numel()) if self.image else -log_prob
 
 
 def _mean_loss(output: torch.Tensor, target: Any) -> torch.Tensor:
@@ -302,8 +306,16 @@ class DensityTask(Task):
         x = batch.to(device)
         return Step(self._loss(model(x), x), len(x))
 
-    @torch.no_grad()
     def evaluate(self, model, data: DensityData, split, device, dist=None) -> dict[str, float]:
+        """NLL (nats) or bits/dim with the evaluation tolerances. 2-D models use the exact
+        trace; image models Hutchinson's estimate with noise from a fixed seed, so that an
+        evaluation is reproducible and leaves the training's random stream alone."""
+        cuda = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            torch.manual_seed(0)
+            return self._evaluate(model, data, split, device, dist)
+
+    def _evaluate(self, model, data: DensityData, split, device, dist) -> dict[str, float]:
         x_all = data.val if split == "val" else data.test
         if len(x_all) == 0:
             return {}
@@ -355,7 +367,7 @@ class DensityTask(Task):
         return data.test[:size]
 
     def diagnosis_view(self, model, batch, device) -> tuple:
-        return _NegLogProb(model), batch.to(device), _mean_loss
+        return _SampleLoss(model, self.options.image), batch.to(device), _mean_loss
 
 
 @torch.no_grad()
