@@ -35,7 +35,7 @@ from .blocks import NeuralODEBlock
 from .dynamics import ACTIVATIONS, ConcatConv2d
 from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
-from .solvers import SolveStats, odeint, odeint_adjoint
+from .solvers import SolveStats, get_backend, odeint, odeint_adjoint
 
 __all__ = [
     "CNF",
@@ -135,6 +135,13 @@ def _sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
 
+def _flow_norm(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The error norm of a regularized flow: the largest RMS of ``x`` and ``logdet`` (as
+    torchdiffeq's mixed norm), leaving out the regularizers' integrals, which are training
+    signals rather than outputs and should not make the solver take more steps."""
+    return torch.max(state[0].pow(2).mean().sqrt(), state[1].pow(2).mean().sqrt())
+
+
 class _FlowDynamics(nn.Module):
     """``f`` and what is integrated beside it: the state is ``(x, logdet, *regularizers)``."""
 
@@ -207,7 +214,9 @@ class CNF(NeuralODEBlock):
             :class:`~neuralode.JacobianFrobenius` (RNODE), integrated in the same solve; the
             Frobenius norm uses the divergence's noise and product (with ``"exact"``, the exact
             norm from the same rows). Their weighted sum is ``last_regularization`` after each
-            forward pass, which the training loop adds to the loss.
+            forward pass, which the training loop adds to the loss. Their integrals do not
+            control the step size (the error norm is that of ``x`` and ``logdet``), unless
+            ``options`` names a ``norm``.
         steer: STEER — in training mode the end time is drawn uniformly from
             ``[T - steer, T + steer]`` for each solve (``0 <= steer < T``).
         method, rtol, atol, eval_rtol, eval_atol, gradient, options, adjoint_options, backend:
@@ -289,11 +298,18 @@ class CNF(NeuralODEBlock):
     def _solve(self, y0: tuple[torch.Tensor, ...], times: torch.Tensor) -> tuple:
         rtol, atol = self.tolerances
         self.stats = SolveStats()
+        options = self.options
+        if (
+            len(y0) > 2
+            and "norm" not in options
+            and get_backend(self.backend).is_adaptive(self.method)
+        ):
+            options = {**options, "norm": _flow_norm}
         kwargs: dict[str, Any] = dict(
             rtol=rtol,
             atol=atol,
             method=self.method,
-            options=self.options,
+            options=options,
             backend=self.backend,
             stats=self.stats,
         )
