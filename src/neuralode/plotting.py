@@ -188,8 +188,9 @@ def plot_flow_strip(path_xy: torch.Tensor, path: Path, snapshots: int = 6) -> Pa
     idx = [round(i * (frames - 1) / (snapshots - 1)) for i in range(snapshots)]
     lim = _path_limit(path_xy)
     fig, axes = plt.subplots(1, snapshots, figsize=(2.2 * snapshots, 2.4))
-    for ax, i in zip(axes, idx):
-        _scatter_frame(ax, path_xy[i], lim, f"{i / (frames - 1):.0%} of the flow")
+    for k, (ax, i) in enumerate(zip(axes, idx)):
+        title = "base" if k == 0 else "data" if k == snapshots - 1 else f"{i / (frames - 1):.0%}"
+        _scatter_frame(ax, path_xy[i], lim, title)
     fig.tight_layout()
     return _save(fig, path)
 
