@@ -112,6 +112,7 @@ def test_a_flow_learns_from_python(tmp_path):
         (["--steer", "0.5"], "steer must be below t1 (0.5)"),
         (["--dataset", "3gaussians"], "unknown dataset '3gaussians'"),
         (["--divergence", "brute"], "unknown divergence 'brute'"),
+        (["--dataset", "mnist", "--divergence", "exact"], "use --divergence hutchinson"),
     ],
 )
 def test_bad_density_options_are_clear_errors(args, words, tmp_path):

@@ -180,6 +180,11 @@ class DensityOptions(TrainOptions):
             raise InvalidArgumentError(
                 f"model 'multiscale' is for images; use --model cnf (or auto) for {self.dataset}"
             )
+        if self.image and self.divergence == "exact":
+            raise InvalidArgumentError(
+                "divergence 'exact' on mnist would take 784 vector-Jacobian products per "
+                "evaluation of the dynamics; use --divergence hutchinson (or auto)"
+            )
         if not self.image:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name in _MNIST_ONLY:
