@@ -48,6 +48,29 @@ def run_cli(args, env=None, timeout=300, fault=None, cwd=None):
     )
 
 
+def kill_and_resume(tmp_path, common, kill_after):
+    """Train ``common`` uninterrupted into tmp_path/full and killed after ``kill_after``
+    batches (in epoch 2) into tmp_path/cut; resume the cut run from another working directory
+    by a relative path; both must end with the same weights and best epoch. Returns the
+    uninterrupted run's summary."""
+    full = run_cli([*common, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault=f"kill={kill_after}")
+    assert killed.returncode == -9
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "neuralode", "resume", "../cut", "--no-progress"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"] and a["best"] == b["best"]
+    return a
+
+
 def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(
@@ -173,7 +196,7 @@ def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir,
             r"option rtol does not apply to model 'resnet'",
         ),
         (["train", "spiral", "--model", "resnet", "--out", "x"], r"unrecognized arguments"),
-        (["train", "--out", "x"], r"argument TASK: invalid choice: .* \(choose from .density"),
+        (["train", "--out", "x"], r"argument TASK: invalid choice: .* \(choose from .mnist"),
         (["train", "mnist", "--resume", "--out", "nowhere"], r"no run to resume"),
         (["resume", "nowhere"], r"no run to resume"),
         (["evaluate", "nowhere"], r"not a run folder"),

@@ -5,8 +5,6 @@ the end times are restored too."""
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -14,8 +12,7 @@ import neuralode
 from neuralode.cli import main
 from neuralode.errors import InvalidArgumentError
 from neuralode.toy_densities import entropy
-from neuralode.training import load_checkpoint
-from test_cli import _torchrun, run_cli
+from test_cli import _torchrun, kill_and_resume
 
 TOY = ["--iters", "4", "--epochs", "2", "--val-size", "200", "--test-size", "300",
        "--hidden", "16", "--batch-size", "64", "--threads", "1", "--no-progress"]  # fmt: skip
@@ -27,27 +24,8 @@ MNIST = ["--dataset", "mnist", "--train-subset", "40", "--test-subset", "16", "-
          "--no-progress"]  # fmt: skip
 
 
-def _kill_and_resume(tmp_path, common, kill_after):
-    full = run_cli([*common, "--out", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr
-    killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault=f"kill={kill_after}")
-    assert killed.returncode == -9
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "neuralode", "resume", "../cut", "--no-progress"],
-        cwd=elsewhere, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    a = json.loads((tmp_path / "full" / "summary.json").read_text())
-    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert a["weights_sha256"] == b["weights_sha256"] and a["best"] == b["best"]
-    return a
-
-
 def test_a_2d_flow_trains_evaluates_diagnoses_and_resumes_after_a_kill(tmp_path, capsys):
-    summary = _kill_and_resume(
+    summary = kill_and_resume(
         tmp_path, ["train", "density", "--dataset", "moons", *TOY, *RNODE], kill_after=6
     )
     run = tmp_path / "full"
@@ -76,7 +54,7 @@ def test_an_mnist_flow_trains_evaluates_diagnoses_and_resumes_after_a_kill(
     data_dir, tmp_path, capsys
 ):
     common = ["train", "density", *MNIST, "--data-dir", str(data_dir)]
-    summary = _kill_and_resume(tmp_path, common, kill_after=6)  # 4 batches per epoch
+    summary = kill_and_resume(tmp_path, common, kill_after=6)  # 4 batches per epoch
     run = tmp_path / "full"
     assert summary["model"] == "multiscale" and "samples.png" in summary["plots"]
     assert 0 < summary["test_bpd"] < 40 and summary["nfe_forward"] > 0

@@ -5,8 +5,6 @@ unreadable old run)."""
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -22,29 +20,14 @@ from neuralode.errors import (
 )
 from neuralode.training import load_checkpoint, save_checkpoint
 from neuralode.training.run_folder import upgrade_config
-from test_cli import SMALL, _torchrun, run_cli
+from test_cli import SMALL, _torchrun, kill_and_resume, run_cli
 
 TRAJECTORY = ["--iters", "10", "--epochs", "3", "--schedule", "none", "--no-progress"]
 
 
 @pytest.mark.parametrize("task", ["spiral", "cubic"])
 def test_a_killed_trajectory_run_resumes_bit_identically_from_elsewhere(task, tmp_path):
-    common = ["train", task, *TRAJECTORY]
-    full = run_cli([*common, "--out", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr
-    killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault="kill=15")  # in epoch 2
-    assert killed.returncode == -9
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "neuralode", "resume", "../cut", "--no-progress"],
-        cwd=elsewhere, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    a = json.loads((tmp_path / "full" / "summary.json").read_text())
-    b = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert a["weights_sha256"] == b["weights_sha256"] and a["best"] == b["best"]
+    kill_and_resume(tmp_path, ["train", task, *TRAJECTORY], kill_after=15)  # in epoch 2
 
 
 def test_a_nan_in_a_trajectory_run_stops_with_a_diagnosis(tmp_path):

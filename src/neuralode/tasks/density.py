@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from ..blocks import solve_stats
-from ..data import load_mnist
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
 from ..toy_densities import TOY_DATASETS, get_toy
 from .base import SCHEDULES, ModelRegistry, Step, Task, TrainOptions, option, register_task
+from .mnist import MNISTDataOptions, mnist_splits
 
 __all__ = ["DensityData", "DensityOptions", "DensityTask", "bits_per_dim"]
 
@@ -80,11 +80,11 @@ def _multiscale(hidden, depth, blocks, t1, divergence, noise, steer, solver, reg
     )
 
 
-_MNIST_ONLY = ("data_dir", "train_subset", "test_subset", "val_fraction")
+_MNIST_ONLY = tuple(f.name for f in dataclasses.fields(MNISTDataOptions))
 
 
 @dataclasses.dataclass
-class DensityOptions(TrainOptions):
+class DensityOptions(MNISTDataOptions, TrainOptions):
     """A recipe for the 2-D data: batches of 512 fresh samples, Adam at 3e-3 decayed to 0 by a
     cosine schedule over 10 epochs of 100 iterations, exact trace, dopri5 at 1e-5. MNIST:
     ``--dataset mnist`` (the model follows)."""
@@ -147,26 +147,13 @@ class DensityOptions(TrainOptions):
     test_size: int = option(
         10000, "2-D data: test samples", check="positive", group="model and data"
     )
-    data_dir: str | None = option(
-        None, "mnist: folder holding mnist/ (as for the mnist task)", group="model and data"
-    )
-    train_subset: int | None = option(
-        None, "mnist: only the first N training images", check="positive",
-        group="model and data",
-    )  # fmt: skip
-    test_subset: int | None = option(
-        None, "mnist: only the first N test images", check="positive", group="model and data"
-    )
-    val_fraction: float = option(
-        0.1, "mnist: the last fraction of the training images held out for validation",
-        check="non-negative", group="model and data",
-    )  # fmt: skip
 
     @property
     def image(self) -> bool:
         return self.dataset == "mnist"
 
     def check(self) -> None:
+        super().check()
         if self.steer >= self.t1:
             raise InvalidArgumentError(
                 f"steer must be below t1 ({self.t1}), got {self.steer}: the end time is drawn "
@@ -192,13 +179,6 @@ class DensityOptions(TrainOptions):
                     raise InvalidArgumentError(
                         f"option {name} applies to --dataset mnist only, not {self.dataset}"
                     )
-        if self.val_fraction >= 0.5:
-            raise InvalidArgumentError(f"val_fraction must be below 0.5, got {self.val_fraction}")
-
-    def normalize(self) -> DensityOptions:
-        if self.data_dir is not None:
-            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
-        return self
 
 
 @dataclasses.dataclass
@@ -265,20 +245,16 @@ class DensityTask(Task):
             val = dist.sample(o.val_size, torch.Generator().manual_seed(1_000_003))
             test = dist.sample(o.test_size, torch.Generator().manual_seed(2_000_003))
             return DensityData(dist, None, val, test)
-        train, test = load_mnist(o.data_dir, progress=progress, normalize=False)
-        pixels = train.x.mul(255).round().to(torch.uint8)
-        if o.train_subset is not None:
-            pixels = pixels[: o.train_subset]
-        n_val = round(len(pixels) * o.val_fraction)
-        cut = len(pixels) - n_val
-        test_pixels = test.x.mul(255).round().to(torch.uint8)
-        if o.test_subset is not None:
-            test_pixels = test_pixels[: o.test_subset]
+        train, val, test = mnist_splits(o, progress, normalize=False)
+
+        def pixels(x: torch.Tensor) -> torch.Tensor:
+            return x.mul(255).round().to(torch.uint8)
+
         return DensityData(
             None,
-            pixels[:cut],
-            _dequantize(pixels[cut:], torch.Generator().manual_seed(1_000_003)),
-            _dequantize(test_pixels, torch.Generator().manual_seed(2_000_003)),
+            pixels(train.x),
+            _dequantize(pixels(val.x), torch.Generator().manual_seed(1_000_003)),
+            _dequantize(pixels(test.x), torch.Generator().manual_seed(2_000_003)),
         )
 
     def check_data(self, data: DensityData, world: int) -> None:

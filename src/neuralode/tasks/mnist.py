@@ -18,7 +18,14 @@ from ..errors import InvalidArgumentError
 from ..models import create_model
 from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
 
-__all__ = ["MNISTData", "MNISTOptions", "MNISTTask", "evaluate_classifier"]
+__all__ = [
+    "MNISTData",
+    "MNISTDataOptions",
+    "MNISTOptions",
+    "MNISTTask",
+    "evaluate_classifier",
+    "mnist_splits",
+]
 
 MODELS = ModelRegistry()
 
@@ -65,23 +72,10 @@ def _odenet_resnet(num_blocks):
 
 
 @dataclasses.dataclass
-class MNISTOptions(TrainOptions):
-    model: str = option("ode", "model to train", choices=MODELS.names, group="model and data")
-    hidden: int = option(
-        64, "hidden size (the vector the ODE evolves)", check="positive",
-        group="model and data", model=True,
-    )  # fmt: skip
-    num_blocks: int = option(
-        6, "residual blocks of a ResNet", check="positive", group="model and data", model=True
-    )
-    augment_dim: int = option(
-        0, "ANODE: zero dimensions added to the state", check="non-negative",
-        group="model and data", model=True,
-    )  # fmt: skip
-    t1: float = option(
-        1.0, "integration time of the ODE block, [0, t1]", check="positive",
-        group="model and data", model=True,
-    )  # fmt: skip
+class MNISTDataOptions:
+    """The options of MNIST's files and splits, for every task that trains on MNIST (mixed in
+    before :class:`TrainOptions`)."""
+
     data_dir: str | None = option(
         None,
         "folder holding mnist/; none: $NEURALODE_DATA_DIR, then the user cache (downloaded "
@@ -103,16 +97,51 @@ class MNISTOptions(TrainOptions):
     )
 
     def check(self) -> None:
+        super().check()
         if self.val_fraction >= 0.5:
             raise InvalidArgumentError(
                 f"val_fraction must be below 0.5, got {self.val_fraction} (0.1 holds out a "
                 "tenth of the training images)"
             )
 
-    def normalize(self) -> MNISTOptions:
+    def normalize(self):
         if self.data_dir is not None:  # resolvable from any working directory
             self.data_dir = str(Path(self.data_dir).expanduser().resolve())
-        return self
+        return super().normalize()
+
+
+def mnist_splits(o: MNISTDataOptions, progress: bool = False, normalize: bool = True):
+    """``(train, val, test)`` as these options ask: the training images' first
+    ``train_subset``, the last ``val_fraction`` of them held out, the test images' first
+    ``test_subset`` (``normalize=False``: pixel values scaled to [0, 1])."""
+    train, test = load_mnist(o.data_dir, progress=progress, normalize=normalize)
+    train = train.subset(o.train_subset)
+    cut = len(train) - round(len(train) * o.val_fraction)
+    return (
+        TensorData(train.x[:cut], train.y[:cut]),
+        TensorData(train.x[cut:], train.y[cut:]),
+        test.subset(o.test_subset),
+    )
+
+
+@dataclasses.dataclass
+class MNISTOptions(MNISTDataOptions, TrainOptions):
+    model: str = option("ode", "model to train", choices=MODELS.names, group="model and data")
+    hidden: int = option(
+        64, "hidden size (the vector the ODE evolves)", check="positive",
+        group="model and data", model=True,
+    )  # fmt: skip
+    num_blocks: int = option(
+        6, "residual blocks of a ResNet", check="positive", group="model and data", model=True
+    )
+    augment_dim: int = option(
+        0, "ANODE: zero dimensions added to the state", check="non-negative",
+        group="model and data", model=True,
+    )  # fmt: skip
+    t1: float = option(
+        1.0, "integration time of the ODE block, [0, t1]", check="positive",
+        group="model and data", model=True,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -167,16 +196,7 @@ class MNISTTask(Task):
     options: MNISTOptions
 
     def load_data(self, progress: bool = False) -> MNISTData:
-        o = self.options
-        train, test = load_mnist(o.data_dir, progress=progress)
-        train = train.subset(o.train_subset)
-        n_val = round(len(train) * o.val_fraction)
-        cut = len(train) - n_val
-        return MNISTData(
-            TensorData(train.x[:cut], train.y[:cut]),
-            TensorData(train.x[cut:], train.y[cut:]),
-            test.subset(o.test_subset),
-        )
+        return MNISTData(*mnist_splits(self.options, progress))
 
     def check_data(self, data: MNISTData, world: int) -> None:
         n = len(data.train)
