@@ -5,6 +5,8 @@ the end times are restored too."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +123,17 @@ def test_a_flow_trains_identically_on_two_ranks(tmp_path):
     assert res.returncode == 0, res.stderr
     digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+
+def test_a_reader_that_stops_reading_is_not_an_error(tmp_path):
+    """`neuralode evaluate RUN | head -1` printed "error: Broken pipe" with exit code 2."""
+    neuralode.train("density", out=tmp_path / "r", progress=False, epochs=1, iters=2,
+                    hidden=8, val_size=50, test_size=50, threads=1)  # fmt: skip
+    with subprocess.Popen(
+        [sys.executable, "-m", "neuralode", "evaluate", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        proc.stdout.close()  # before it prints anything: its first write finds no reader
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err

@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     except NeuralODEError as err:
         print(f"neuralode {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader went away (`neuralode evaluate RUN | head -1`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, as for any command whose reader stopped reading
     except OSError as err:  # the file system refused: say which file and why, in one line
         where = f" {err.filename}" if err.filename else ""
         print(f"neuralode {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
