@@ -61,8 +61,6 @@ def main() -> None:
         batches = [dist.sample(a.batch, gen) for _ in range(n)]
         order = list(models) if (done // a.chunk) % 2 == 0 else list(models)[::-1]
         for name in order:
-            for g in opts[name].param_groups:
-                g["lr"] = cosine(a.lr, done / a.iters)
             t0 = time.perf_counter()
             for i, x in enumerate(batches):
                 for g in opts[name].param_groups:
