@@ -13,7 +13,7 @@ from torch import nn
 import neuralode
 from neuralode import NonFiniteStateError, SolveStats
 from neuralode.solvers import _kernels as kernels
-from neuralode.solvers import _rk
+from neuralode.solvers._evaluator import Evaluator
 from neuralode.solvers._tableau import TABLEAUX
 
 NATIVE = dict(backend="native")
@@ -373,34 +373,38 @@ def test_fused_gradients_equal_plain_ones_and_direct_backprop(monkeypatch, gradi
 def test_fused_dense_output_equals_the_plain_one(method):
     tab = TABLEAUX[method]
     y0 = torch.randn(2, 9, dtype=torch.float64)
-    ev = _rk.Evaluator(
+    ev = Evaluator(
         lambda t, y: torch.sin(y) * torch.cos(3 * t),
         1.0,
         torch.float64,
         torch.device("cpu"),
         SolveStats(),
     )
+    plain_k, fused_k = (
+        kernels.TorchKernels(None, None, None),
+        kernels.FusedKernels(None, None, None, y0),
+    )
     with torch.no_grad():
         f0 = ev(0.2, y0)
-        y1, ks = _rk.rk_step(ev, tab, 0.2, y0, f0, 0.3)
+        y1, ks = plain_k.rk_stages(ev, tab, 0.2, y0, f0, 0.3)
+        y1_fused, ks_fused = fused_k.rk_stages(ev, tab, 0.2, y0, f0, 0.3)
+        torch.testing.assert_close(y1_fused, y1, rtol=1e-14, atol=1e-14)
         f1 = ks[-1] if tab.fsal else ev(0.5, y1)
         for theta in (0.0, 0.1, 0.5, 0.93):
-            ev.fused = False
-            plain = _rk.interpolate(ev, tab, y0, y1, ks, f1, 0.3, theta)
-            ev.fused = True
-            fused = _rk.interpolate(ev, tab, y0, y1, ks, f1, 0.3, theta)
+            plain = plain_k.dense(tab, y0, y1, ks, f1, 0.3, theta)
+            fused = fused_k.dense(tab, y0, y1, ks_fused, f1, 0.3, theta)
             torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
 
 
 def _spy_on_fused(monkeypatch):
     used = []
-    real = _rk.use_fused
+    real = kernels.select
 
-    def spy(ev, y0):
-        used.append(real(ev, y0))
-        return used[-1]
+    def spy(y0, *args):
+        used.append(real(y0, *args).fused)
+        return real(y0, *args)
 
-    monkeypatch.setattr(_rk, "use_fused", spy)
+    monkeypatch.setattr(kernels, "select", spy)
     return used
 
 

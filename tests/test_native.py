@@ -10,7 +10,9 @@ from torch import nn
 
 import neuralode
 from neuralode import NonFiniteStateError, SolverError, SolveStats
-from neuralode.solvers._rk import Evaluator, solve_fixed
+from neuralode.solvers._evaluator import Evaluator
+from neuralode.solvers._loops import solve_fixed
+from neuralode.solvers._methods import ExplicitRK
 from neuralode.solvers._tableau import ADAPTIVE, FIXED, TABLEAUX, ButcherTableau
 from problems import PROBLEMS
 
@@ -124,7 +126,7 @@ def _convergence_slope(tab, hs, problem, T):
     for h in hs:
         ev = Evaluator(p.func, 1.0, torch.float64, torch.device("cpu"), SolveStats())
         with torch.no_grad():
-            y = solve_fixed(ev, tab, p.y0, [0.0, T], h)[-1]
+            y = solve_fixed(ev, ExplicitRK(tab), p.y0, [0.0, T], h)[-1]
         errors.append((y - p.exact([T], 0.0)[0]).abs().max().item())
     x = [math.log(h) for h in hs]
     y = [math.log(e) for e in errors]
@@ -384,6 +386,45 @@ def test_per_sample_accuracy_and_errors():
         )
 
 
+def test_per_sample_honours_the_pi_controller():
+    """pcoeff was rejected in per-sample mode; the lanes now share one controller, so every
+    sample takes the steps it takes alone in the joint lane with the same options."""
+    mu = torch.tensor([0.5, 3.0, 8.0], dtype=torch.float64)
+    opts = {"pcoeff": 0.2, "icoeff": 0.5}
+    per, stats = _vdp(mu, options={"batch_mode": "per_sample", **opts})
+    _, plain_stats = _vdp(mu[2:], options={"batch_mode": "per_sample"})
+    assert stats.steps_accepted_per_sample[2] != plain_stats.steps_accepted_per_sample[0]
+    for i in range(len(mu)):
+        alone, alone_stats = _vdp(mu[i : i + 1], options=opts)
+        torch.testing.assert_close(per[:, i], alone[:, 0], rtol=1e-9, atol=1e-9)
+        assert stats.steps_accepted_per_sample[i] == alone_stats.steps_accepted
+        assert stats.steps_rejected_per_sample[i] == alone_stats.steps_rejected
+
+
+def test_per_sample_lane_takes_every_sample_s_own_output_times():
+    """The lane interface of the time-series models: a (batch, n) tensor of times, each row a
+    sample's own; every row equals the solve of that sample alone at its times."""
+    from neuralode.solvers._loops import AdaptiveConfig, RMSNorm, solve_adaptive_per_sample
+    from neuralode.solvers._methods import METHODS
+
+    mu = torch.tensor([0.5, 3.0, 1.0], dtype=torch.float64)
+    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).expand(3, 2).clone()
+    times = torch.tensor(
+        [[0.0, 0.3, 1.1, 2.0], [0.5, 0.6, 0.7, 3.5], [-1.0, 0.0, 2.5, 2.6]], dtype=torch.float64
+    )
+    cfg = AdaptiveConfig(rtol=1e-7, atol=1e-9, norm=RMSNorm())
+    stats = SolveStats()
+    ev = Evaluator(VanDerPol(mu), 1.0, torch.float64, torch.device("cpu"), stats)
+    with torch.no_grad():
+        out = torch.stack(solve_adaptive_per_sample(ev, METHODS["dopri5"], y0, times, cfg))
+    for i in range(3):
+        alone = neuralode.odeint(VanDerPol(mu[i : i + 1]), y0[i : i + 1], times[i], rtol=1e-7,
+                                 atol=1e-9, **NATIVE)  # fmt: skip
+        torch.testing.assert_close(out[:, i], alone[:, 0], rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"shape \(batch, n\) = \(3, n\)"):
+        solve_adaptive_per_sample(ev, METHODS["dopri5"], y0, times[:2], cfg)
+
+
 # ------------------------------------------------------------------------------ options etc.
 
 
@@ -534,3 +575,66 @@ def test_adjoint_of_dynamics_with_non_contiguous_gradients():
         grads.append(torch.autograd.grad(out.pow(2).sum(), list(f.parameters())))
     for a, d in zip(*grads, strict=True):
         torch.testing.assert_close(a, d, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ components
+
+
+def test_the_adaptive_loop_follows_a_scripted_method_and_the_controller():
+    """A stub method (y1 = y + dt, scripted error ratios) in the joint lane: the loop accepts
+    exactly the attempts with ratio <= 1, moves the time by the accepted steps only and sizes
+    every next step by the controller's formula."""
+    from neuralode.solvers._controller import PIController
+    from neuralode.solvers._loops import AdaptiveConfig, RMSNorm, solve_adaptive
+    from neuralode.solvers._methods import Method, Stepper
+
+    ratios = [0.5, 2.0, 0.9, 0.0, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    attempts = []
+
+    class Scripted(Stepper):
+        def step(self, t, y, f0, dt, last_node=None):
+            attempts.append((t, dt))
+            return y + dt, [f0]
+
+        def error_ratio(self, y, y1, ks, dt):
+            return ratios[len(attempts) - 1]
+
+        def dense(self, y0, y1, ks, f1, dt, theta):
+            return y0 + theta * dt
+
+    class Stub(Method):
+        name, order, adaptive, reuses_last_stage = "stub", 2, True, True
+        stepper_class = Scripted
+
+    ctrl = PIController(safety=0.8, ifactor=5.0, dfactor=0.3)
+    cfg = AdaptiveConfig(rtol=1e-6, atol=1e-6, norm=RMSNorm(), controller=ctrl, first_step=0.1)
+    ev = Evaluator(lambda t, y: torch.ones_like(y), 1.0, torch.float64, torch.device("cpu"),
+                   SolveStats())  # fmt: skip
+    out = solve_adaptive(ev, Stub(), torch.zeros(1, dtype=torch.float64), [0.0, 1.0], cfg)
+    t, dt = 0.0, 0.1
+    for (t_seen, dt_seen), ratio in zip(attempts, ratios, strict=False):
+        assert (t_seen, dt_seen) == pytest.approx((t, dt))
+        if ratio <= 1.0:
+            factor = 5.0 if ratio == 0 else min(5.0, max(0.8 * ratio**-0.5, 1.0))
+            t = t + dt
+        else:
+            factor = max(0.8 * ratio**-0.5, 0.3)
+        dt = dt * factor  # (the last step passes t = 1; the output there is interpolated)
+    assert float(out[-1]) == pytest.approx(1.0)  # y = t, by the stub's steps and dense output
+    assert ev.stats.steps_rejected == 1
+
+
+def test_the_pi_controller_on_floats_and_per_sample_tensors_agrees():
+    """One formula serves both lanes: the same ratios give the same factors."""
+    from neuralode.solvers._controller import PIController
+
+    ctrl = PIController(pcoeff=0.2, icoeff=0.6)
+    ratios = [0.0, 1e-3, 0.5, 1.0, 1.5, 40.0]
+    prev = [1.0, 0.2, 3.0, 1e-4, 0.7, 2.0]
+    tensor = ctrl.factor(torch.tensor(ratios, dtype=torch.float64),
+                         torch.tensor(prev, dtype=torch.float64), 5)  # fmt: skip
+    for i, (r, q) in enumerate(zip(ratios, prev, strict=True)):
+        expected = 10.0 if r == 0 else min(10.0, max(0.9 * r ** (-0.8 / 5) * q ** (0.2 / 5),
+                                                     1.0 if r < 1 else 0.2))  # fmt: skip
+        assert ctrl.factor(r, q, 5) == pytest.approx(expected)
+        assert float(tensor[i]) == pytest.approx(expected)

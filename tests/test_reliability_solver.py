@@ -12,7 +12,7 @@ from torch import nn
 
 import neuralode
 from neuralode import NonFiniteStateError, SolverError, SolveStats
-from neuralode.solvers import _rk
+from neuralode.solvers import _loops
 
 T01 = torch.tensor([0.0, 1.0])
 
@@ -275,7 +275,7 @@ def test_the_torchdiffeq_backend_gets_the_default_budget(monkeypatch):
 
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 def test_a_large_direct_backprop_graph_warns_once(monkeypatch, method):
-    monkeypatch.setattr(_rk, "GRAPH_WARNING_BYTES", 200 << 10)  # about 6 steps' worth
+    monkeypatch.setattr(_loops, "GRAPH_WARNING_BYTES", 200 << 10)  # about 6 steps' worth
     f = _Lin(nn.Linear(2, 2))
     opts = {"step_size": 0.01} if method == "rk4" else None
     t = torch.tensor([0.0, 10.0])

@@ -355,9 +355,8 @@ def test_a_complex_state_that_turns_nan_is_reported():
         {"jump_t": torch.tensor([0.5])},
         {"step_t": torch.tensor([0.5])},
         {"norm": lambda x: x.abs().max()},
-        {"pcoeff": 0.2},
     ],
-    ids=["jump_t", "step_t", "norm", "pcoeff"],
+    ids=["jump_t", "step_t", "norm"],
 )
 def test_per_sample_mode_rejects_the_options_it_does_not_honour(option):
     """jump_t was accepted and ignored (error 6e-5 instead of 2e-16 at a jump)."""

@@ -11,14 +11,15 @@ from ._validate import DEFAULT_MAX_NUM_STEPS
 __all__ = ["STIFF_REMEDIES", "step_underflow_message", "too_many_steps_message"]
 
 STIFF_REMEDIES = (
-    "for a fixed problem (inference), an implicit solver for stiff equations, "
-    "method='scipy_solver', options={'solver': 'Radau'} (needs scipy; no gradients); when "
-    "training, a regularizer that keeps the learned dynamics non-stiff (KineticEnergy, "
+    "an implicit method for stiff equations, method='kvaerno3' (or 'trbdf2'), which takes "
+    "gradients by every gradient method (direct, checkpoint, adjoint); "
+    "when training, a regularizer that keeps the learned dynamics non-stiff (KineticEnergy, "
     "JacobianFrobenius) and small initial weights of the dynamics. Looser tolerances and "
     "fixed-step methods do not help: an explicit method's step is bounded by stability, not "
     "accuracy"
 )
-"""What works on stiff dynamics (checked by the tests on dh/dt = -1e6 (h - cos t))."""
+"""What works on stiff dynamics (checked by the tests on dh/dt = -1e6 (h - cos t), with
+gradients)."""
 
 
 def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> str:
@@ -43,8 +44,17 @@ def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> st
     )
 
 
-def step_underflow_message(where: str) -> str:
-    """The message of a step size that became too small to advance the time."""
+def step_underflow_message(where: str, implicit: bool = False) -> str:
+    """The message of a step size that became too small to advance the time (an implicit
+    method is not sent to itself)."""
+    if implicit:
+        return (
+            f"the step size shrank to nothing{where}, with an implicit method. Likely causes: "
+            "the solution blows up there (a finite-time singularity: check the dynamics' "
+            "scale, or integrate over a shorter interval); the right-hand side is "
+            "discontinuous there (pass the time as options={'jump_t': ...}); or it is not "
+            "differentiable there, so that the Newton iteration cannot converge."
+        )
     return (
         f"the step size shrank to nothing{where}. Likely causes: the solution blows up there "
         "(a finite-time singularity: check the dynamics' scale, or integrate over a shorter "

@@ -29,7 +29,8 @@ class SolveStats:
     ``steps_accepted``/``steps_rejected`` those of the hardest sample. ``time_span`` is the
     total length of the time intervals solved (``|t[-1] - t[0]|`` summed over solves), so that
     ``nfe_forward / time_span`` is the cost per unit time and ``time_span / steps_accepted`` the
-    mean step.
+    mean step. ``jacobians`` counts the Jacobians an implicit method formed (each also counted
+    as one evaluation in ``nfe_forward``; ``None`` for explicit methods).
     """
 
     nfe_forward: int = 0
@@ -45,6 +46,7 @@ class SolveStats:
     nfe_per_sample: list[int] | None = None
     steps_accepted_per_sample: list[int] | None = None
     steps_rejected_per_sample: list[int] | None = None
+    jacobians: int | None = None
 
     @property
     def nfe(self) -> int:
@@ -74,6 +76,7 @@ class SolveStats:
             backend=self.backend if self.backend == other.backend else None,
             solves=self.solves + other.solves,
             time_span=self.time_span + other.time_span,
+            jacobians=_add(self.jacobians, other.jacobians),
         )
 
     @staticmethod
@@ -98,6 +101,8 @@ class SolveStats:
             parts.append(f"steps accepted={self.steps_accepted}")
         if self.steps_rejected is not None:
             parts.append(f"rejected={self.steps_rejected}")
+        if self.jacobians is not None:
+            parts.append(f"jacobians={self.jacobians}")
         if self.steps_accepted_backward is not None:
             parts.append(f"backward steps accepted={self.steps_accepted_backward}")
         if self.steps_rejected_backward is not None:
