@@ -134,7 +134,7 @@ class ButcherTableau:
         object.__setattr__(self, "dense_poly", self._dense_poly())
 
     def _dense_poly(self) -> tuple[tuple[int, tuple[float, float, float, float]], ...]:
-        """The quartic through y0, y_mid, y1 with slopes f0, f1 (``_rk.interpolate``) with
+        """The quartic through y0, y_mid, y1 with slopes f0, f1 (``Kernels.dense``) with
         y1 = y0 + dt * sum(b * k) and y_mid = y0 + dt * sum(c_mid * k) substituted; the weight
         of y0 is then exactly 1."""
         # no constant terms: coefficients of theta ... theta^4
