@@ -277,3 +277,35 @@ def test_a_singular_point_ends_in_a_clear_error():
         neuralode.odeint(lambda t, y: y * y, torch.ones(1, dtype=F64),
                          torch.tensor([0.0, 2.0], dtype=F64), method="kvaerno3")  # fmt: skip
     assert "t ≈ 1" in str(info.value)
+
+
+def test_advanced_users_may_pass_method_objects():
+    """Strings are turned into objects at the edge; an object of one's own (an unregistered
+    tableau, an implicit method configured in code) is taken as it is, by every gradient
+    method, and only by the native engine."""
+    from neuralode.solvers._implicit import ESDIRK
+    from neuralode.solvers._methods import METHODS, ExplicitRK
+    from neuralode.solvers._tableau import ButcherTableau
+
+    ralston = ExplicitRK(ButcherTableau("ralston", 2, (0.0, 2 / 3), ((), (2 / 3,)), (0.25, 0.75)))
+    krylov = ESDIRK(METHODS["kvaerno3"].tableau, linear_solver="krylov")
+    assert "ralston" not in METHODS
+    f = Linear()
+    y0 = torch.tensor([[1.0, 2.0]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    exact = y0 @ torch.linalg.matrix_exp(f.a).T
+    stats = SolveStats()
+    y = neuralode.odeint(lambda s, y: -y, torch.ones(1, dtype=F64), t, method=ralston,
+                         options={"step_size": 1e-3}, stats=stats)  # fmt: skip
+    assert float(y[-1]) == pytest.approx(math.exp(-1.0), rel=1e-6) and stats.method == "ralston"
+    for solve in (
+        lambda: neuralode.odeint(f, y0, t, method=krylov, rtol=1e-8, atol=1e-10),
+        lambda: neuralode.odeint_adjoint(f, y0, t, method=krylov, rtol=1e-8, atol=1e-10),
+    ):
+        sol = solve()
+        torch.testing.assert_close(sol[-1], exact, rtol=1e-5, atol=1e-7)
+        (g,) = torch.autograd.grad(sol[-1].sum(), y0)
+        (want,) = torch.autograd.grad(exact.sum(), y0, retain_graph=True)
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="needs backend='native'"):
+        neuralode.odeint(f, y0, t, method=krylov, backend="torchdiffeq")

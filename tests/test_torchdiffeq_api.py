@@ -376,3 +376,26 @@ def test_odeint_dense_honours_a_step_budget():
     with step_budget(20), pytest.raises(neuralode.TooManyStepsError, match="max_num_steps=20"):
         neuralode.odeint_dense(sawtooth, torch.zeros(1, dtype=F64), t0, t1, rtol=1e-12,
                                atol=1e-12)  # fmt: skip
+
+
+def test_the_signatures_are_torchdiffeq_s_plus_ours():
+    """odeint_adjoint declares odeint's keywords once (in odeint) and shows torchdiffeq's full
+    signature; an unknown keyword is a TypeError that lists the valid ones."""
+    import inspect
+
+    for ours, theirs, extra in (
+        (neuralode.odeint, torchdiffeq.odeint, ["backend", "stats", "gradient"]),
+        (neuralode.odeint_adjoint, torchdiffeq.odeint_adjoint, ["backend", "stats"]),
+        (neuralode.odeint_dense, torchdiffeq.odeint_dense, ["stats"]),
+    ):
+        names = list(inspect.signature(ours).parameters)
+        assert names == [*inspect.signature(theirs).parameters, *extra], ours.__name__
+        defaults = {n: p.default for n, p in inspect.signature(theirs).parameters.items()}
+        for name, p in inspect.signature(ours).parameters.items():
+            if name in defaults:
+                assert p.default == defaults[name], name
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['rtl'\]"):
+        neuralode.odeint_adjoint(nn.Linear(2, 2), torch.ones(2), torch.tensor([0.0, 1.0]), rtl=1)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['event_fn'\]"):
+        neuralode.odeint_dense(lambda t, y: -y, torch.ones(2), torch.tensor(0.0),
+                               torch.tensor(1.0), event_fn=None)  # fmt: skip

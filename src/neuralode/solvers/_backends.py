@@ -19,14 +19,11 @@ import torch
 from ..errors import (
     InvalidArgumentError,
     InvalidTypeError,
-    NonFiniteStateError,
     SolverError,
-    StepSizeUnderflowError,
-    TooManyStepsError,
 )
 from ._callbacks import warn_unknown_callbacks
 from ._instrument import InstrumentedFunc, is_finite
-from ._messages import step_underflow_message, too_many_steps_message
+from ._messages import Status, failure
 from ._stats import SolveStats
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
@@ -63,6 +60,7 @@ class SolveRequest:
     adjoint_options: dict[str, Any] | None = None
     adjoint_params: tuple[torch.Tensor, ...] | None = None
     gradient: str = "direct"
+    method_object: Any = None  # a method passed as an object (native engine), named by method
 
 
 class AbstractBackend(abc.ABC):
@@ -243,15 +241,15 @@ class TorchdiffeqBackend(AbstractBackend):
 def _translate(err: AssertionError, func: InstrumentedFunc, r: SolveRequest) -> Exception:
     t = None if func.last_t is None else float(func.last_t.detach())
     if not is_finite(func.last_dy):
-        return NonFiniteStateError(t)
+        return failure(Status.NONFINITE, time=t)
     msg = str(err)
     where = "" if t is None else f" near t ≈ {t:.6g}"
     if "underflow" in msg:
-        return StepSizeUnderflowError(step_underflow_message(where))
+        return failure(Status.STEP_UNDERFLOW, where=where)
     if "max_num_steps" in msg:
         limit = r.options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-        return TooManyStepsError(
-            too_many_steps_message(limit, where, r.event_fn is not None, r.rtol)
+        return failure(
+            Status.MAX_STEPS, where=where, limit=limit, rtol=r.rtol, event=r.event_fn is not None
         )
     return SolverError(f"torchdiffeq failed{where}: {msg}")
 

@@ -165,8 +165,16 @@ DEF_ALL_FINITE(double)
  * (j0, c0, j1, c1, ...) of indices into it and coefficients, and every coefficient is multiplied
  * by `scale` (the step size): the term j, c stands for c * scale * addresses[j].
  */
-static int parse_terms(PyObject *addresses, PyObject *terms, double scale, void **k, double *c,
-                       int *m) {
+typedef struct {
+    void *k[MAX_TERMS]; /* the addresses of the terms' tensors */
+    double c[MAX_TERMS]; /* their coefficients, times the scale */
+    int m;               /* how many terms */
+} Sum;
+
+static int parse_terms(PyObject *addresses, PyObject *terms, double scale, Sum *sum) {
+    void **k = sum->k;
+    double *c = sum->c;
+    int *m = &sum->m;
     if (!(PyList_Check(addresses) || PyTuple_Check(addresses)) || !PyTuple_Check(terms)) {
         PyErr_SetString(PyExc_TypeError, "addresses must be a list or tuple, terms a tuple");
         return -1;
@@ -197,20 +205,24 @@ static int parse_terms(PyObject *addresses, PyObject *terms, double scale, void 
     return 0;
 }
 
+/* A TypeError naming the call's form unless it got `want` arguments. */
+static int check_args(Py_ssize_t nargs, Py_ssize_t want, const char *usage) {
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(lincomb_doc,
              "lincomb(is_double, n, out, base, addresses, terms, scale)\n\n"
              "out = base + sum(c * scale * addresses[j] for j, c in pairs(terms)) over n "
              "elements (base None: no base term).");
 
 static PyObject *py_lincomb(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *k[MAX_TERMS];
-    double c[MAX_TERMS];
-    int m;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "lincomb(is_double, n, out, base, addresses, terms, scale)");
+    Sum sum;
+    if (check_args(nargs, 7, "lincomb(is_double, n, out, base, addresses, terms, scale)") < 0)
         return NULL;
-    }
     int dbl = PyObject_IsTrue(args[0]);
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     void *out = PyLong_AsVoidPtr(args[2]);
@@ -218,13 +230,13 @@ static PyObject *py_lincomb(PyObject *self, PyObject *const *args, Py_ssize_t na
     double scale = PyFloat_AsDouble(args[6]);
     if (dbl < 0 || PyErr_Occurred())
         return NULL;
-    if (parse_terms(args[4], args[5], scale, k, c, &m) < 0)
+    if (parse_terms(args[4], args[5], scale, &sum) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
     if (dbl)
-        lincomb_double(n, out, base, m, (const double *const *)k, c);
+        lincomb_double(n, out, base, sum.m, (const double *const *)sum.k, sum.c);
     else
-        lincomb_float(n, out, base, m, (const float *const *)k, c);
+        lincomb_float(n, out, base, sum.m, (const float *const *)sum.k, sum.c);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }
@@ -237,14 +249,11 @@ PyDoc_STRVAR(error_ratio_doc,
              "finite. scratch (n elements) is used when there are more than 8 terms.");
 
 static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *k[MAX_TERMS];
-    double c[MAX_TERMS];
-    int m;
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "error_ratio(is_double, n, seg, y0, y1, rtol, atol, "
-                                         "scratch, addresses, terms, scale)");
+    Sum sum;
+    if (check_args(nargs, 11,
+                   "error_ratio(is_double, n, seg, y0, y1, rtol, atol, scratch, addresses, "
+                   "terms, scale)") < 0)
         return NULL;
-    }
     int dbl = PyObject_IsTrue(args[0]);
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     Py_ssize_t seg = PyLong_AsSsize_t(args[2]);
@@ -260,16 +269,16 @@ static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "seg must be positive");
         return NULL;
     }
-    if (parse_terms(args[8], args[9], scale, k, c, &m) < 0)
+    if (parse_terms(args[8], args[9], scale, &sum) < 0)
         return NULL;
     double ratio;
     Py_BEGIN_ALLOW_THREADS;
     if (dbl)
-        ratio = error_ratio_double(n, seg, y0, y1, m, (const double *const *)k, c, rtol, atol,
-                                   scratch);
+        ratio = error_ratio_double(n, seg, y0, y1, sum.m, (const double *const *)sum.k, sum.c,
+                                   rtol, atol, scratch);
     else
-        ratio = error_ratio_float(n, seg, y0, y1, m, (const float *const *)k, c, rtol, atol,
-                                  scratch);
+        ratio = error_ratio_float(n, seg, y0, y1, sum.m, (const float *const *)sum.k, sum.c,
+                                  rtol, atol, scratch);
     Py_END_ALLOW_THREADS;
     return PyFloat_FromDouble(ratio);
 }
@@ -278,10 +287,8 @@ PyDoc_STRVAR(all_finite_doc, "all_finite(is_double, n, address)\n\n"
                              "Whether all n values at address are finite.");
 
 static PyObject *py_all_finite(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "all_finite(is_double, n, address)");
+    if (check_args(nargs, 3, "all_finite(is_double, n, address)") < 0)
         return NULL;
-    }
     int dbl = PyObject_IsTrue(args[0]);
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     void *x = PyLong_AsVoidPtr(args[2]);

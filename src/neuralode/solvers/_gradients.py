@@ -181,8 +181,8 @@ class _ContinuousAdjoint(torch.autograd.Function):
         # accepted step adds dt * sum(b_i * k_i^g) (quadrature on the same stages).
         # (an implicit method's stages are not evaluations of the dynamics: it integrates them)
         quadrature = spec.user_norm is None and spec.seminorm and not spec.method.implicit
-        # quadrature: the parameter adjoints of each stage, by id of the stage's derivative
-        side: dict[int, list[torch.Tensor]] = {}
+        # quadrature: the parameter adjoints of each evaluation since the last accepted step
+        side = _SideOutputs()
         p_total = sum(p_sizes)
 
         trajectory = ctx.trajectory
@@ -212,7 +212,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
             ]
             if quadrature:
                 out = torch.cat((f_part.reshape(-1), v_y.reshape(-1)))
-                side[id(out)] = [x.contiguous() for x in g]
+                side.add(out, [x.contiguous() for x in g])
                 return out
             return torch.cat([f_part.reshape(-1), v_y.reshape(-1), *(x.reshape(-1) for x in g)])
 
@@ -240,11 +240,9 @@ class _ContinuousAdjoint(torch.autograd.Function):
 
         def accumulate(ks, dt):
             if acc_p:
-                acc_kernels.accumulate_(acc_p, [side[id(k)] for k in ks], tab, dt)
-            last = side.get(id(ks[-1]))
-            side.clear()
-            if last is not None and spec.method.reuses_last_stage:
-                side[id(ks[-1])] = last
+                acc_kernels.accumulate_(acc_p, [side.of(k) for k in ks], tab, dt)
+            # the next step starts from the last stage where the method reuses it
+            side.keep(ks[-1] if spec.method.reuses_last_stage else None)
 
         for i in range(len(user_times) - 1, 0, -1):
             t_hi, t_lo = user_times[i], user_times[i - 1]
@@ -278,7 +276,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     knots = tuple(sign * plan.sign * k for k in trajectory.knots)
                     seg_cfg = dataclasses.replace(cfg, step_t=knots)
                 z = solve_adaptive(ev, spec.method, z0, internal, seg_cfg, on_accept=hook)[-1]
-            side.clear()
+            side.keep(None)
             adj_y = z[n : 2 * n] + grad_sol[i - 1].reshape(-1)
             if not quadrature:
                 adj_p = z[2 * n :]
@@ -294,6 +292,33 @@ class _ContinuousAdjoint(torch.autograd.Function):
         else:
             grads = [g.view(p.shape) for g, p in zip(torch.split(adj_p, p_sizes), params)]
         return (None, None, None, adj_y.reshape(shape), *grads)
+
+
+class _SideOutputs:
+    """What the augmented dynamics computed besides their result: the parameter adjoints of
+    each evaluation, paired with the derivative it returned (held, so that the pairing is by
+    the tensor itself). The quadrature looks up a step's stages here."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+
+    def add(self, out: torch.Tensor, parts: list[torch.Tensor]) -> None:
+        self._pairs.append((out, parts))
+
+    def of(self, k: torch.Tensor) -> list[torch.Tensor]:
+        for out, parts in reversed(self._pairs):
+            if out is k:
+                return parts
+        raise RuntimeError(
+            "internal error: a stage of the adjoint's quadrature is no evaluation of the "
+            "augmented dynamics"
+        )
+
+    def keep(self, k: torch.Tensor | None) -> None:
+        """Forget every evaluation but that of ``k`` (the next step's first stage)."""
+        self._pairs = [pair for pair in self._pairs if k is not None and pair[0] is k][-1:]
 
 
 class _Trajectory:

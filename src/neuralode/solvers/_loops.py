@@ -22,14 +22,12 @@ import torch
 from ..errors import (
     InvalidArgumentError,
     NonFiniteStateError,
-    StepSizeUnderflowError,
-    TooManyStepsError,
 )
 from . import _kernels as kernels
 from ._controller import PIController, StepBoundaries, StepSizeController
 from ._evaluator import Evaluator
 from ._kernels import rms as _rms
-from ._messages import step_underflow_message, too_many_steps_message
+from ._messages import Status, failure
 from ._methods import Method, Stepper
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
@@ -245,11 +243,8 @@ def solve_adaptive(
     t_end = t[-1]
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
-            raise TooManyStepsError(
-                too_many_steps_message(
-                    cfg.max_num_steps, f" near t ≈ {ev.sign * t_now:.6g}", False, cfg.rtol
-                )
-            )
+            where = f" near t ≈ {ev.sign * t_now:.6g}"
+            raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol)
         n_steps += 1
         # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
         dt = ctrl.clamp(dt)
@@ -258,9 +253,8 @@ def solve_adaptive(
             dt, hit = bounds.clip(t_now, dt)
         t1 = t_now + dt if hit is None else hit
         if t1 == t_now:
-            raise StepSizeUnderflowError(
-                step_underflow_message(f" near t ≈ {ev.sign * t_now:.6g}", method.implicit)
-            )
+            where = f" near t ≈ {ev.sign * t_now:.6g}"
+            raise failure(Status.STEP_UNDERFLOW, where=where, implicit=method.implicit)
         last_node = math.nextafter(t1, t_now) if hit is not None and hit in bounds.jumps else None
         if callbacks is not None:
             callbacks.step(t_now, y, dt)
@@ -336,10 +330,9 @@ def _nonfinite(ev: Evaluator, method: Method, t: float, dt: float, ks) -> Except
     """Locate the first stage whose derivative is not finite (only on the failure path)."""
     for c, k in zip(getattr(method, "nodes", ()), ks):
         if not bool(torch.isfinite(k).all()):
-            return NonFiniteStateError(ev.sign * (t + c * dt))
-    return NonFiniteStateError(
-        ev.sign * t, detail=f" (within the step to t ≈ {ev.sign * (t + dt):.6g})"
-    )
+            return failure(Status.NONFINITE, time=ev.sign * (t + c * dt))
+    within = f" (within the step to t ≈ {ev.sign * (t + dt):.6g})"
+    return failure(Status.NONFINITE, time=ev.sign * t, detail=within)
 
 
 # --------------------------------------------------------------------------- per sample
@@ -439,7 +432,7 @@ def solve_adaptive_per_sample(
     active = nxt < n_out
     while bool(active.any()):
         if n_iter >= cfg.max_num_steps:
-            raise TooManyStepsError(too_many_steps_message(cfg.max_num_steps, "", False, cfg.rtol))
+            raise failure(Status.MAX_STEPS, limit=cfg.max_num_steps, rtol=cfg.rtol)
         n_iter += 1
         counting.mask = active
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
@@ -448,7 +441,7 @@ def solve_adaptive_per_sample(
         with torch.no_grad():
             bad = torch.isnan(ratio) & active
             if bool(bad.any()):
-                raise NonFiniteStateError(float(ev.sign * t_now[bad][0]))
+                raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
             accept = ctrl.accept(ratio, dt_eff) & active
             acc += accept
             rej += (~accept) & active

@@ -1,14 +1,24 @@
-"""Messages of solver failures, shared by every engine and loop."""
+"""Solver failures: one table from a failure's status to its exception and message, shared by
+every engine and loop (:func:`failure`)."""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..errors import NonFiniteStateError, SolverError, StepSizeUnderflowError, TooManyStepsError
 from ._validate import DEFAULT_MAX_NUM_STEPS
 
-__all__ = ["STIFF_REMEDIES", "step_underflow_message", "too_many_steps_message"]
+__all__ = [
+    "STIFF_REMEDIES",
+    "Status",
+    "failure",
+    "step_underflow_message",
+    "too_many_steps_message",
+]
 
 STIFF_REMEDIES = (
     "an implicit method for stiff equations, method='kvaerno3' (or 'trbdf2'), which takes "
@@ -61,3 +71,44 @@ def step_underflow_message(where: str, implicit: bool = False) -> str:
         "interval); the right-hand side is discontinuous there (pass the time as "
         f"options={{'jump_t': ...}}); or the dynamics are stiff: {STIFF_REMEDIES}."
     )
+
+
+class Status(enum.Enum):
+    """Why a solve stopped without finishing."""
+
+    MAX_STEPS = "max_steps"  # the step budget ran out
+    STEP_UNDERFLOW = "step_underflow"  # the step size shrank to nothing
+    NONFINITE = "nonfinite"  # the state or a derivative became NaN or infinite
+
+
+def _too_many_steps(
+    where: str = "",
+    limit: int = DEFAULT_MAX_NUM_STEPS,
+    rtol: Any = 1e-7,
+    event: bool = False,
+    **_: Any,
+) -> SolverError:
+    return TooManyStepsError(too_many_steps_message(limit, where, event, rtol))
+
+
+def _underflow(where: str = "", implicit: bool = False, **_: Any) -> SolverError:
+    return StepSizeUnderflowError(step_underflow_message(where, implicit))
+
+
+def _nonfinite(time: float | None = None, detail: str = "", **_: Any) -> SolverError:
+    return NonFiniteStateError(time, detail=detail)
+
+
+_TABLE: dict[Status, Callable[..., SolverError]] = {
+    Status.MAX_STEPS: _too_many_steps,
+    Status.STEP_UNDERFLOW: _underflow,
+    Status.NONFINITE: _nonfinite,
+}
+
+
+def failure(status: Status, **context: Any) -> SolverError:
+    """The exception of a failed solve: ``context`` may give ``where`` (" near t ≈ ..."),
+    ``limit`` and ``rtol`` (the step budget and tolerance), ``event`` (an event solve),
+    ``implicit`` (an implicit method failed), ``time`` and ``detail`` (of a non-finite
+    state)."""
+    return _TABLE[status](**context)

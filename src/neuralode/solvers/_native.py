@@ -13,7 +13,7 @@ from ..errors import InvalidArgumentError
 from ._backends import AbstractBackend, SolveRequest, TorchdiffeqBackend, register_backend
 from ._gradients import GRADIENT_METHODS as _GRADIENTS
 from ._gradients import AdjointSpec
-from ._methods import METHODS
+from ._methods import METHODS, Method, get_method
 from ._plan import Plan, flat, make_plan, unflat_solution
 from ._stats import SolveStats
 
@@ -53,9 +53,9 @@ class NativeBackend(AbstractBackend):
             self._methods = self._fallback.methods | frozenset(METHODS)
         return self._methods
 
-    def valid_options(self, method: str) -> frozenset[str]:
-        if method in METHODS:
-            m = METHODS[method]
+    def valid_options(self, method: str | Method) -> frozenset[str]:
+        if isinstance(method, Method) or method in METHODS:
+            m = get_method(method)
             return (_ADAPTIVE_KEYS if m.adaptive else _FIXED_KEYS) | m.option_keys
         return self._fallback.valid_options(method)
 
@@ -63,7 +63,7 @@ class NativeBackend(AbstractBackend):
         return self.valid_options(method) - {"batch_mode"}
 
     def _delegate(self, r: SolveRequest) -> str | None:
-        if r.method not in METHODS:
+        if r.method_object is None and r.method not in METHODS:
             return f"method {r.method!r} is not native"
         if r.event_fn is not None:
             return "event handling"
@@ -77,7 +77,7 @@ class NativeBackend(AbstractBackend):
         for tol in (r.rtol, r.atol):
             if isinstance(tol, torch.Tensor) and tol.numel() > 1 and isinstance(r.y0, tuple):
                 return "per-element tolerances with a tuple state"
-        if r.adjoint and (r.adjoint_method or r.method) not in METHODS:
+        if r.adjoint and isinstance(r.adjoint_method, str) and r.adjoint_method not in METHODS:
             return f"adjoint method {r.adjoint_method!r} is not native"
         return None
 
@@ -98,7 +98,8 @@ class NativeBackend(AbstractBackend):
             stats.backend = self._fallback.name
             return self._fallback.solve(request, stats)
         r = request
-        plan = make_plan(r.func, r.y0, r.t, r.method, r.options, r.rtol, r.atol, stats)
+        method = r.method if r.method_object is None else r.method_object
+        plan = make_plan(r.func, r.y0, r.t, method, r.options, r.rtol, r.atol, stats)
         y0 = flat(r.y0)
         gradient = "adjoint" if r.adjoint else r.gradient
         if plan.per_sample and gradient != "direct":
@@ -158,7 +159,7 @@ class NativeBackend(AbstractBackend):
 
     @staticmethod
     def _adjoint_spec(r: SolveRequest, plan: Plan) -> AdjointSpec:
-        method = r.adjoint_method or r.method
+        method = r.adjoint_method or r.method_object or r.method
         opts = dict(r.adjoint_options if r.adjoint_options is not None else r.options)
         norm = opts.pop("norm", "seminorm") if r.adjoint_options is not None else "seminorm"
         opts.pop("batch_mode", None)

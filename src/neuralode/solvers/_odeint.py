@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,12 +18,12 @@ from ..errors import (
     InvalidTypeError,
     NonFiniteStateError,
     SolverError,
-    TooManyStepsError,
 )
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
 from ._instrument import first_nonfinite_time, is_finite
-from ._messages import too_many_steps_message
+from ._messages import Status, failure
+from ._methods import Method
 from ._stats import SolveStats
 
 __all__ = ["odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "step_budget"]
@@ -47,14 +48,24 @@ def _prepare(
     v.check_tolerance(atol, "atol")
     v.check_tolerance_shape(rtol, "rtol", y0)
     v.check_tolerance_shape(atol, "atol", y0)
-    method = v.check_method(method, engine.methods)
-    opts = _within_budget(
-        engine, method, v.check_options(options, method, engine.valid_options(method))
-    )
+    method_object = None
+    if isinstance(method, Method):  # an advanced user's own method object (native engine)
+        if engine.name != "native":
+            raise InvalidArgumentError(
+                f"a method object ({method!r}) needs backend='native'; the {engine.name} "
+                "backend takes method names"
+            )
+        method_object, method = method, method.name
+        keys = engine.valid_options(method_object)
+    else:
+        method = v.check_method(method, engine.methods)
+        keys = engine.valid_options(method)
+    opts = _within_budget(engine, method_object or method, v.check_options(options, method, keys))
     v.check_event_fn(event_fn)
     request = SolveRequest(
         func=func, y0=y0, t=t, rtol=rtol, atol=atol, method=method, options=opts, event_fn=event_fn
     )
+    request.method_object = method_object
     return engine, request
 
 
@@ -80,7 +91,7 @@ def step_budget(max_num_steps: int) -> Iterator[None]:
         _STEP_BUDGET.reset(token)
 
 
-def _within_budget(engine: AbstractBackend, method: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _within_budget(engine: AbstractBackend, method: Any, opts: dict[str, Any]) -> dict[str, Any]:
     budget = _STEP_BUDGET.get()
     if budget is not None and engine.is_adaptive(method):
         opts["max_num_steps"] = min(opts.get("max_num_steps") or v.DEFAULT_MAX_NUM_STEPS, budget)
@@ -98,7 +109,7 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
         times = request.t.detach()
         stats.time_span += abs(float(times[-1]) - float(times[0]))
     resolution = None
-    if engine.is_adaptive(request.method):
+    if engine.is_adaptive(request.method_object or request.method):
         resolution = v.check_dtype_resolution(request.rtol, request.atol, request.y0)
         if resolution is not None:
             warnings.warn(resolution, UserWarning, stacklevel=3)
@@ -204,27 +215,33 @@ def odeint_adjoint(
     y0: torch.Tensor | tuple[torch.Tensor, ...],
     t: torch.Tensor,
     *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-    event_fn: Callable | None = None,
     adjoint_rtol: float | torch.Tensor | None = None,
     adjoint_atol: float | torch.Tensor | None = None,
     adjoint_method: str | None = None,
     adjoint_options: Mapping[str, Any] | None = None,
     adjoint_params: Iterable[torch.Tensor] | None = None,
-    backend: str | AbstractBackend | None = None,
-    stats: SolveStats | None = None,
+    **solve: Any,
 ) -> Any:
     """Like :func:`odeint`, with gradients by the adjoint method in O(1) memory.
 
-    Same arguments and return value as ``torchdiffeq.odeint_adjoint``. ``func`` must be an
-    ``nn.Module`` unless ``adjoint_params`` lists the tensors to differentiate (``()`` for none).
-    ``adjoint_options={"norm": "seminorm"}`` ignores the parameter adjoints in the backward
-    error estimate (fewer backward steps, same accuracy of the state).
+    Same arguments and return value as ``torchdiffeq.odeint_adjoint``: :func:`odeint`'s
+    keywords (``rtol``, ``atol``, ``method``, ``options``, ``event_fn``, ``backend``,
+    ``stats``; its signature is the one place they are declared) and the ``adjoint_*`` ones.
+    ``func`` must be an ``nn.Module`` unless ``adjoint_params`` lists the tensors to
+    differentiate (``()`` for none). ``adjoint_options={"norm": "seminorm"}`` ignores the
+    parameter adjoints in the backward error estimate (fewer backward steps, same accuracy of
+    the state).
     """
-    engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
+    kw = _keywords(
+        "odeint_adjoint",
+        solve,
+        tuple(_SOLVE_DEFAULTS),
+        "adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, adjoint_params",
+    )
+    rtol, atol, stats = kw["rtol"], kw["atol"], kw["stats"]
+    engine, request = _prepare(
+        func, y0, t, rtol, atol, kw["method"], kw["options"], kw["event_fn"], kw["backend"]
+    )
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise InvalidArgumentError(
             "func must be an nn.Module so that the adjoint can find its parameters; otherwise "
@@ -242,10 +259,13 @@ def odeint_adjoint(
         v.check_tolerance(adjoint_rtol, "adjoint_rtol")
     if adjoint_atol is not None:
         v.check_tolerance(adjoint_atol, "adjoint_atol")
-    a_method = request.method if adjoint_method is None else adjoint_method
-    a_method = v.check_method(a_method, engine.methods, name="adjoint_method")
+    if adjoint_method is None and request.method_object is not None:
+        a_method = request.method_object  # the same method object solves the adjoint equations
+    else:
+        a_method = request.method if adjoint_method is None else adjoint_method
+        a_method = v.check_method(a_method, engine.methods, name="adjoint_method")
     a_opts: dict[str, Any] | None = None
-    if a_method != request.method and adjoint_options is None:
+    if a_method not in (request.method, request.method_object) and adjoint_options is None:
         if request.options:
             raise InvalidArgumentError(
                 "adjoint_method differs from method, so adjoint_options cannot be inferred from "
@@ -272,6 +292,45 @@ def odeint_adjoint(
     request.adjoint_options = a_opts
     request.adjoint_params = adjoint_params
     return _run(engine, request, stats)
+
+
+_ODEINT_PARAMETERS = inspect.signature(odeint).parameters
+_SOLVE_DEFAULTS = {
+    name: p.default
+    for name, p in _ODEINT_PARAMETERS.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "gradient"
+}
+
+
+def _keywords(
+    function: str, given: dict[str, Any], accepted: tuple[str, ...], also: str = ""
+) -> dict[str, Any]:
+    """``given`` completed with :func:`odeint`'s defaults; a keyword outside ``accepted`` is a
+    ``TypeError`` that names the valid ones."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        more = f" and {also}" if also else ""
+        raise InvalidTypeError(
+            f"{function}() got unexpected keyword arguments {unknown}; it takes "
+            f"{', '.join(accepted)}{more}"
+        )
+    return {**{k: _SOLVE_DEFAULTS[k] for k in accepted}, **given}
+
+
+# help() and inspect show torchdiffeq's full signature, odeint's keywords first
+odeint_adjoint.__signature__ = inspect.signature(odeint_adjoint).replace(
+    parameters=[
+        *(p for p in _ODEINT_PARAMETERS.values() if p.name in ("func", "y0", "t")),
+        *(_ODEINT_PARAMETERS[n] for n in ("rtol", "atol", "method", "options", "event_fn")),
+        *(
+            p
+            for p in inspect.signature(odeint_adjoint).parameters.values()
+            if p.name.startswith("adjoint_")
+        ),
+        _ODEINT_PARAMETERS["backend"],
+        _ODEINT_PARAMETERS["stats"],
+    ]
+)
 
 
 def odeint_event(
@@ -320,18 +379,18 @@ def odeint_dense(
     y0: torch.Tensor,
     t0: torch.Tensor,
     t1: torch.Tensor,
-    *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-    stats: SolveStats | None = None,
+    **solve: Any,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Solve from ``t0`` to ``t1`` with dopri5 and return its dense output, a function
-    ``y(t)`` for any ``t`` in ``[t0, t1]`` — torchdiffeq's ``odeint_dense``, same signature and
-    return value, run by torchdiffeq with neuralode's input checks, clear errors, counters and
-    default step budget (``options["max_num_steps"]``, which torchdiffeq's version lacks).
+    ``y(t)`` for any ``t`` in ``[t0, t1]`` — torchdiffeq's ``odeint_dense``, same signature
+    (the keywords ``rtol``, ``atol``, ``method``, ``options`` of :func:`odeint`, and ``stats``)
+    and return value, run by torchdiffeq with neuralode's input checks, clear errors, counters
+    and default step budget (``options["max_num_steps"]``, which torchdiffeq's version lacks).
     """
+    kw = _keywords("odeint_dense", solve, ("rtol", "atol", "method", "options", "stats"))
+    rtol, atol, method, options, stats = (
+        kw[k] for k in ("rtol", "atol", "method", "options", "stats")
+    )
     import torchdiffeq
 
     from ._instrument import InstrumentedFunc
@@ -365,7 +424,7 @@ def odeint_dense(
 
     def guarded(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if stats.nfe_forward >= budget:
-            raise TooManyStepsError(too_many_steps_message(limit, "", False, rtol))
+            raise failure(Status.MAX_STEPS, limit=limit, rtol=rtol)
         return counted(t, y)
 
     try:
@@ -374,3 +433,12 @@ def odeint_dense(
         )
     except AssertionError as err:
         raise SolverError(f"torchdiffeq's odeint_dense failed: {err}") from err
+
+
+# help() and inspect show torchdiffeq's signature
+odeint_dense.__signature__ = inspect.signature(odeint_dense).replace(
+    parameters=[
+        *(p for p in inspect.signature(odeint_dense).parameters.values() if p.name != "solve"),
+        *(_ODEINT_PARAMETERS[n] for n in ("rtol", "atol", "method", "options", "stats")),
+    ]
+)
