@@ -638,3 +638,37 @@ def test_the_pi_controller_on_floats_and_per_sample_tensors_agrees():
                                                      1.0 if r < 1 else 0.2))  # fmt: skip
         assert ctrl.factor(r, q, 5) == pytest.approx(expected)
         assert float(tensor[i]) == pytest.approx(expected)
+
+
+def test_a_registered_gradient_method_is_used_by_name():
+    """A new gradient method is a class plus a registration: a stub that records its calls and
+    delegates to the checkpointed one is reachable as odeint(..., gradient=name), and its
+    gradient is the checkpointed one's."""
+    from neuralode.solvers._gradients import GRADIENT_METHODS, Checkpoint, register_gradient_method
+
+    calls = []
+
+    class Recording(Checkpoint):
+        name = "recording"
+
+        def solve(self, plan, y0, params, spec=None):
+            calls.append((plan.method.name, len(params)))
+            return super().solve(plan, y0, params, spec)
+
+    register_gradient_method(Recording())
+    try:
+        f = Field()
+        y0 = torch.randn(4, 3, requires_grad=True)
+        t = torch.tensor([0.0, 0.5, 1.0])
+        grads = {}
+        for name in ("recording", "checkpoint"):
+            sol = neuralode.odeint(f, y0, t, gradient=name, **NATIVE)
+            grads[name] = torch.autograd.grad(sol.pow(2).sum(), (y0, *f.parameters()))
+        assert calls == [("dopri5", len(list(f.parameters())))]
+        for a, b in zip(grads["recording"], grads["checkpoint"], strict=True):
+            torch.testing.assert_close(a, b)
+        with pytest.raises(ValueError, match="'recording'") as info:
+            neuralode.odeint(f, y0, t, gradient="adjoint", **NATIVE)
+        assert "odeint_adjoint" in str(info.value)
+    finally:
+        del GRADIENT_METHODS["recording"]

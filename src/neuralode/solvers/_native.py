@@ -84,9 +84,9 @@ class NativeBackend(AbstractBackend):
     def solve(self, request: SolveRequest, stats: SolveStats) -> Any:
         reason = self._delegate(request)
         if reason is not None:
-            if request.gradient == "checkpoint":
+            if request.gradient != "direct":
                 raise InvalidArgumentError(
-                    f"gradient='checkpoint' is not available here ({reason}); use "
+                    f"gradient={request.gradient!r} is not available here ({reason}); use "
                     "gradient='direct' or odeint_adjoint"
                 )
             if request.options.get("batch_mode", "joint") != "joint":

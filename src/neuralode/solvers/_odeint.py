@@ -21,6 +21,7 @@ from ..errors import (
 )
 from . import _validate as v
 from ._backends import AbstractBackend, SolveRequest, get_backend
+from ._gradients import GRADIENT_METHODS
 from ._instrument import first_nonfinite_time, is_finite
 from ._messages import Status, failure
 from ._methods import Method
@@ -188,9 +189,10 @@ def odeint(
             instance; ``None`` picks the default (``"native"``; see ``set_default_backend``).
         stats: optional :class:`SolveStats` filled with NFE and step counters; backward
             counters keep counting when gradients are computed later.
-        gradient: ``"direct"`` (backpropagate through the solver's operations) or
+        gradient: ``"direct"`` (backpropagate through the solver's operations),
             ``"checkpoint"`` (native engine: the exact gradient of the discrete solve, keeping
-            only the accepted states and recomputing each step in the backward pass).
+            only the accepted states and recomputing each step in the backward pass), or the
+            name of a gradient method registered with ``register_gradient_method``.
 
     Returns:
         A tensor (or tuple of tensors) whose first dimension indexes ``t``.
@@ -201,10 +203,11 @@ def odeint(
         SolverError: if the solver cannot proceed (step size underflow, too many steps).
     """
     engine, request = _prepare(func, y0, t, rtol, atol, method, options, event_fn, backend)
-    if gradient not in ("direct", "checkpoint"):
+    if gradient == "adjoint" or gradient not in GRADIENT_METHODS:
+        names = ", ".join(repr(n) for n in GRADIENT_METHODS if n != "adjoint")
         raise InvalidArgumentError(
-            f"gradient must be 'direct' or 'checkpoint', got {gradient!r}; for the continuous "
-            "adjoint call odeint_adjoint"
+            f"gradient must be one of {names}, got {gradient!r}; for the continuous adjoint "
+            "call odeint_adjoint"
         )
     request.gradient = gradient
     return _run(engine, request, stats)
