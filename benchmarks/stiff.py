@@ -75,6 +75,7 @@ def ours(f, y0, t, method, rtol, atol):
 
 SOLVERS = {
     "neuralode kvaerno3": lambda *a: ours(*a[:2], a[2], "kvaerno3", *a[3:]),
+    "neuralode kvaerno5": lambda *a: ours(*a[:2], a[2], "kvaerno5", *a[3:]),
     "neuralode trbdf2": lambda *a: ours(*a[:2], a[2], "trbdf2", *a[3:]),
     "neuralode dopri5": lambda *a: ours(*a[:2], a[2], "dopri5", *a[3:]),
     "scipy Radau": lambda *a: scipy_solve(*a[:3], "Radau", *a[3:]),

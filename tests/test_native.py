@@ -672,3 +672,68 @@ def test_a_registered_gradient_method_is_used_by_name():
         assert "odeint_adjoint" in str(info.value)
     finally:
         del GRADIENT_METHODS["recording"]
+
+
+def _count_host_reads(monkeypatch) -> list:
+    """Every read of a tensor's value on the host (a synchronisation on a GPU), on the tensor
+    path that GPU states take: the list grows by one per read."""
+    monkeypatch.setenv("NEURALODE_FUSED", "0")
+    reads = []
+    for name in ("__float__", "__bool__", "__int__", "__index__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_the_joint_lane_reads_from_the_device_once_per_step(monkeypatch):
+    """On a GPU every read of a tensor's value on the host is a synchronisation. The tensor path
+    (the one GPU states take) reads one number per step attempt, the error ratio, plus a few per
+    solve (the times, the initial step's norms, the final check)."""
+    reads = _count_host_reads(monkeypatch)
+    f = Field(dim=4).double()
+    seen = []
+    for rtol in (1e-4, 1e-10):
+        stats = SolveStats()
+        reads.clear()
+        neuralode.odeint(f, torch.randn(8, 4, dtype=torch.float64),
+                         torch.linspace(0, 20, 5, dtype=torch.float64), rtol=rtol, atol=rtol,
+                         stats=stats, **NATIVE)  # fmt: skip
+        attempts = stats.steps_accepted + stats.steps_rejected
+        seen.append(attempts)
+        assert len(reads) <= attempts + 10, (len(reads), attempts)
+    assert seen[1] > seen[0] + 10  # the bound holds as the steps grow
+
+
+def test_per_sample_gradients_are_each_sample_s_own():
+    """Direct backpropagation through the per-sample lane (outputs written per sample) gives
+    every sample the gradient it has when solved alone in the joint lane."""
+    torch.manual_seed(0)
+    net = Field().double().net
+
+    def f(t, y):  # t has shape (batch,) in per-sample mode
+        return net(y) * torch.cos(t).reshape(-1, 1)
+
+    y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 1, 6, dtype=torch.float64)
+    kw = dict(rtol=1e-9, atol=1e-11, **NATIVE)
+    per = neuralode.odeint(f, y0, t, options={"batch_mode": "per_sample"}, **kw)
+    (g_per,) = torch.autograd.grad(per.pow(2).sum(), y0)
+    for i in range(4):
+        alone = neuralode.odeint(f, y0[i : i + 1], t, **kw)
+        (g_alone,) = torch.autograd.grad(alone.pow(2).sum(), y0)
+        torch.testing.assert_close(g_per[i], g_alone[i], rtol=1e-7, atol=1e-9)
+
+
+def test_the_per_sample_lane_reads_from_the_device_once_per_iteration(monkeypatch):
+    reads = _count_host_reads(monkeypatch)
+    mu = torch.tensor([0.5, 2.0, 6.0], dtype=torch.float64)
+    reads.clear()
+    _, stats = _vdp(mu, options={"batch_mode": "per_sample"})
+    iterations = stats.steps_accepted + stats.steps_rejected  # the hardest sample's
+    assert iterations > 50
+    assert len(reads) <= iterations + 20, (len(reads), iterations)

@@ -426,11 +426,16 @@ def solve_adaptive_per_sample(
         dt = torch.full_like(t_now, cfg.first_step)
     dt = ctrl.clamp(dt)
     prev_ratio = torch.ones_like(t_now)
-    out: list[torch.Tensor | None] = [y0] + [None] * (n_out - 1)
+    out = y0.unsqueeze(0).expand(n_out, *y0.shape)  # row j: every sample's output j
+    rows = torch.arange(B, device=dev)
+    positions = torch.arange(n_out, device=dev)
     nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
     n_iter = 0
     active = nxt < n_out
-    while bool(active.any()):
+    go_on = n_out > 1
+    # one read from the device per iteration (a synchronisation on a GPU): whether a sample is
+    # not finite, how many outputs a sample passed at most, and whether any sample goes on
+    while go_on:
         if n_iter >= cfg.max_num_steps:
             raise failure(Status.MAX_STEPS, limit=cfg.max_num_steps, rtol=cfg.rtol)
         n_iter += 1
@@ -440,31 +445,32 @@ def solve_adaptive_per_sample(
         ratio = stepper.error_ratio(y, y1, ks, dt_eff)
         with torch.no_grad():
             bad = torch.isnan(ratio) & active
-            if bool(bad.any()):
-                raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
             accept = ctrl.accept(ratio, dt_eff) & active
             acc += accept
             rej += (~accept) & active
             dt_new = ctrl.next_step(dt, ratio, prev_ratio, method.order)
             prev_ratio = torch.where(accept, ctrl.remember(ratio), prev_ratio)
+            t1 = t_now + dt_eff
+            passed = (positions >= nxt.unsqueeze(1)) & (times <= t1.unsqueeze(1))
+            passed &= accept.unsqueeze(1)
+            n_passed = passed.sum(dim=1)
+            any_bad, most, go_on = torch.stack(
+                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any())
+            ).tolist()
+        if any_bad:
+            raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
         counting.mask = accept
-        t1 = t_now + dt_eff
         f1, _ = stepper.end_slope(t1, y1, ks)
-        while True:  # outputs crossed by accepted samples
+        for r in range(int(most)):  # the r-th output each sample passed, where it passed one
             with torch.no_grad():
-                idx = nxt.clamp(max=n_out - 1)
+                due = n_passed > r
+                idx = (nxt + r).clamp(max=n_out - 1)
                 t_out = times.gather(1, idx.unsqueeze(1)).squeeze(1)
-                due = accept & (nxt < n_out) & (t_out <= t1)
-            if not bool(due.any()):
-                break
-            with torch.no_grad():
                 theta = ((t_out - t_now) / dt_eff.clamp(min=1e-300)).clamp(0.0, 1.0)
             val = stepper.dense(y, y1, ks, f1, dt_eff, theta)
-            for j in sorted(set(idx[due].tolist())):
-                m = (due & (idx == j)).reshape(k.view)
-                prev = out[j] if out[j] is not None else torch.zeros_like(y0)
-                out[j] = torch.where(m, val, prev)
-            nxt = nxt + due.long()
+            kept = out[idx, rows]
+            out = out.index_put((idx, rows), torch.where(due.reshape(k.view), val, kept))
+        nxt = nxt + n_passed
         am = accept.reshape(k.view)
         y = torch.where(am, y1, y)
         f0 = torch.where(am, f1, f0)
@@ -478,4 +484,4 @@ def solve_adaptive_per_sample(
     stats.nfe_per_sample = counting.nfe.tolist()
     stats.steps_accepted_per_sample = acc.tolist()
     stats.steps_rejected_per_sample = rej.tolist()
-    return out  # type: ignore[return-value]
+    return list(out.unbind(0))

@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 STIFF_REMEDIES = (
-    "an implicit method for stiff equations, method='kvaerno3' (or 'trbdf2'), which takes "
+    "an implicit method for stiff equations, method='kvaerno3' (or 'kvaerno5', 'trbdf2'), "
+    "which takes "
     "gradients by every gradient method (direct, checkpoint, adjoint); "
     "when training, a regularizer that keeps the learned dynamics non-stiff (KineticEnergy, "
     "JacobianFrobenius) and small initial weights of the dynamics. Looser tolerances and "

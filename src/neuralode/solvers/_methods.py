@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import _kernels as kernels
+from ._controller import initial_step
 from ._tableau import TABLEAUX, ButcherTableau
 
 __all__ = ["METHODS", "ExplicitRK", "Method", "Stepper", "get_method", "register_method"]
@@ -53,8 +54,6 @@ class Stepper(abc.ABC):
 
     def initial_step(self, t0: float, y0: torch.Tensor, f0: torch.Tensor, max_step: float):
         """Hairer's heuristic (one evaluation), as torchdiffeq."""
-        from ._controller import initial_step
-
         k = self.kernels
         with torch.no_grad():
             d0, d1 = k.start_norms(y0, f0)
