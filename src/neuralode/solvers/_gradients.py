@@ -235,7 +235,11 @@ class _ContinuousAdjoint(torch.autograd.Function):
         adj_y = grad_sol[-1].reshape(-1)
         adj_p = sol.new_zeros(p_total)
         tmp = SolveStats()
-        acc_kernels = kernels.select(acc_p[0]) if acc_p else None
+        # each sum in one pass of the fused kernels where every parameter allows it
+        fused_acc = bool(acc_p) and all(kernels.usable(x) for x in acc_p)
+        acc_kernels = (
+            kernels.select(acc_p[0]) if fused_acc else kernels.TorchKernels(None, None, None)
+        )
         tab = getattr(spec.method, "tableau", None)
 
         def accumulate(ks, dt):

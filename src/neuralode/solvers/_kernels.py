@@ -514,10 +514,8 @@ class FusedKernels(Kernels):
         return lincomb(stages, tuple(terms), dt)
 
     def accumulate_(self, targets, stage_parts, tab, dt: float) -> None:
-        if all(usable(x) for x in targets):
-            accumulate_(targets, stage_parts, tab.b_flat, dt)
-        else:
-            super().accumulate_(targets, stage_parts, tab, dt)
+        """(The caller checks once that every target is :func:`usable`.)"""
+        accumulate_(targets, stage_parts, tab.b_flat, dt)
 
 
 def select(y0: torch.Tensor, rtol: Any = None, atol: Any = None, norm: Any = None) -> Kernels:
