@@ -39,7 +39,8 @@ def test_the_stiff_probe_takes_a_few_hundred_evaluations(method):
                          stats=explicit)  # fmt: skip
     exact = torch.tensor([probe_exact(float(s)) for s in t], dtype=F64)
     torch.testing.assert_close(y[:, 0], exact, rtol=1e-6, atol=1e-7)
-    assert implicit.nfe_forward <= 700, implicit
+    # kvaerno5 (the one the error messages name): a few hundred; the lower orders take more
+    assert implicit.nfe_forward <= {"kvaerno5": 300}.get(method, 900), implicit
     assert explicit.nfe_forward > 20_000
     assert implicit.jacobians is not None and implicit.jacobians <= 5
 
@@ -323,3 +324,25 @@ def test_advanced_users_may_pass_method_objects():
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="needs backend='native'"):
         neuralode.odeint(f, y0, t, method=krylov, backend="torchdiffeq")
+
+
+@pytest.mark.parametrize("method", IMPLICIT)
+def test_the_checkpointed_gradient_is_the_direct_one(method, monkeypatch):
+    """Both differentiate the same discrete solve: the recomputed steps take the forward steps'
+    Newton iterations again (same Jacobian, same convergence estimate), so the gradients agree
+    to rounding, where Jacobians were reused and refreshed along the way. (The fused kernels
+    are off: they would round the initial step's norms differently in the no-grad forward pass
+    of the checkpointed gradient, and so start another discrete solve.)"""
+    monkeypatch.setenv("NEURALODE_FUSED", "0")
+    f = VanDerPol(200.0)
+    y0 = torch.tensor([[2.0, 0.0], [1.0, -3.0]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+    grads, stats = {}, {}
+    for gradient in ("direct", "checkpoint"):
+        stats[gradient] = SolveStats()
+        sol = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, gradient=gradient,
+                               stats=stats[gradient])  # fmt: skip
+        grads[gradient] = torch.autograd.grad(sol.pow(2).sum(), (y0, f.mu))
+    assert stats["direct"].jacobians >= 2  # a Jacobian was refreshed mid-solve
+    for a, b in zip(grads["direct"], grads["checkpoint"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -83,15 +83,25 @@ class _Checkpointed(torch.autograd.Function):
         stepper = plan.method.stepper(ev, kernels.TorchKernels(None, None, None))
         fixed_interp = plan.interp if plan.cfg is None else None
         adj = torch.zeros_like(grad_sol[0])
+        adj_f0: torch.Tensor | None = None  # of the first slope of the step after this one
         p_grads: list[torch.Tensor | None] = [None] * len(params)
-        for rec in reversed(records):
+        for k in range(len(records) - 1, -1, -1):
+            rec = records[k]
+            # the next step started from this step's last stage (an implicit method's slope)
+            chained = adj_f0 is not None
             with torch.enable_grad():
                 y = rec.y.detach().requires_grad_(True)
-                outs, idx = recompute_step(stepper, rec, y, fixed_interp)
-                g_outs = [adj if j < 0 else grad_sol[j] for j in idx]
-                grads = torch.autograd.grad(outs, (y, *params), g_outs, allow_unused=True)
-            adj = grads[0] if grads[0] is not None else torch.zeros_like(adj)
-            for i, g in enumerate(grads[1:]):
+                f0 = None if rec.f0 is None else rec.f0.detach().requires_grad_(True)
+                outs, idx = recompute_step(stepper, rec, y, fixed_interp, f0, chained)
+                g_outs = [adj if j == -1 else adj_f0 if j == -2 else grad_sol[j] for j in idx]
+                inputs = (y, *params) if f0 is None else (y, f0, *params)
+                grads = list(torch.autograd.grad(outs, inputs, g_outs, allow_unused=True))
+            adj = grads.pop(0)
+            adj = torch.zeros_like(rec.y) if adj is None else adj
+            adj_f0 = None if f0 is None else grads.pop(0)
+            if f0 is not None and adj_f0 is None:
+                adj_f0 = torch.zeros_like(f0)
+            for i, g in enumerate(grads):
                 if g is not None:
                     p_grads[i] = g if p_grads[i] is None else p_grads[i] + g
         adj = adj + grad_sol[0]
@@ -358,8 +368,11 @@ class _Trajectory:
             rec = self.records[k]
             with torch.no_grad():
                 self.stepper.restore(rec.state)
-                f0 = self.ev(rec.t, rec.y)
+                f0 = self.ev(rec.t, rec.y) if rec.f0 is None else rec.f0
                 y, _ = self.stepper.step(rec.t, rec.y, f0, s - rec.t)
+                if self.stepper.failed:  # Newton did not converge: the cubic through the ends
+                    end, f_end = self.states[k + 1], self.ev(rec.t + rec.dt, self.states[k + 1])
+                    y = kernels.hermite(rec.y, end, f0, f_end, rec.dt, (s - rec.t) / rec.dt)
             if len(self._cache) >= self._CACHE:
                 self._cache.clear()
             self._cache[s] = y

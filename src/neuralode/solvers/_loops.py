@@ -96,6 +96,8 @@ class StepRecord:
     last_node: float | None = None  # evaluation time of c == 1 stages before a jump
     f1_time: float | None = None  # where the end slope was evaluated when not the last stage
     state: Any = None  # the stepper's checkpoint (an implicit method's Newton matrix)
+    f0: torch.Tensor | None = None  # the first slope, where it was the last step's last stage
+    # and that is not exactly f(t, y) (an implicit method's): a recomputation must use it
 
 
 def solve_fixed(
@@ -236,6 +238,7 @@ def solve_adaptive(
     # a method whose dense output is poor on stiff dynamics steps onto every output time
     landing = tuple(t[1:]) if method.lands_on_outputs else ()
     bounds = StepBoundaries((*cfg.step_t, *landing), cfg.jump_t, t_now)
+    f0_is_stage = False  # whether f0 is the last step's last stage, and not exactly f(t, y)
     out = [y0]
     j = 1
     n_steps = 0
@@ -277,7 +280,8 @@ def solve_adaptive(
             f_next = f1 if last_node is None else ev(math.nextafter(t1, t_end + 1.0), y1)
             rec = None
             if record is not None:
-                rec = StepRecord(t_now, dt, y, [], last_node, f1_time, stepper.checkpoint())
+                rec = StepRecord(t_now, dt, y, [], last_node, f1_time, stepper.checkpoint(),
+                                 f0 if f0_is_stage else None)  # fmt: skip
             while j < len(t) and t[j] <= t1:
                 theta = (t[j] - t_now) / dt
                 out.append(stepper.dense(y, y1, ks, f1, dt, theta))
@@ -287,6 +291,7 @@ def solve_adaptive(
             if rec is not None:
                 record.append(rec)
             y, f0, t_now = y1, f_next, t1
+            f0_is_stage = not method.exact_slope and f1_time is None and last_node is None
             if hit is not None:
                 bounds.passed()
             dt_next = ctrl.next_step(dt, ratio, prev_ratio, order)
@@ -301,15 +306,26 @@ def solve_adaptive(
 
 
 def recompute_step(
-    stepper: Stepper, rec: StepRecord, y: torch.Tensor, fixed_interp: str | None = None
+    stepper: Stepper,
+    rec: StepRecord,
+    y: torch.Tensor,
+    fixed_interp: str | None = None,
+    f0: torch.Tensor | None = None,
+    last_stage: bool = False,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Recompute an accepted step from its record (under autograd, in the checkpointed
-    gradient's backward pass): ``([y1, *outputs], [-1, *output indices])``."""
+    gradient's backward pass): ``([y1, *outputs], [-1, *output indices])``, with the last
+    stage appended (index ``-2``) where ``last_stage`` (the next step started from it). ``f0``
+    is the recorded first slope where there is one (else ``f(t, y)`` is evaluated)."""
     ev = stepper.ev
     stepper.restore(rec.state)
-    f0 = ev(rec.t, y)
+    if f0 is None:
+        f0 = ev(rec.t, y)
     y1, ks = stepper.step(rec.t, y, f0, rec.dt, rec.last_node)
     outs, idx = [y1], [-1]
+    if last_stage:
+        outs.append(ks[-1])
+        idx.append(-2)
     if rec.outputs:
         t1 = rec.t + rec.dt
         if fixed_interp is not None:

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 STIFF_REMEDIES = (
-    "an implicit method for stiff equations, method='kvaerno3' (or 'kvaerno5', 'trbdf2'), "
+    "an implicit method for stiff equations, method='kvaerno5' (or 'kvaerno3', 'trbdf2'), "
     "which takes "
     "gradients by every gradient method (direct, checkpoint, adjoint); "
     "when training, a regularizer that keeps the learned dynamics non-stiff (KineticEnergy, "

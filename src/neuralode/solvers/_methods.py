@@ -82,6 +82,8 @@ class Method(abc.ABC):
     reuses_last_stage: bool = False
     implicit: bool = False
     lands_on_outputs: bool = False  # steps end on every output time instead of interpolating
+    # whether a reused last stage is exactly f(t1, y1) (else a recomputed step must be given it)
+    exact_slope: bool = True
 
     stepper_class: type[Stepper]
 
