@@ -76,7 +76,7 @@ STIFF = {
     "van der pol mu=1000": (
         VanDerPol(1000.0),
         torch.tensor([2.0, 0.0], dtype=F64),
-        torch.linspace(0.0, 2000.0, 5, dtype=F64),
+        torch.linspace(0.0, 1000.0, 3, dtype=F64),  # through the first relaxation jump
         1e-8,
     ),
     "robertson": (
@@ -195,12 +195,12 @@ def test_krylov_and_dense_newton_give_the_same_solution():
     Jacobian, on a batch of Van der Pol oscillators (mu = 100)."""
     f = VanDerPol(100.0)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.5, 0.5]], dtype=F64)
-    t = torch.tensor([0.0, 5.0], dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
     sols, stats = {}, {}
     for solver in ("dense", "krylov"):
         stats[solver] = SolveStats()
         with torch.no_grad():
-            sols[solver] = neuralode.odeint(f, y0, t, method="kvaerno3", rtol=1e-7, atol=1e-9,
+            sols[solver] = neuralode.odeint(f, y0, t, method="kvaerno5", rtol=1e-7, atol=1e-9,
                                             options={"linear_solver": solver},
                                             stats=stats[solver])  # fmt: skip
     ref = np.stack([_scipy(f, y, t, "Radau", 1e-11, 1e-13)[-1] for y in y0])
@@ -336,11 +336,11 @@ def test_the_checkpointed_gradient_is_the_direct_one(method, monkeypatch):
     monkeypatch.setenv("NEURALODE_FUSED", "0")
     f = VanDerPol(200.0)
     y0 = torch.tensor([[2.0, 0.0], [1.0, -3.0]], dtype=F64, requires_grad=True)
-    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+    t = torch.tensor([0.0, 0.2, 0.5], dtype=F64)
     grads, stats = {}, {}
     for gradient in ("direct", "checkpoint"):
         stats[gradient] = SolveStats()
-        sol = neuralode.odeint(f, y0, t, method=method, rtol=1e-6, atol=1e-8, gradient=gradient,
+        sol = neuralode.odeint(f, y0, t, method=method, rtol=1e-5, atol=1e-7, gradient=gradient,
                                stats=stats[gradient])  # fmt: skip
         grads[gradient] = torch.autograd.grad(sol.pow(2).sum(), (y0, f.mu))
     assert stats["direct"].jacobians >= 2  # a Jacobian was refreshed mid-solve
