@@ -737,3 +737,32 @@ def test_the_per_sample_lane_reads_from_the_device_once_per_iteration(monkeypatc
     iterations = stats.steps_accepted + stats.steps_rejected  # the hardest sample's
     assert iterations > 50
     assert len(reads) <= iterations + 20, (len(reads), iterations)
+
+
+def test_a_controller_of_one_s_own_is_one_class():
+    """options={'controller': ...} takes a StepSizeController object: PIController(...) gives
+    what the same torchdiffeq options give, and a stub that never changes the step (after a
+    scripted first step) takes exactly T / first_step steps, in both lanes."""
+    from neuralode.solvers._controller import PIController, StepSizeController
+
+    class Constant(StepSizeController):
+        def factor(self, ratio, prev_ratio, order):
+            return 1.0 if not isinstance(ratio, torch.Tensor) else torch.ones_like(ratio)
+
+    mu = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    by_options, s1 = _vdp(mu, options={"pcoeff": 0.3, "safety": 0.8})
+    by_object, s2 = _vdp(mu, options={"controller": PIController(pcoeff=0.3, safety=0.8)})
+    torch.testing.assert_close(by_object, by_options, rtol=0, atol=0)
+    assert (s1.steps_accepted, s1.steps_rejected) == (s2.steps_accepted, s2.steps_rejected)
+    for mode in ("joint", "per_sample"):
+        stats = SolveStats()
+        y = neuralode.odeint(lambda t, y: -y, torch.ones(3, 1, dtype=torch.float64),
+                             torch.tensor([0.0, 1.0], dtype=torch.float64),
+                             options={"controller": Constant(), "first_step": 0.01,
+                                      "batch_mode": mode}, stats=stats, **NATIVE)  # fmt: skip
+        assert stats.steps_accepted == 100 and stats.steps_rejected == 0
+        torch.testing.assert_close(y[-1], torch.full((3, 1), math.exp(-1.0), dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"replaces the options \['safety'\]"):
+        _vdp(mu, options={"controller": PIController(), "safety": 0.5})
+    with pytest.raises(TypeError, match="StepSizeController"):
+        _vdp(mu, options={"controller": "pi"})

@@ -26,6 +26,7 @@ _ADAPTIVE_KEYS = frozenset(
     {
         "first_step", "safety", "ifactor", "dfactor", "pcoeff", "icoeff", "min_step",
         "max_step", "max_num_steps", "step_t", "jump_t", "norm", "dtype", "batch_mode",
+        "controller",
     }
 )  # fmt: skip
 _FIXED_KEYS = frozenset({"step_size", "interp", "norm", "grid_constructor", "perturb"})
@@ -88,6 +89,11 @@ class NativeBackend(AbstractBackend):
                 raise InvalidArgumentError(
                     f"gradient={request.gradient!r} is not available here ({reason}); use "
                     "gradient='direct' or odeint_adjoint"
+                )
+            if request.options.get("controller") is not None:
+                raise InvalidArgumentError(
+                    f"options['controller'] is not available here ({reason}); use torchdiffeq's "
+                    "options (safety, ifactor, dfactor, pcoeff, icoeff, min_step, max_step)"
                 )
             if request.options.get("batch_mode", "joint") != "joint":
                 raise InvalidArgumentError(

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _implicit  # noqa: F401  (registers the implicit methods)
 from ._callbacks import StepCallbacks
-from ._controller import PIController
+from ._controller import PIController, StepSizeController
 from ._evaluator import Evaluator
 from ._kernels import rms as _rms
 from ._loops import (
@@ -118,15 +118,19 @@ def make_plan(
     cfg = None
     step_size = None
     if meth.adaptive:
-        controller = PIController(
-            safety=float(options.get("safety", 0.9)),
-            ifactor=float(options.get("ifactor", 10.0)),
-            dfactor=float(options.get("dfactor", 0.2)),
-            pcoeff=float(options.get("pcoeff", 0.0)),
-            icoeff=float(options.get("icoeff", 1.0)),
-            min_step=float(options.get("min_step", 0.0)),
-            max_step=float(options.get("max_step", math.inf)),
-        )
+        controller = options.get("controller")
+        if controller is None:
+            controller = PIController(
+                safety=float(options.get("safety", 0.9)),
+                ifactor=float(options.get("ifactor", 10.0)),
+                dfactor=float(options.get("dfactor", 0.2)),
+                pcoeff=float(options.get("pcoeff", 0.0)),
+                icoeff=float(options.get("icoeff", 1.0)),
+                min_step=float(options.get("min_step", 0.0)),
+                max_step=float(options.get("max_step", math.inf)),
+            )
+        else:
+            _check_controller(controller, options)
         cfg = AdaptiveConfig(
             rtol=_tolerance(rtol),
             atol=_tolerance(atol),
@@ -174,3 +178,21 @@ def unflat_solution(sol: torch.Tensor, shapes: list[torch.Size] | None) -> Any:
         return sol
     parts = torch.split(sol, [math.prod(s) for s in shapes], dim=1)
     return tuple(p.reshape(sol.shape[0], *s) for p, s in zip(parts, shapes, strict=True))
+
+
+_CONTROLLER_KEYS = ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "min_step", "max_step")
+
+
+def _check_controller(controller: Any, options: dict[str, Any]) -> None:
+    """A controller object of one's own, and not also the options it replaces."""
+    if not isinstance(controller, StepSizeController):
+        raise InvalidTypeError(
+            f"options['controller'] must be a StepSizeController (e.g. PIController(...)), got "
+            f"{type(controller).__name__}"
+        )
+    both = [k for k in _CONTROLLER_KEYS if options.get(k) is not None]
+    if both:
+        raise InvalidArgumentError(
+            f"options['controller'] replaces the options {both}: give them to the controller "
+            f"object instead (e.g. PIController({both[0]}=...))"
+        )
