@@ -298,9 +298,8 @@ def test_advanced_users_may_pass_method_objects():
     """Strings are turned into objects at the edge; an object of one's own (an unregistered
     tableau, an implicit method configured in code) is taken as it is, by every gradient
     method, and only by the native engine."""
-    from neuralode.solvers._implicit import ESDIRK
-    from neuralode.solvers._methods import METHODS, ExplicitRK
-    from neuralode.solvers._tableau import ButcherTableau
+    from neuralode.solvers import ESDIRK, ButcherTableau, ExplicitRK
+    from neuralode.solvers._methods import METHODS
 
     ralston = ExplicitRK(ButcherTableau("ralston", 2, (0.0, 2 / 3), ((), (2 / 3,)), (0.25, 0.75)))
     krylov = ESDIRK(METHODS["kvaerno5"].tableau, linear_solver="krylov")
