@@ -766,3 +766,46 @@ def test_a_controller_of_one_s_own_is_one_class():
         _vdp(mu, options={"controller": PIController(), "safety": 0.5})
     with pytest.raises(TypeError, match="StepSizeController"):
         _vdp(mu, options={"controller": "pi"})
+
+
+def test_per_sample_times_at_the_public_api():
+    """odeint with a (batch, n) t and batch_mode='per_sample': row b of the result's sample b
+    is its state at its own times (the matrix exponential), equal to solving it alone; a
+    shorter series is padded by repeating its last time; decreasing rows solve backwards."""
+    torch.manual_seed(3)
+    A = torch.tensor([[-0.1, -1.0], [1.0, -0.1]], dtype=torch.float64)
+
+    def f(t, y):
+        return y @ A.T
+
+    y0 = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.sort(torch.rand(4, 6, dtype=torch.float64) * 5, dim=1).values
+    t[:, 0] = torch.tensor([0.0, 0.3, -1.0, 0.0], dtype=torch.float64)
+    t[3, 4:] = t[3, 3]  # a series of four observations, padded
+    kw = dict(rtol=1e-9, atol=1e-11, **NATIVE)
+    stats = SolveStats()
+    out = neuralode.odeint(f, y0, t, options={"batch_mode": "per_sample"}, stats=stats, **kw)
+    assert out.shape == (6, 4, 2)
+    for b in range(4):
+        exact = torch.stack(
+            [y0[b] @ torch.linalg.matrix_exp(A * float(s - t[b, 0])).T for s in t[b]]
+        )
+        torch.testing.assert_close(out[:, b], exact, rtol=1e-7, atol=1e-8)
+        n = 4 if b == 3 else 6
+        alone = neuralode.odeint(f, y0[b : b + 1], t[b, :n], options={"batch_mode": "per_sample"},
+                                 **kw)  # fmt: skip
+        torch.testing.assert_close(out[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12)
+    # backwards in time from the last states, every row decreasing: back to the start
+    back = neuralode.odeint(f, out[-1, :3], t[:3].flip(1), options={"batch_mode": "per_sample"},
+                            **kw)  # fmt: skip
+    torch.testing.assert_close(back[-1], y0[:3], rtol=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="2-D t, every sample its own times, needs options"):
+        neuralode.odeint(f, y0, t, **kw)
+    with pytest.raises(ValueError, match="4 samples in its first dimension"):
+        neuralode.odeint(f, y0[:3], t, options={"batch_mode": "per_sample"}, **kw)
+    bad = t.clone()
+    bad[1, 2] = bad[1, 1] - 0.1
+    with pytest.raises(ValueError, match="row 1 is"):
+        neuralode.odeint(f, y0, bad, options={"batch_mode": "per_sample"}, **kw)
+    with pytest.raises(ValueError, match="backend='native'"):
+        neuralode.odeint(f, y0, t, options={"batch_mode": "per_sample"}, backend="torchdiffeq")

@@ -44,7 +44,19 @@ def _prepare(
     engine = get_backend(backend)
     v.check_func(func)
     v.check_y0(y0)
-    v.check_t(t)
+    per_sample = isinstance(options, Mapping) and options.get("batch_mode") == "per_sample"
+    v.check_t(t, per_sample=per_sample)
+    if t.ndim == 2:
+        if engine.name != "native":
+            raise InvalidArgumentError(
+                f"per-sample times (a 2-D t) need backend='native', not {engine.name!r}"
+            )
+        if not isinstance(y0, torch.Tensor) or y0.ndim == 0 or y0.shape[0] != t.shape[0]:
+            shape = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
+            raise InvalidArgumentError(
+                f"per-sample times of shape {tuple(t.shape)} need a tensor state with "
+                f"{t.shape[0]} samples in its first dimension, got {shape}"
+            )
     v.check_tolerance(rtol, "rtol")
     v.check_tolerance(atol, "atol")
     v.check_tolerance_shape(rtol, "rtol", y0)
@@ -108,7 +120,7 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
     stats.solves += 1
     if request.event_fn is None:
         times = request.t.detach()
-        stats.time_span += abs(float(times[-1]) - float(times[0]))
+        stats.time_span += float((times[..., -1] - times[..., 0]).abs().max())
     resolution = None
     if engine.is_adaptive(request.method_object or request.method):
         resolution = v.check_dtype_resolution(request.rtol, request.atol, request.y0)
@@ -118,7 +130,10 @@ def _run(engine: AbstractBackend, request: SolveRequest, stats: SolveStats | Non
         out = engine.solve(request, stats)
         solution = out[1] if request.event_fn is not None else out
         times = request.t if request.event_fn is None else None
-        if times is not None:
+        if times is not None and times.ndim == 2:  # per-sample times: no single time to name
+            if not is_finite(solution):
+                raise NonFiniteStateError(None, detail=" (per-sample times)")
+        elif times is not None:
             bad = first_nonfinite_time(solution, times)
             if bad is not None:
                 raise NonFiniteStateError(

@@ -52,7 +52,7 @@ class Plan:
     func: Callable
     method: Method
     sign: float
-    times: list[float]  # internal, increasing
+    times: Any  # internal, increasing: a list, or a (batch, n) tensor of per-sample times
     shapes: list[torch.Size] | None
     dtype: torch.dtype
     device: torch.device
@@ -97,9 +97,14 @@ def make_plan(
     stats: SolveStats,
 ) -> Plan:
     meth = get_method(method).with_options(options)
-    tl = [float(x) for x in t.detach().cpu().tolist()]
-    sign = -1.0 if len(tl) > 1 and tl[1] < tl[0] else 1.0
-    times = [sign * x for x in tl]
+    if t.ndim == 2:  # per-sample times: a row per sample, every row in the same direction
+        first = t[0].detach().cpu().tolist()
+        sign = -1.0 if len(first) > 1 and first[1] < first[0] else 1.0
+        times: Any = sign * t.detach()
+    else:
+        tl = [float(x) for x in t.detach().cpu().tolist()]
+        sign = -1.0 if len(tl) > 1 and tl[1] < tl[0] else 1.0
+        times = [sign * x for x in tl]
     is_tuple = not isinstance(y0, torch.Tensor)
     shapes = [y.shape for y in y0] if is_tuple else None
     ref = y0[0] if is_tuple else y0

@@ -63,11 +63,22 @@ def check_y0(y0: Any) -> bool:
     return is_tuple
 
 
-def check_t(t: Any) -> None:
+def check_t(t: Any, per_sample: bool = False) -> None:
+    """``t`` is 1-D; with ``per_sample`` it may also be 2-D, a row of times per sample (see
+    :func:`check_t_rows`)."""
     if not isinstance(t, torch.Tensor):
         raise InvalidTypeError(
             f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), got {type(t).__name__}"
         )
+    if t.ndim == 2 and t.is_floating_point():
+        if not per_sample:
+            raise InvalidArgumentError(
+                f"t must be 1-D (times shared by the batch, {_T_EXAMPLE}), got shape "
+                f"{tuple(t.shape)}; a 2-D t, every sample its own times, needs "
+                "options={'batch_mode': 'per_sample'} on the native engine"
+            )
+        check_t_rows(t)
+        return
     if t.ndim != 1:
         raise InvalidArgumentError(
             f"t must be 1-D (the times at which to report the solution), got shape "
@@ -93,6 +104,37 @@ def check_t(t: Any) -> None:
                 "t must be strictly increasing or strictly decreasing (no repeated times), "
                 f"got {shown}"
             )
+
+
+def check_t_rows(t: torch.Tensor) -> None:
+    """Per-sample times: row ``b`` holds sample ``b``'s output times, its first the sample's
+    start, all rows strictly increasing (or all strictly decreasing). A shorter series is padded
+    by repeating its last time; its outputs there repeat its last state."""
+    if t.shape[1] == 0 or t.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"t must hold at least one time per sample, got shape {tuple(t.shape)}"
+        )
+    rows = t.detach().cpu().double()
+    if not bool(torch.isfinite(rows).all()):
+        raise InvalidArgumentError(
+            "t must hold finite times (pad a shorter series by repeating its last time, not "
+            "with NaN)"
+        )
+    if t.shape[1] == 1:
+        return
+    steps = rows.diff(dim=1)
+    sign = 1.0 if float(steps[0][0]) >= 0 else -1.0
+    steps = steps * sign
+    # strictly monotone, then (padding) constant to the end of the row
+    padded = (steps == 0).cumsum(dim=1) > 0
+    bad = (steps < 0) | (padded & (steps != 0)) | (steps[:, :1] == 0)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0])
+        raise InvalidArgumentError(
+            f"per-sample times must be strictly increasing in every row (or decreasing in every "
+            f"row), a shorter row padded at its end by repeating its last time; row {row} is "
+            f"{rows[row].tolist()}"
+        )
 
 
 def check_tolerance(value: Any, name: str) -> None:
