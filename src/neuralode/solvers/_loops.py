@@ -265,7 +265,7 @@ def solve_adaptive(
         ratio = stepper.error_ratio(y, y1, ks, dt)
         if math.isnan(ratio):
             raise _nonfinite(ev, method, t_now, dt, ks)
-        if ratio <= 1.0 or dt <= ctrl.min_step:  # a step at min_step is taken (torchdiffeq)
+        if ctrl.accept(ratio, dt):
             stats.steps_accepted += 1
             n_accepted += 1
             if callbacks is not None:
