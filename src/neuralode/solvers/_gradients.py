@@ -85,8 +85,7 @@ class _Checkpointed(torch.autograd.Function):
         adj = torch.zeros_like(grad_sol[0])
         adj_f0: torch.Tensor | None = None  # of the first slope of the step after this one
         p_grads: list[torch.Tensor | None] = [None] * len(params)
-        for k in range(len(records) - 1, -1, -1):
-            rec = records[k]
+        for rec in reversed(records):
             # the next step started from this step's last stage (an implicit method's slope)
             chained = adj_f0 is not None
             with torch.enable_grad():

@@ -198,6 +198,9 @@ class LinearSolver(abc.ABC):
         """Form a new Jacobian at the next :meth:`prepare`; ``False`` where that cannot help."""
         return False
 
+    def step_done(self) -> None:  # noqa: B027 (matrix-free solvers keep no Jacobian)
+        """A step was accepted: the Jacobian at hand is no longer fresh."""
+
     def state(self) -> Any:
         """What reproduces the solver's next solves exactly (``None``: nothing to keep)."""
         return None
@@ -525,7 +528,7 @@ class _ESDIRKStepper(Stepper):
         with torch.no_grad():
             err = kernels.combine(torch.zeros_like(y), ks, self.tab.b_err_terms, dt)
             ratio = self.kernels.scaled_norm(err, y, y1)
-        if ratio <= 1.0 and isinstance(self.solver, DenseNewton):
+        if ratio <= 1.0:
             self.solver.step_done()
         return ratio
 

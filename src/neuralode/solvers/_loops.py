@@ -375,9 +375,6 @@ class _PerSampleKernels(kernels.TorchKernels):
             scaled = x / (mag * self.rtol).add_(self.atol)
             return scaled.reshape(self.batch, -1).pow(2).mean(dim=1).sqrt().to(self.time_dtype)
 
-    def slope_change(self, y0, f0, f1, h0):
-        return self.scaled_norm(f1 - f0, y0) / h0
-
     def axpy(self, y, k, h):
         return y + self.state_dt(h) * k
 
