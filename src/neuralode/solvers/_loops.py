@@ -365,6 +365,7 @@ class _PerSampleKernels(kernels.TorchKernels):
         self.view = (self.batch,) + (1,) * (y0.ndim - 1)
         self.dtype = y0.dtype
         self.time_dtype = time_dtype
+        self._poly_key: Any = None
 
     def state_dt(self, dt: Any) -> Any:
         return dt.to(self.dtype).reshape(self.view)
@@ -377,6 +378,26 @@ class _PerSampleKernels(kernels.TorchKernels):
 
     def axpy(self, y, k, h):
         return y + self.state_dt(h) * k
+
+    def dense(self, tab, y0, y1, ks, f1, dt, theta):
+        """The dense output at several fractions per sample at once: ``theta`` of shape
+        ``(R, batch)`` gives a result of shape ``(R, *state)``. One contraction of the stages
+        with the polynomials' weights replaces a call per output (the batch's outputs within a
+        step are many small operations otherwise)."""
+        key = (tab.name, theta.dtype, theta.device)
+        if self._poly_key != key:
+            js = [j for j, _ in tab.dense_poly]
+            q = torch.tensor([q for _, q in tab.dense_poly], dtype=theta.dtype, device=theta.device)
+            self._poly, self._poly_js, self._poly_key = q, js, key
+        stages = [*ks, f1]
+        js = self._poly_js
+        k = torch.stack([stages[j] for j in js]).reshape(len(js), self.batch, -1)
+        q1, q2, q3, q4 = self._poly.T.unsqueeze(1).unsqueeze(1)  # each (1, 1, stages)
+        x = theta.unsqueeze(-1)
+        weights = (x * (q1 + x * (q2 + x * (q3 + x * q4)))).to(self.dtype)  # (R, B, stages)
+        # (small matrix products are slower than this broadcast on the CPU)
+        step = (weights.unsqueeze(-1) * k.transpose(0, 1)).sum(dim=2)
+        return torch.addcmul(y0, self.state_dt(dt), step.reshape(theta.shape[0], *y0.shape))
 
 
 class _CountingEvaluator:
@@ -439,7 +460,9 @@ def solve_adaptive_per_sample(
         dt = torch.full_like(t_now, cfg.first_step)
     dt = ctrl.clamp(dt)
     prev_ratio = torch.ones_like(t_now)
-    out = y0.unsqueeze(0).expand(n_out, *y0.shape)  # row j: every sample's output j
+    # row j: every sample's output j; the extra last row takes the writes of samples without an
+    # output due (so that no two writes of one call land on one element)
+    out = torch.cat((y0.unsqueeze(0).expand(n_out, *y0.shape), y0.unsqueeze(0)))
     rows = torch.arange(B, device=dev)
     positions = torch.arange(n_out, device=dev)
     nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
@@ -474,15 +497,16 @@ def solve_adaptive_per_sample(
             raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
         counting.mask = accept
         f1, _ = stepper.end_slope(t1, y1, ks)
-        for r in range(int(most)):  # the r-th output each sample passed, where it passed one
+        if most:  # the outputs every sample passed, in one dense-output call
             with torch.no_grad():
-                due = n_passed > r
-                idx = (nxt + r).clamp(max=n_out - 1)
-                t_out = times.gather(1, idx.unsqueeze(1)).squeeze(1)
+                r = torch.arange(int(most), device=dev).unsqueeze(1)
+                due = n_passed.unsqueeze(0) > r
+                idx = (nxt.unsqueeze(0) + r).clamp(max=n_out - 1)
+                t_out = times.gather(1, idx.T).T
                 theta = ((t_out - t_now) / dt_eff.clamp(min=1e-300)).clamp(0.0, 1.0)
+                idx = torch.where(due, idx, n_out)
             val = stepper.dense(y, y1, ks, f1, dt_eff, theta)
-            kept = out[idx, rows]
-            out = out.index_put((idx, rows), torch.where(due.reshape(k.view), val, kept))
+            out.index_put_((idx, rows.expand_as(idx)), val)  # (out is the loop's own tensor)
         nxt = nxt + n_passed
         am = accept.reshape(k.view)
         y = torch.where(am, y1, y)
@@ -497,4 +521,4 @@ def solve_adaptive_per_sample(
     stats.nfe_per_sample = counting.nfe.tolist()
     stats.steps_accepted_per_sample = acc.tolist()
     stats.steps_rejected_per_sample = rej.tolist()
-    return list(out.unbind(0))
+    return list(out[:-1].unbind(0))
