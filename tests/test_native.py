@@ -799,6 +799,13 @@ def test_per_sample_times_at_the_public_api():
     back = neuralode.odeint(f, out[-1, :3], t[:3].flip(1), options={"batch_mode": "per_sample"},
                             **kw)  # fmt: skip
     torch.testing.assert_close(back[-1], y0[:3], rtol=1e-7, atol=1e-8)
+    # a series observed only at its start (its row one repeated time) keeps its state, and the
+    # direction comes from the rows that move, even when the first row does not
+    rows = t[:3].flip(1).clone()
+    rows[0] = rows[0, 0]
+    back = neuralode.odeint(f, out[-1, :3], rows, options={"batch_mode": "per_sample"}, **kw)
+    torch.testing.assert_close(back[:, 0], out[-1, 0].expand(6, 2), rtol=0, atol=0)
+    torch.testing.assert_close(back[-1, 1:], y0[1:3], rtol=1e-7, atol=1e-8)
     with pytest.raises(ValueError, match="2-D t, every sample its own times, needs options"):
         neuralode.odeint(f, y0, t, **kw)
     with pytest.raises(ValueError, match="4 samples in its first dimension"):

@@ -25,7 +25,7 @@ from ._loops import (
 )
 from ._methods import Method, get_method
 from ._stats import SolveStats
-from ._validate import DEFAULT_MAX_NUM_STEPS
+from ._validate import DEFAULT_MAX_NUM_STEPS, rows_direction
 
 __all__ = ["Plan", "flat", "make_plan", "mixed_norm", "unflat_solution"]
 
@@ -98,8 +98,7 @@ def make_plan(
 ) -> Plan:
     meth = get_method(method).with_options(options)
     if t.ndim == 2:  # per-sample times: a row per sample, every row in the same direction
-        first = t[0].detach().cpu().tolist()
-        sign = -1.0 if len(first) > 1 and first[1] < first[0] else 1.0
+        sign = rows_direction(t)
         times: Any = sign * t.detach()
     else:
         tl = [float(x) for x in t.detach().cpu().tolist()]

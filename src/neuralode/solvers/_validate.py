@@ -106,6 +106,14 @@ def check_t(t: Any, per_sample: bool = False) -> None:
             )
 
 
+def rows_direction(t: torch.Tensor) -> float:
+    """Per-sample times: ``1.0`` where the rows increase, ``-1.0`` where they decrease (the
+    sign of the first step that is not zero; rows of one repeated time have no direction)."""
+    steps = t.detach().diff(dim=1).reshape(-1)
+    moving = steps.nonzero()
+    return -1.0 if len(moving) and float(steps[moving[0, 0]]) < 0 else 1.0
+
+
 def check_t_rows(t: torch.Tensor) -> None:
     """Per-sample times: row ``b`` holds sample ``b``'s output times, its first the sample's
     start, all rows strictly increasing (or all strictly decreasing). A shorter series is padded
@@ -122,12 +130,11 @@ def check_t_rows(t: torch.Tensor) -> None:
         )
     if t.shape[1] == 1:
         return
-    steps = rows.diff(dim=1)
-    sign = 1.0 if float(steps[0][0]) >= 0 else -1.0
-    steps = steps * sign
-    # strictly monotone, then (padding) constant to the end of the row
+    steps = rows.diff(dim=1) * rows_direction(rows)
+    # strictly monotone, then (padding) constant to the end of the row; a row of one time
+    # repeated is a series observed only at its start
     padded = (steps == 0).cumsum(dim=1) > 0
-    bad = (steps < 0) | (padded & (steps != 0)) | (steps[:, :1] == 0)
+    bad = (steps < 0) | (padded & (steps != 0))
     if bool(bad.any()):
         row = int(bad.any(dim=1).nonzero()[0])
         raise InvalidArgumentError(
