@@ -67,7 +67,12 @@ def kill_and_resume(tmp_path, common, kill_after):
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert a["weights_sha256"] == b["weights_sha256"] and a["best"] == b["best"]
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+    def reproducible(best):  # wall times are measurements, not results
+        return {k: v for k, v in best.items() if not k.endswith("_seconds")}
+
+    assert reproducible(a["best"]) == reproducible(b["best"])
     return a
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "plot_flow_strip",
     "plot_image_samples",
     "plot_phase_portrait",
+    "plot_series_reconstruction",
     "plot_spiral_fit",
     "plot_training_curves",
     "pyplot",
@@ -236,4 +237,37 @@ def plot_image_samples(images: torch.Tensor, path: Path, columns: int = 8) -> Pa
         if k < n:
             ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
     fig.tight_layout(pad=0.1)
+    return _save(fig, path)
+
+
+def plot_series_reconstruction(
+    inputs: Any,
+    full: Any,
+    grid: torch.Tensor,
+    mean: torch.Tensor,
+    low: torch.Tensor | None,
+    high: torch.Tensor | None,
+    cut: torch.Tensor,
+    path: Path,
+) -> Path:
+    """A few series: the points the model saw, the ones it did not (dropped, and the future it
+    extrapolates), its continuous reconstruction and, where given, a 90% band; one panel per
+    series and channel (at most two channels)."""
+    plt = pyplot()
+    rows, channels = len(inputs), min(2, full.values.shape[-1])
+    fig, axes = plt.subplots(rows, channels, figsize=(5 * channels, 2.2 * rows), squeeze=False)
+    for b in range(rows):
+        k, kin = int(full.lengths[b]), int(inputs.lengths[b])
+        for c in range(channels):
+            ax = axes[b][c]
+            if low is not None and high is not None:
+                ax.fill_between(grid[b], low[b, :, c], high[b, :, c], alpha=0.25, label="90% band")
+            ax.plot(grid[b], mean[b, :, c], lw=1.5, label="model")
+            ax.scatter(full.times[b, :k], full.values[b, :k, c], s=8, c="grey", label="held out")
+            ax.scatter(inputs.times[b, :kin], inputs.values[b, :kin, c], s=12, c="k", label="seen")
+            ax.axvline(float(cut[b]), ls="--", c="k", lw=0.8)
+            ax.set_ylabel(f"series {b}, x{c}")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    axes[-1][0].set_xlabel("time (dashed: end of the observed part)")
+    fig.tight_layout()
     return _save(fig, path)

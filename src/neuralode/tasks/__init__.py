@@ -4,7 +4,7 @@ from this registry; a new task is a module with a :class:`Task` subclass and
 :func:`register_task` (or, from another package, an entry point in the ``neuralode.tasks``
 group)."""
 
-from . import density, mnist, trajectory  # noqa: F401  (the built-in tasks register themselves)
+from . import density, mnist, timeseries, trajectory  # noqa: F401  (the built-in tasks register themselves)
 from .base import (
     ModelRegistry,
     Step,

@@ -1,0 +1,384 @@
+"""Irregularly sampled time series: a latent ODE (or its GRU-Δt twin) interpolating and
+extrapolating generated series, and neural CDEs, ODE-RNNs and the GRU baselines classifying
+real ones, each series at its own times with a chosen fraction of observations dropped.
+
+Datasets: ``spirals`` (Chen 2018) and ``periodic`` (after Rubanova 2019) are generated; the
+models see the first half of every series (less the dropped points) and are scored on all of
+its points: the first half (interpolation) and the second (extrapolation).
+``japanese_vowels`` and ``basic_motions`` are UEA datasets read from aeon's wheel (the
+``timeseries`` extra) and classified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..series import (
+    GRUD,
+    GRUDeltaT,
+    GRUDeltaTForecaster,
+    IrregularSeries,
+    LatentODE,
+    NeuralCDE,
+    ODERNNClassifier,
+    drop_observations,
+    load_uea,
+    make_periodic,
+    make_spirals,
+    split_at,
+)
+from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
+
+__all__ = ["DATASETS", "TimeSeriesOptions", "TimeSeriesTask"]
+
+# name: (channels, classes; None for the generated series, which are interpolated/extrapolated)
+DATASETS: dict[str, tuple[int, int | None]] = {
+    "spirals": (2, None),
+    "periodic": (1, None),
+    "japanese_vowels": (12, 9),
+    "basic_motions": (6, 4),
+}
+FORECASTERS = ("latent_ode", "gru_dt")
+CLASSIFIERS = ("ncde", "odernn", "grud", "gru_dt")
+
+MODELS = ModelRegistry()
+
+
+@MODELS.register("latent_ode", "latent ODE with an ODE-RNN encoder (Rubanova 2019)")
+def _latent_ode(dataset, latent, hidden, encoder, obs_std, poisson, samples, solver):
+    return LatentODE(
+        DATASETS[dataset][0], latent=latent, hidden=hidden, encoder=encoder,
+        encoder_hidden=hidden, obs_std=obs_std, poisson=poisson, samples=samples, **solver,
+    )  # fmt: skip
+
+
+@MODELS.register("gru_dt", "GRU with time gaps as input (baseline)")
+def _gru_dt(dataset, hidden):
+    channels, classes = DATASETS[dataset]
+    if classes is None:
+        return GRUDeltaTForecaster(channels, hidden)
+    return GRUDeltaT(channels, hidden, classes)
+
+
+@MODELS.register("ncde", "neural CDE on a natural cubic spline (Kidger 2020)")
+def _ncde(dataset, hidden, interpolation, solver):
+    channels, classes = DATASETS[dataset]
+    return NeuralCDE(channels, classes, hidden=hidden, interpolation=interpolation, **solver)
+
+
+@MODELS.register("odernn", "ODE-RNN classifier (Rubanova 2019)")
+def _odernn(dataset, hidden, solver):
+    channels, classes = DATASETS[dataset]
+    return ODERNNClassifier(channels, classes, hidden=hidden, **solver)
+
+
+@MODELS.register("grud", "GRU-D, a GRU with decay (Che 2018; baseline)")
+def _grud(dataset, hidden):
+    channels, classes = DATASETS[dataset]
+    return GRUD(channels, hidden, classes)
+
+
+@dataclasses.dataclass
+class TimeSeriesOptions(TrainOptions):
+    """Defaults: the latent ODE on the spirals, 20 epochs of Adam at 1e-2 (cosine)."""
+
+    epochs: int = option(20, "number of epochs", check="positive")
+    lr: float = option(1e-2, "learning rate", check="positive")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("none", "cosine", "step"))
+    batch_size: int = option(50, "series per batch (global)", check="positive")
+    rtol: float = option(1e-3, "training rtol", check="positive", group="ODE solver", model=True)
+    atol: float = option(1e-4, "training atol", check="positive", group="ODE solver", model=True)
+    model: str = option("latent_ode", "the model", choices=MODELS.names, group="model and data")
+    dataset: str = option("spirals", "the data", choices=tuple(DATASETS), group="model and data")
+    drop: float = option(
+        0.0, "fraction of every series' observations dropped at random", check="non-negative",
+        group="model and data",
+    )  # fmt: skip
+    series: int = option(
+        600, "generated series (spirals, periodic)", check="positive", group="model and data"
+    )
+    hidden: int = option(32, "hidden sizes", check="positive", group="model and data", model=True)
+    latent: int = option(
+        8, "latent ODE: latent size", check="positive", group="model and data", model=True
+    )
+    encoder: str = option(
+        "odernn", "latent ODE: encoder", choices=("odernn", "rnn"), group="model and data",
+        model=True,
+    )  # fmt: skip
+    obs_std: float = option(
+        0.1, "latent ODE: observation noise of the likelihood", check="positive",
+        group="model and data", model=True,
+    )  # fmt: skip
+    poisson: bool = option(
+        False, "latent ODE: model observation times as a Poisson process",
+        group="model and data", model=True,
+    )  # fmt: skip
+    samples: int = option(
+        1, "latent ODE: samples of z0 (1: ELBO, more: IWAE bound)", check="positive",
+        group="model and data", model=True,
+    )  # fmt: skip
+    interpolation: str = option(
+        "cubic", "neural CDE: path", choices=("cubic", "linear"), group="model and data",
+        model=True,
+    )  # fmt: skip
+    data_dir: str | None = option(
+        None, "folder of the UEA .ts files (default: aeon's wheel)", group="run"
+    )
+
+    def check(self) -> None:
+        if self.drop >= 1.0:
+            raise InvalidArgumentError(f"drop must be below 1, got {self.drop}")
+        kind = DATASETS[self.dataset][1]
+        allowed = FORECASTERS if kind is None else CLASSIFIERS
+        if self.model not in allowed:
+            job = "interpolated and extrapolated" if kind is None else "classified"
+            raise InvalidArgumentError(
+                f"dataset {self.dataset!r} is {job}: choose model from {', '.join(allowed)}, "
+                f"not {self.model!r}"
+            )
+
+    def normalize(self) -> TimeSeriesOptions:
+        if self.data_dir is not None:
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        return self
+
+
+def _as_float(series: IrregularSeries) -> IrregularSeries:
+    dtype = torch.get_default_dtype()
+    return IrregularSeries(
+        series.times.to(dtype), series.values.to(dtype), series.mask.to(dtype), series.lengths,
+        series.labels,
+    )  # fmt: skip
+
+
+def _cat(parts: list[IrregularSeries]) -> IrregularSeries:
+    n = max(p.times.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor, last: bool) -> torch.Tensor:
+        extra = n - x.shape[1]
+        if extra == 0:
+            return x
+        tail = x[:, -1:] if last else torch.zeros_like(x[:, :1])
+        return torch.cat((x, tail.expand(-1, extra, *x.shape[2:])), 1)
+
+    return IrregularSeries(
+        torch.cat([pad(p.times, True) for p in parts]),
+        torch.cat([pad(p.values, False) for p in parts]),
+        torch.cat([pad(p.mask, False) for p in parts]),
+        torch.cat([p.lengths for p in parts]),
+        None if parts[0].labels is None else torch.cat([p.labels for p in parts]),
+    )
+
+
+@register_task
+class TimeSeriesTask(Task):
+    name = "timeseries"
+    description = "irregularly sampled series: latent ODE, ODE-RNN, neural CDE and GRU baselines"
+    Options = TimeSeriesOptions
+    models = MODELS
+    options: TimeSeriesOptions
+
+    @property
+    def forecasting(self) -> bool:
+        return DATASETS[self.options.dataset][1] is None
+
+    # the metric the best checkpoint is chosen by depends on the dataset
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        return "extrap_mse" if self.forecasting else "accuracy"
+
+    @property
+    def maximize(self) -> bool:  # type: ignore[override]
+        return not self.forecasting
+
+    # ------------------------------------------------------------------ data
+    def load_data(self, progress: bool = False) -> dict[str, Any]:
+        """Splits of :class:`IrregularSeries` (dropped points removed with a generator seeded
+        by ``seed``): for forecasting, every split is ``(inputs, target, past, future)``."""
+        o = self.options
+        gen = torch.Generator().manual_seed(o.seed + 1)
+        if self.forecasting:
+            make = make_spirals if o.dataset == "spirals" else make_periodic
+            full = _as_float(make(o.series, seed=o.seed))
+            n_val = n_test = max(1, o.series // 10)
+            order = torch.randperm(len(full), generator=gen)
+            idx = {
+                "train": order[n_val + n_test :],
+                "val": order[:n_val],
+                "test": order[n_val : n_val + n_test],
+            }
+            splits = {}
+            for name, rows in idx.items():
+                whole = full[rows.sort().values]
+                past, future = split_at(whole)
+                inputs = drop_observations(past, o.drop, gen) if o.drop else past
+                splits[name] = (inputs, whole, past, future)
+            return splits
+        train, classes = load_uea(o.dataset, "train", o.data_dir)
+        test, _ = load_uea(o.dataset, "test", o.data_dir, classes=classes)
+        mean = (train.values * train.mask).sum((0, 1)) / train.mask.sum((0, 1))
+        var = (((train.values - mean) ** 2) * train.mask).sum((0, 1)) / train.mask.sum((0, 1))
+        splits = {}
+        order = torch.randperm(len(train), generator=gen)
+        n_val = max(1, len(train) // 7)
+        parts = {
+            "train": train[order[n_val:].sort().values],
+            "val": train[order[:n_val].sort().values],
+            "test": test,
+        }
+        for name, part in parts.items():
+            part.values = (part.values - mean) / var.sqrt().clamp(min=1e-8) * part.mask
+            splits[name] = _as_float(drop_observations(part, o.drop, gen) if o.drop else part)
+        return splits
+
+    def batches_per_epoch(self, data: dict[str, Any], world: int) -> int:
+        n = len(data["train"][0] if self.forecasting else data["train"])
+        return max(1, -(-n // self.options.batch_size))
+
+    def train_batches(
+        self, data: dict[str, Any], generator: torch.Generator, rank: int, world: int
+    ) -> Iterator[Any]:
+        o = self.options
+        train = data["train"]
+        n = len(train[0] if self.forecasting else train)
+        order = torch.randperm(n, generator=generator)
+        local = max(1, o.batch_size // world)
+        for start in range(0, n, o.batch_size):
+            rows = order[start : start + o.batch_size][rank * local : (rank + 1) * local]
+            if len(rows) == 0:
+                rows = order[start : start + 1]
+            rows = rows.sort().values
+            if self.forecasting:
+                yield train[0][rows], train[1][rows]
+            else:
+                yield train[rows]
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> Step:
+        if self.forecasting:
+            inputs, target = (b.to(device) for b in batch)
+            out = model(inputs, target)
+            mse = float(out["mse"].detach())
+            return Step(out["loss"], len(inputs), {"mse": mse * len(inputs)})
+        series = batch.to(device)
+        logits = model(series)
+        loss = nn.functional.cross_entropy(logits, series.labels)
+        correct = float((logits.argmax(-1) == series.labels).sum())
+        return Step(loss, len(series), {"accuracy": correct})
+
+    @torch.no_grad()
+    def evaluate(self, model, data, split, device, dist=None) -> dict[str, float]:
+        model = getattr(model, "module", model)
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        nfe = 0
+        try:
+            if self.forecasting:
+                inputs, _, past, future = (s.to(device) for s in data[split])
+                if len(inputs) == 0:
+                    return {}
+                sums = {"interp": 0.0, "extrap": 0.0, "n_interp": 0.0, "n_extrap": 0.0}
+                for rows in torch.arange(len(inputs)).split(self.options.batch_size):
+                    x = inputs[rows]
+                    for key, tgt in (("interp", past[rows]), ("extrap", future[rows])):
+                        pred = model.predict(x, tgt.times)
+                        nfe += getattr(model, "nfe", 0)
+                        m = tgt.mask * tgt.valid().unsqueeze(-1)
+                        sums[key] += float((((pred - tgt.values) ** 2) * m).sum())
+                        sums["n_" + key] += float(m.sum())
+                return {
+                    "interp_mse": sums["interp"] / max(sums["n_interp"], 1.0),
+                    "extrap_mse": sums["extrap"] / max(sums["n_extrap"], 1.0),
+                    "nfe": float(nfe),
+                    "seconds": time.perf_counter() - start,
+                }
+            series = data[split].to(device)
+            if len(series) == 0:
+                return {}
+            correct, loss = 0.0, 0.0
+            for rows in torch.arange(len(series)).split(self.options.batch_size):
+                part = series[rows]
+                logits = model(part)
+                nfe += getattr(model, "nfe", 0)
+                loss += float(nn.functional.cross_entropy(logits, part.labels, reduction="sum"))
+                correct += float((logits.argmax(-1) == part.labels).sum())
+            return {
+                "accuracy": correct / len(series),
+                "loss": loss / len(series),
+                "nfe": float(nfe),
+                "seconds": time.perf_counter() - start,
+            }
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ pictures
+    def plots(self, model, data, out: Path, device) -> list[str]:
+        if not self.forecasting:
+            return []
+        from ..plotting import plot_series_reconstruction
+
+        model = getattr(model, "module", model)
+        inputs, whole, _, _ = data["test"]
+        rows = torch.arange(min(4, len(inputs)))
+        x, full = inputs[rows].to(device), whole[rows].to(device)
+        lo = torch.minimum(x.times[:, 0], full.times[:, 0])
+        hi = full.times.max(1).values
+        grid = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.linspace(0, 1, 200, device=device)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            if isinstance(model, LatentODE):
+                draws = model.predict(x, grid, samples=50)
+                mean, low, high = draws.mean(0), draws.quantile(0.05, 0), draws.quantile(0.95, 0)
+            else:
+                mean = model.predict(x, grid)
+                low = high = None
+        model.train(was_training)
+        cut = x.times[torch.arange(len(x)), x.lengths - 1]
+        path = plot_series_reconstruction(
+            x.to("cpu"), full.to("cpu"), grid.cpu(), mean.cpu(), None if low is None else low.cpu(),
+            None if high is None else high.cpu(), cut.cpu(), out / "reconstruction.png",
+        )  # fmt: skip
+        return [path.name]
+
+    # ------------------------------------------------------------------ diagnosis
+    def diagnosis_batch(self, data: dict[str, Any], size: int) -> Any:
+        if self.forecasting:
+            inputs, whole, _, _ = data["val"]
+            rows = torch.arange(min(size, len(inputs)))
+            return inputs[rows], whole[rows]
+        val = data["val"]
+        return val[torch.arange(min(size, len(val)))]
+
+    def diagnosis_view(self, model, batch, device) -> tuple:
+        model = getattr(model, "module", model)
+        if self.forecasting:  # the training objective itself, as the model's output
+            inputs, target = (b.to(device) for b in batch)
+            return _Objective(model, target), inputs, _itself
+        series = batch.to(device)
+        return model, (series, series.labels)
+
+
+class _Objective(nn.Module):
+    """A forecaster's training loss on fixed targets, as a function of its inputs alone (for
+    :func:`neuralode.diagnose`, which then differentiates exactly what training does)."""
+
+    def __init__(self, model: nn.Module, target: IrregularSeries) -> None:
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, inputs: IrregularSeries) -> torch.Tensor:
+        return self.model(inputs, self.target)["loss"]
+
+
+def _itself(loss: torch.Tensor, _: Any) -> torch.Tensor:
+    return loss
