@@ -335,3 +335,12 @@ def test_japanese_vowels_from_aeons_wheel():
     assert (len(train), len(test), train.channels, len(classes)) == (270, 370, 12, 9)
     lengths = torch.cat((train.lengths, test.lengths))
     assert int(lengths.min()) == 7 and int(lengths.max()) == 29
+
+
+def test_basic_motions_from_aeons_wheel():
+    pytest.importorskip("aeon", reason="the timeseries extra is not installed")
+    train, classes = load_uea("basic_motions", "train")
+    test, _ = load_uea("basic_motions", "test", classes=classes)
+    # the archive's published shape: 40 + 40 cases, 6 channels, length 100, 4 classes
+    assert (len(train), len(test), train.channels, len(classes)) == (40, 40, 6, 4)
+    assert set(torch.cat((train.lengths, test.lengths)).tolist()) == {100}

@@ -434,11 +434,12 @@ class NeuralCDE(_Counted):
     interpolation of the observations and ``z0`` a linear map of ``X`` at the start; a linear
     readout of ``z`` at each series' end classifies it.
 
-    The path's channels are the observation time, the values (an unobserved value is the
-    channel's last observation) and each channel's cumulative count of observations (its
-    observational intensity, as Kidger et al. recommend for missing data). Its parameter is the
-    observation index ``0 … n − 1`` (as torchcde's default), so every series ends at its own
-    length and its state stays unchanged afterwards.
+    The path's channels are the time since the series' start, the values (an unobserved value
+    is the channel's last observation) and each channel's cumulative count of observations
+    divided by the points so far (its observational intensity, which Kidger et al. recommend
+    for missing data, scaled to [0, 1] so that the path's increments stay of order one). Its
+    parameter is the observation index ``0 … n − 1`` (as torchcde's default), so every series
+    ends at its own length and its state stays unchanged afterwards.
 
     ``interpolation``: ``"cubic"`` (the natural cubic spline, the paper's) or ``"linear"``
     (its knots are then given to adaptive solvers as ``jump_t``)."""
@@ -468,10 +469,12 @@ class NeuralCDE(_Counted):
 
     def path(self, series: IrregularSeries):
         """The interpolated path of ``series`` over the observation index."""
+        n = series.times.shape[1]
+        index = torch.arange(n, dtype=series.values.dtype, device=series.values.device)
         counts = (series.mask * series.valid().unsqueeze(-1)).cumsum(dim=1)
-        x = torch.cat((series.times.unsqueeze(-1), series.filled(), counts), -1)
-        n = x.shape[1]
-        index = torch.arange(n, dtype=x.dtype, device=x.device)
+        seen = counts / (index + 1).view(1, n, 1)  # the fraction of points observed so far
+        elapsed = series.times - series.times[:, :1]
+        x = torch.cat((elapsed.unsqueeze(-1), series.filled(), seen), -1)
         return self.path_class(index, x, series.lengths.clamp(min=2))
 
     def forward(self, series: IrregularSeries) -> torch.Tensor:

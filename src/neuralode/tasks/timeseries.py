@@ -6,7 +6,8 @@ Datasets: ``spirals`` (Chen 2018) and ``periodic`` (after Rubanova 2019) are gen
 models see the first half of every series (less the dropped points) and are scored on all of
 its points: the first half (interpolation) and the second (extrapolation).
 ``japanese_vowels`` and ``basic_motions`` are UEA datasets read from aeon's wheel (the
-``timeseries`` extra) and classified.
+``timeseries`` extra) and classified; their values are standardised per channel and their
+times (the sample index) scaled so that the longest training series spans [0, 1].
 """
 
 from __future__ import annotations
@@ -96,7 +97,13 @@ class TimeSeriesOptions(TrainOptions):
     batch_size: int = option(50, "series per batch (global)", check="positive")
     rtol: float = option(1e-3, "training rtol", check="positive", group="ODE solver", model=True)
     atol: float = option(1e-4, "training atol", check="positive", group="ODE solver", model=True)
-    model: str = option("latent_ode", "the model", choices=MODELS.names, group="model and data")
+    model: str = option(
+        "latent_ode",
+        "the model: latent_ode or gru_dt forecast (spirals, periodic); ncde, odernn, grud or "
+        "gru_dt classify (japanese_vowels, basic_motions)",
+        choices=MODELS.names,
+        group="model and data",
+    )
     dataset: str = option("spirals", "the data", choices=tuple(DATASETS), group="model and data")
     drop: float = option(
         0.0, "fraction of every series' observations dropped at random", check="non-negative",
@@ -234,8 +241,10 @@ class TimeSeriesTask(Task):
             "val": train[order[:n_val].sort().values],
             "test": test,
         }
+        span = float(train.lengths.max() - 1)
         for name, part in parts.items():
             part.values = (part.values - mean) / var.sqrt().clamp(min=1e-8) * part.mask
+            part.times = part.times / span  # the longest training series spans [0, 1]
             splits[name] = _as_float(drop_observations(part, o.drop, gen) if o.drop else part)
         return splits
 
