@@ -166,25 +166,6 @@ def _as_float(series: IrregularSeries) -> IrregularSeries:
     )  # fmt: skip
 
 
-def _cat(parts: list[IrregularSeries]) -> IrregularSeries:
-    n = max(p.times.shape[1] for p in parts)
-
-    def pad(x: torch.Tensor, last: bool) -> torch.Tensor:
-        extra = n - x.shape[1]
-        if extra == 0:
-            return x
-        tail = x[:, -1:] if last else torch.zeros_like(x[:, :1])
-        return torch.cat((x, tail.expand(-1, extra, *x.shape[2:])), 1)
-
-    return IrregularSeries(
-        torch.cat([pad(p.times, True) for p in parts]),
-        torch.cat([pad(p.values, False) for p in parts]),
-        torch.cat([pad(p.mask, False) for p in parts]),
-        torch.cat([p.lengths for p in parts]),
-        None if parts[0].labels is None else torch.cat([p.labels for p in parts]),
-    )
-
-
 @register_task
 class TimeSeriesTask(Task):
     name = "timeseries"
