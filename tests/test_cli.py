@@ -48,16 +48,20 @@ def run_cli(args, env=None, timeout=300, fault=None, cwd=None):
     )
 
 
-def kill_and_resume(tmp_path, common, kill_after):
+def kill_and_resume(tmp_path, common, kill_after, in_epoch=2):
     """Train ``common`` uninterrupted into tmp_path/full and killed after ``kill_after``
-    batches (in epoch 2) into tmp_path/cut; resume the cut run from another working directory
-    by a relative path; both must end with the same weights and best epoch. Returns the
-    uninterrupted run's summary."""
+    batches (in epoch ``in_epoch``) into tmp_path/cut; resume the cut run from another working
+    directory by a relative path; both must end with the same weights and best epoch. Returns
+    the uninterrupted run's summary."""
     full = run_cli([*common, "--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr
     killed = run_cli([*common, "--out", str(tmp_path / "cut")], fault=f"kill={kill_after}")
     assert killed.returncode == -9
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    if in_epoch == 1:  # nothing finished: the resume starts the same run from its beginning
+        assert not checkpoint.exists() and (tmp_path / "cut" / "config.json").is_file()
+    else:
+        assert load_checkpoint(checkpoint)["epoch"] == in_epoch - 1
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     resumed = subprocess.run(

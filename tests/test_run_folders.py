@@ -30,6 +30,37 @@ def test_a_killed_trajectory_run_resumes_bit_identically_from_elsewhere(task, tm
     kill_and_resume(tmp_path, ["train", task, *TRAJECTORY], kill_after=15)  # in epoch 2
 
 
+@pytest.mark.parametrize(
+    ("task", "options", "kill_after"),
+    [("spiral", TRAJECTORY, 4),
+     pytest.param("density", ["--iters", "4", "--epochs", "2", "--val-size", "100",
+                              "--test-size", "100", "--hidden", "8", "--batch-size", "32",
+                              "--threads", "1", "--no-progress"], 2, marks=pytest.mark.slow),
+     pytest.param("timeseries", ["--series", "40", "--epochs", "2", "--batch-size", "20",
+                                 "--hidden", "8", "--latent", "4", "--threads", "1",
+                                 "--no-progress"], 1, marks=pytest.mark.slow),
+     ("mnist", ["--epochs", "2", *SMALL], 2)],
+)  # fmt: skip
+def test_a_run_killed_in_its_first_epoch_resumes_from_its_beginning(
+    task, options, kill_after, tmp_path, data_dir
+):
+    """Killed before any epoch ended there is no checkpoint, only config.json: `neuralode
+    resume` (which the interrupted CLI names) starts the same run again and ends with the
+    weights of a run never interrupted. (The path is the generic loop's; the density and
+    timeseries cases are marked slow to keep the default run near 10 minutes.)"""
+    extra = ["--data-dir", str(data_dir)] if task == "mnist" else []
+    kill_and_resume(tmp_path, ["train", task, *options, *extra], kill_after, in_epoch=1)
+
+
+def test_resuming_a_run_killed_in_its_first_epoch_checks_its_options(tmp_path):
+    out = tmp_path / "cut"
+    killed = run_cli(["train", "spiral", *TRAJECTORY, "--out", str(out)], fault="kill=3")
+    assert killed.returncode == -9 and not (out / "checkpoint.pt").exists()
+    res = run_cli(["train", "spiral", *TRAJECTORY, "--lr", "0.5", "--out", str(out), "--resume"])
+    assert res.returncode != 0 and "different configuration" in res.stderr
+    assert "lr: run has" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_a_nan_in_a_trajectory_run_stops_with_a_diagnosis(tmp_path):
     out = tmp_path / "nan"
     res = run_cli(["train", "spiral", *TRAJECTORY, "--out", str(out)], fault="nan=15")

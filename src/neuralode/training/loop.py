@@ -35,8 +35,10 @@ from .run_folder import (
     CHECKPOINT,
     differing,
     load_weights,
+    read_json,
     read_run_checkpoint,
     run_config,
+    upgrade_config,
     weights_digest,
 )
 
@@ -186,9 +188,20 @@ def train(
                 logger.info("removed temporary files of an interrupted write: %s", stale)
         has_run = (out / CHECKPOINT).is_file()
         if resume and not has_run:
-            raise CheckpointError(
-                f"--resume: no run to resume in {out} (no {CHECKPOINT}); start it without --resume"
-            )
+            stored = read_json(out / "config.json") if out.is_dir() else None
+            if stored is None:
+                raise CheckpointError(
+                    f"--resume: no run to resume in {out} (no {CHECKPOINT}); start it without "
+                    "--resume"
+                )
+            # interrupted before its first epoch ended: nothing was trained, so the same run
+            # starts again from its beginning (its seed makes it the run it would have been)
+            loop.check_same_config(upgrade_config(stored))
+            logger.info(
+                "%s: no epoch had finished (no %s); starting the run from its beginning",
+                out, CHECKPOINT,
+            )  # fmt: skip
+            resume = False
         if not resume and has_run:
             raise CheckpointError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
@@ -267,16 +280,21 @@ class _Loop:
             list(saved.get("warnings", [])),
         )
 
-    def _check_resume(self, saved: dict[str, Any]) -> None:
-        old, new, out = saved["config"], run_config(self.task), self.out
+    def check_same_config(self, old: dict[str, Any]) -> None:
+        """The run's recorded configuration ``old`` must be this task's, up to the options a
+        resume may change."""
+        new = run_config(self.task)
         diff = differing(new, old)
         if diff:
             details = ", ".join(f"{k}: run has {old.get(k)!r}, now {new.get(k)!r}" for k in diff)
             raise CheckpointError(
-                f"--resume: the run in {out} was made with a different configuration "
+                f"--resume: the run in {self.out} was made with a different configuration "
                 f"({details}); resume with the same options, or start a new run with another --out"
             )
-        o = self.o
+
+    def _check_resume(self, saved: dict[str, Any]) -> None:
+        self.check_same_config(saved["config"])
+        old, out, o = saved["config"], self.out, self.o
         if o.schedule != "none" and o.epochs != old.get("epochs"):
             # the schedule's length is its number of epochs: a new length would rewrite the
             # learning rates of the epochs already trained (cosine would rise again)
