@@ -14,7 +14,7 @@ It prints the median time of each, the ratios, the goals (per-sample ≥ 2× fas
 torchdiffeq's union, ≥ 5× faster than the loop), the ratio to our own union for the record,
 and whether every series took the steps it takes alone.
 
-    python benchmarks/per_sample_times.py [--batch 128] [--obs 30] [--repeats 5]
+    python benchmarks/per_sample_times.py [--batch 128] [--obs 30] [--repeats 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ import neuralode
 from neuralode import SolveStats
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
@@ -39,11 +44,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-7)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, …: where every way runs")
     args = p.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     B, n, D = args.batch, args.obs, args.dim
-    net = nn.Sequential(nn.Linear(D, 32), nn.Tanh(), nn.Linear(32, D)).double()
+    net = nn.Sequential(nn.Linear(D, 32), nn.Tanh(), nn.Linear(32, D)).double().to(device)
 
     def f(t, y):
         return net(y)
@@ -56,6 +63,7 @@ def main() -> None:
     lengths = torch.randint(10, n + 1, (B,))
     for b in range(B):
         times[b, lengths[b] :] = times[b, lengths[b] - 1]
+    y0, times = y0.to(device), times.to(device)
     kw = dict(rtol=args.rtol, atol=args.atol)
 
     def per_sample():
@@ -86,8 +94,10 @@ def main() -> None:
     with torch.no_grad():
         for _ in range(args.repeats):
             for name, run in ways.items():
+                _sync(device)
                 start = time.perf_counter()
                 result = run()
+                _sync(device)
                 spent[name].append(time.perf_counter() - start)
                 if name == "per-sample":
                     stats = result[1]
@@ -100,7 +110,8 @@ def main() -> None:
             alone.append(s.nfe_per_sample[0])
     print(
         f"{B} series, {D}-dim tanh MLP dynamics, 10..{n} observations each at their own "
-        f"times ({len(union_t)} distinct times in all), dopri5 rtol {args.rtol:g}, 1 thread"
+        f"times ({len(union_t)} distinct times in all), dopri5 rtol {args.rtol:g}, "
+        f"{'1 thread' if device.type == 'cpu' else device}"
     )
     med = {w: statistics.median(v) for w, v in spent.items()}
     for w, v in med.items():
