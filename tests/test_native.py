@@ -279,7 +279,9 @@ def test_gradcheck(gradient):
         assert torch.autograd.gradcheck(run, (A, y0), atol=1e-6, rtol=1e-5)
 
 
-def test_adjoint_counts_backward_work_and_seminorm_is_default():
+def test_adjoint_counts_backward_work_and_the_full_norm_is_default():
+    """torchdiffeq's default backward norm is the whole augmented state; the seminorm takes
+    fewer steps."""
     torch.manual_seed(0)
     f = Field(8, 32)
     y0 = torch.randn(16, 8)
@@ -294,7 +296,7 @@ def test_adjoint_counts_backward_work_and_seminorm_is_default():
         assert stats.steps_accepted_backward > 0
     stats = SolveStats()
     neuralode.odeint_adjoint(f, y0, t, rtol=1e-6, atol=1e-7, stats=stats, **NATIVE).sum().backward()
-    assert stats.nfe_backward == counts["seminorm"] <= counts["full"]
+    assert stats.nfe_backward == counts["full"] >= counts["seminorm"]
 
 
 def test_checkpoint_needs_a_module():
@@ -404,8 +406,9 @@ def test_per_sample_honours_the_pi_controller():
 def test_per_sample_lane_takes_every_sample_s_own_output_times():
     """The lane interface of the time-series models: a (batch, n) tensor of times, each row a
     sample's own; every row equals the solve of that sample alone at its times."""
-    from neuralode.solvers._loops import AdaptiveConfig, RMSNorm, solve_adaptive_per_sample
+    from neuralode.solvers._loops import AdaptiveConfig, RMSNorm
     from neuralode.solvers._methods import METHODS
+    from neuralode.solvers._per_sample import solve_adaptive_per_sample
 
     mu = torch.tensor([0.5, 3.0, 1.0], dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).expand(3, 2).clone()
@@ -644,16 +647,16 @@ def test_a_registered_gradient_method_is_used_by_name():
     """A new gradient method is a class plus a registration: a stub that records its calls and
     delegates to the checkpointed one is reachable as odeint(..., gradient=name), and its
     gradient is the checkpointed one's."""
-    from neuralode.solvers._gradients import GRADIENT_METHODS, Checkpoint, register_gradient_method
+    from neuralode.solvers import GRADIENT_METHODS, Checkpoint, register_gradient_method
 
     calls = []
 
     class Recording(Checkpoint):
         name = "recording"
 
-        def solve(self, plan, y0, params, spec=None):
+        def solve(self, plan, y0, params):
             calls.append((plan.method.name, len(params)))
-            return super().solve(plan, y0, params, spec)
+            return super().solve(plan, y0, params)
 
     register_gradient_method(Recording())
     try:
@@ -671,7 +674,7 @@ def test_a_registered_gradient_method_is_used_by_name():
             neuralode.odeint(f, y0, t, gradient="adjoint", **NATIVE)
         assert "odeint_adjoint" in str(info.value)
     finally:
-        del GRADIENT_METHODS["recording"]
+        GRADIENT_METHODS.unregister("recording")
 
 
 def _count_host_reads(monkeypatch) -> list:

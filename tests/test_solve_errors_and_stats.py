@@ -269,5 +269,5 @@ def test_native_is_the_default_and_torchdiffeq_one_keyword_away():
         assert stats.backend == "torchdiffeq"
     finally:
         neuralode.set_default_backend("native")
-    with pytest.raises(ValueError, match="valid backends are: native, torchdiffeq"):
+    with pytest.raises(ValueError, match="valid backends are: 'torchdiffeq', 'native'"):
         neuralode.set_default_backend("scipy")

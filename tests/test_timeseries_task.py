@@ -52,9 +52,9 @@ def test_forecasting_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys, mo
     common = [*SPIRALS, "--model", model, *extra]
     summary = kill_and_resume(tmp_path, common, kill_after=4)  # 3 batches per epoch
     run = tmp_path / "full"
-    for key in ("test_interp_mse", "test_extrap_mse", "test_nfe", "test_seconds"):
+    for key in ("test_interp_mse", "test_extrap_mse", "test_nfe_forward", "test_seconds"):
         assert math.isfinite(summary[key])
-    assert (summary["test_nfe"] > 0) == (model == "latent_ode")
+    assert (summary["test_nfe_forward"] > 0) == (model == "latent_ode")
     assert "reconstruction.png" in summary["plots"]
     assert (run / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
@@ -74,7 +74,7 @@ def test_classification_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys,
     common = [*VOWELS, "--model", model, *extra]
     summary = kill_and_resume(tmp_path, common, kill_after=5)  # 4 batches per epoch
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["best"]
-    assert (summary["test_nfe"] > 0) == (model in ("ncde", "odernn"))
+    assert (summary["test_nfe_forward"] > 0) == (model in ("ncde", "odernn"))
     _diagnose_and_evaluate(tmp_path / "full", capsys, "accuracy")
 
 

@@ -7,6 +7,7 @@ Training (tasks by name, see :mod:`neuralode.tasks`): :func:`train`, :func:`resu
 :func:`evaluate`, :func:`load_run`.
 """
 
+from ._registry import Registry
 from .blocks import (
     HybridNeuralODE,
     MultiScaleNeuralODE,
@@ -44,6 +45,7 @@ from .models import (
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
 from .solvers import (
     AbstractBackend,
+    Recording,
     SolveStats,
     available_backends,
     get_default_backend,
@@ -51,8 +53,10 @@ from .solvers import (
     odeint_adjoint,
     odeint_dense,
     odeint_event,
+    record,
     register_backend,
     set_default_backend,
+    solve,
 )
 from .tasks import list_tasks
 from .training import diagnose_run, load_run, resume, train
@@ -79,6 +83,8 @@ __all__ = [
     "ODEFunc",
     "ODENet",
     "ODENetResNet",
+    "Recording",
+    "Registry",
     "ResNetClassifier",
     "ResidualStack",
     "SolveStats",
@@ -101,11 +107,13 @@ __all__ = [
     "odeint_adjoint",
     "odeint_dense",
     "odeint_event",
+    "record",
     "register_backend",
     "regularization_loss",
     "resume",
     "set_default_backend",
     "small_init_",
+    "solve",
     "solve_stats",
     "train",
 ]

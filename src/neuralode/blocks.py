@@ -11,8 +11,15 @@ from torch import nn
 
 from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, RegularizedDynamics
-from .solvers import GRADIENT_METHODS, SolveStats, odeint, odeint_adjoint
-from .solvers import _validate as v
+from .solvers import (
+    GRADIENT_METHODS,
+    SolveStats,
+    check_times,
+    check_tolerance,
+    odeint,
+    odeint_adjoint,
+    publish_regularization,
+)
 
 __all__ = [
     "HybridNeuralODE",
@@ -20,6 +27,7 @@ __all__ = [
     "NeuralODEBlock",
     "ResidualStack",
     "TutorialMultiScaleODE",
+    "ode_blocks",
     "regularization_loss",
     "solve_stats",
 ]
@@ -79,9 +87,9 @@ class NeuralODEBlock(nn.Module):
                 f"func must be an nn.Module with forward(t, h), got {type(func).__name__}"
             )
         for name, tol in (("rtol", rtol), ("atol", atol)):
-            v.check_tolerance(tol, name)
+            check_tolerance(tol, name)
         for name, tol in (("eval_rtol", eval_rtol), ("eval_atol", eval_atol)):
-            v.check_tolerance(tol, name)
+            check_tolerance(tol, name)
         if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 0:
             raise InvalidArgumentError(
                 f"augment_dim must be a non-negative integer, got {augment_dim!r}"
@@ -90,7 +98,7 @@ class NeuralODEBlock(nn.Module):
             times = torch.tensor([float(t0), float(t1)])
         else:
             times = torch.as_tensor(output_times, dtype=torch.get_default_dtype()).detach()
-        v.check_t(times)
+        check_times(times)
         if times.numel() < 2:
             raise InvalidArgumentError(
                 "output_times must hold at least two times (a start and an end)"
@@ -112,10 +120,9 @@ class NeuralODEBlock(nn.Module):
         self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
         if gradient is None:
             gradient = "adjoint" if adjoint else "direct"
-        if gradient not in GRADIENT_METHODS:
-            raise InvalidArgumentError(
-                f"gradient must be 'direct', 'adjoint' or 'checkpoint', got {gradient!r}"
-            )
+        if gradient not in GRADIENT_METHODS:  # the live registry: a registered name works
+            names = ", ".join(repr(n) for n in GRADIENT_METHODS.names())
+            raise InvalidArgumentError(f"gradient must be one of {names}, got {gradient!r}")
         if adjoint and gradient != "adjoint":
             raise InvalidArgumentError(
                 f"adjoint=True contradicts gradient={gradient!r}; pass one of them"
@@ -141,6 +148,33 @@ class NeuralODEBlock(nn.Module):
         """``(rtol, atol)`` in force for the current mode (training or evaluation)."""
         return (self.rtol, self.atol) if self.training else (self.eval_rtol, self.eval_atol)
 
+    def solve(self, y0: Any, times: torch.Tensor, options: Mapping[str, Any] | None = None) -> Any:
+        """Solve ``dynamics`` from ``y0`` (a tensor or a tuple of them) over ``times`` with the
+        block's method, tolerances of the current mode, gradient method, backend and options
+        (``options`` added to them for this call); return the solution as :func:`odeint` does.
+        The solve's counters are in ``stats`` afterwards (and in any open
+        :func:`neuralode.record`)."""
+        rtol, atol = self.tolerances
+        self.stats = SolveStats()
+        kwargs: dict[str, Any] = dict(
+            rtol=rtol,
+            atol=atol,
+            method=self.method,
+            options=self.options if not options else {**self.options, **options},
+            backend=self.backend,
+            stats=self.stats,
+        )
+        if self.adjoint:
+            return odeint_adjoint(
+                self.dynamics,
+                y0,
+                times,
+                adjoint_options=self.adjoint_options,
+                adjoint_params=tuple(self.dynamics.parameters()),
+                **kwargs,
+            )
+        return odeint(self.dynamics, y0, times, gradient=self.gradient, **kwargs)
+
     def integrate(
         self, h: torch.Tensor, times: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,34 +186,14 @@ class NeuralODEBlock(nn.Module):
         if self.augment_dim:
             pad = h.new_zeros(h.shape[0], self.augment_dim, *h.shape[2:])
             h = torch.cat([h, pad], dim=1)
-        rtol, atol = self.tolerances
         whole = self.return_trajectory or times is not None
         times = (self.integration_times if times is None else times).to(dtype=h.dtype)
-        self.stats = SolveStats()
         if self.has_regularizers:
             self.dynamics.begin_solve(h)
             y0: Any = (h, *(h.new_zeros(h.shape[0]) for _ in self.dynamics.regularizers))
         else:
             y0 = h
-        kwargs: dict[str, Any] = dict(
-            rtol=rtol,
-            atol=atol,
-            method=self.method,
-            options=self.options,
-            backend=self.backend,
-            stats=self.stats,
-        )
-        if self.adjoint:
-            sol = odeint_adjoint(
-                self.dynamics,
-                y0,
-                times,
-                adjoint_options=self.adjoint_options,
-                adjoint_params=tuple(self.dynamics.parameters()),
-                **kwargs,
-            )
-        else:
-            sol = odeint(self.dynamics, y0, times, gradient=self.gradient, **kwargs)
+        sol = self.solve(y0, times)
         if not self.has_regularizers:
             self.last_regularization = None
             self.last_regularization_terms = {}
@@ -189,6 +203,7 @@ class NeuralODEBlock(nn.Module):
             r.name: r.weight * acc[-1].mean()
             for r, acc in zip(self.dynamics.regularizers, accumulated)
         }
+        publish_regularization(terms)
         reg = torch.stack(list(terms.values())).sum()
         self.last_regularization = reg
         self.last_regularization_terms = terms
@@ -372,22 +387,38 @@ class ResidualStack(nn.Module):
         return h
 
 
-def _blocks(module: nn.Module) -> list[NeuralODEBlock]:
-    return [m for m in module.modules() if isinstance(m, NeuralODEBlock)]
+def ode_blocks(module: nn.Module) -> list[NeuralODEBlock]:
+    """Every Neural ODE block in ``module``: its submodules that are blocks, and the blocks its
+    submodules compose (an ``ode_block`` attribute, as a :class:`~neuralode.flows.CNF` has)."""
+    found = []
+    for m in module.modules():
+        if isinstance(m, NeuralODEBlock):
+            found.append(m)
+        else:
+            inner = getattr(m, "ode_block", None)
+            if isinstance(inner, NeuralODEBlock):
+                found.append(inner)
+    return found
 
 
 def solve_stats(module: nn.Module) -> SolveStats:
     """The counters of the last solve of every Neural ODE block in ``module``, summed.
 
     Call it after a forward pass for forward NFE, and after ``backward()`` for backward NFE too.
+    (:func:`neuralode.record` collects every solve of a block of code instead, however many
+    times a block solves in it.)
     """
-    return SolveStats.total(b.stats for b in _blocks(module))
+    return SolveStats.total(b.stats for b in ode_blocks(module))
 
 
 def regularization_loss(module: nn.Module) -> torch.Tensor | None:
-    """The weighted regularization terms of the last forward pass of every block in ``module``,
-    summed; None if no block has regularizers."""
+    """The weighted regularization terms of the last forward pass of every block (and flow) in
+    ``module``, summed; None if none has regularizers. (:func:`neuralode.record` collects
+    every term of a block of code instead.)"""
     total: torch.Tensor | None = None
-    for b in _blocks(module):
-        total = _sum_reg(total, b.last_regularization)
+    for m in module.modules():
+        if isinstance(m, NeuralODEBlock) or isinstance(
+            getattr(m, "ode_block", None), NeuralODEBlock
+        ):
+            total = _sum_reg(total, m.last_regularization)
     return total

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import NeuralODEBlock, solve_stats
+from .blocks import NeuralODEBlock, ode_blocks, solve_stats
 from .errors import InvalidTypeError, TooManyStepsError
-from .solvers import SolveStats, step_budget
-from .solvers._messages import STIFF_REMEDIES
+from .solvers import STIFF_REMEDIES, SolveStats, step_budget
 
 __all__ = ["DiagnosticReport", "diagnose"]
 
@@ -204,14 +203,15 @@ def _diagnose(
 def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> None:
     """The forward and backward passes and what they show."""
     entries: dict[NeuralODEBlock, torch.Tensor] = {}  # the state each block starts from
-    blocks = [m for m in model.modules() if isinstance(m, NeuralODEBlock)]
-    for block in blocks:  # models call block.integrate(h) directly: wrap it on the instance
+    blocks = ode_blocks(model)
+    for block in blocks:  # every solve goes through block.solve: wrap it on the instance
 
-        def integrate(h, *args, _block=block, _integrate=block.integrate, **kwargs):
+        def solve(y0, *args, _block=block, _solve=block.solve, **kwargs):
+            h = y0 if isinstance(y0, torch.Tensor) else y0[0]  # (a tuple: h and integrals)
             entries.setdefault(_block, h.detach())
-            return _integrate(h, *args, **kwargs)
+            return _solve(y0, *args, **kwargs)
 
-        block.integrate = integrate
+        block.solve = solve
     try:
         output = model(inputs)
         if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
@@ -235,7 +235,7 @@ def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> 
         return
     finally:
         for block in blocks:
-            del block.integrate  # the class's method again
+            del block.solve  # the class's method again
     report.forward_ok = True
     report.step_times_jacobian = _step_times_jacobian(entries)
     _cost_report(solve_stats(model), report)
@@ -297,8 +297,6 @@ def _step_times_jacobian(entries: dict[NeuralODEBlock, torch.Tensor]) -> float |
             continue
         times = block.integration_times
         span = block.stats.time_span  # the times actually solved over (they may be passed in)
-        if block.augment_dim:
-            h = torch.cat([h, h.new_zeros(h.shape[0], block.augment_dim, *h.shape[2:])], dim=1)
         try:
             rho = _spectral_radius(block.func, times[0].to(h), h)
         except Exception:  # a probe only: never fail the report over it

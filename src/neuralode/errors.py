@@ -45,13 +45,32 @@ class NeuralODEError(Exception):
     exit_code = 1
 
 
-class InvalidArgumentError(NeuralODEError, ValueError):
+class _ArgumentError(NeuralODEError):
+    """An error about one named argument: ``argument`` is its name where one is at fault (an
+    adapter that took the value from another name, such as torchdiffeq's ``options`` dict,
+    says so with :meth:`renamed`)."""
+
+    def __init__(self, message: str = "", argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+    def renamed(self, name: str) -> _ArgumentError:
+        """The same error, with its argument called ``name`` in the message."""
+        message = str(self)
+        if self.argument and message.startswith(self.argument):
+            message = name + message[len(self.argument) :]
+        else:
+            message = f"{name}: {message}"
+        return type(self)(message, argument=name)
+
+
+class InvalidArgumentError(_ArgumentError, ValueError):
     """A bad option, argument or input value; the message names it and the fix."""
 
     exit_code = 2
 
 
-class InvalidTypeError(NeuralODEError, TypeError):
+class InvalidTypeError(_ArgumentError, TypeError):
     """An argument of the wrong type."""
 
     exit_code = 2

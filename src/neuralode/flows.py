@@ -35,7 +35,7 @@ from .blocks import NeuralODEBlock
 from .dynamics import ACTIVATIONS, ConcatConv2d
 from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
-from .solvers import SolveStats, get_backend, odeint, odeint_adjoint
+from .solvers import get_backend, publish_regularization
 
 __all__ = [
     "CNF",
@@ -154,7 +154,9 @@ class _FlowDynamics(nn.Module):
         self.noise: torch.Tensor | None = None
         self.with_logdet = True
 
-    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple:
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...] | torch.Tensor) -> Any:
+        if isinstance(state, torch.Tensor):  # the vector field alone (a probe of the flow)
+            return self.func(t, state)
         x = state[0]
         if not self.with_logdet:
             return (self.func(t, x),)
@@ -195,10 +197,14 @@ class _FlowDynamics(nn.Module):
         return div, frob
 
 
-class CNF(NeuralODEBlock):
+class CNF(nn.Module):
     """A continuous normalizing flow layer: ``x ↦ (z, logdet)`` with ``z = x(T)`` under
     ``dx/dt = func(t, x)`` and ``logdet = log|det ∂z/∂x| = ∫₀ᵀ tr(∂func/∂x) dt``;
     ``inverse(z)`` integrates back from ``T`` to ``0``.
+
+    A CNF composes a :class:`~neuralode.NeuralODEBlock` (``ode_block``) that solves the state
+    ``(x, logdet, *regularizers)``; the block's solver settings are the CNF's
+    (``cnf.rtol``, ``cnf.method``, ``cnf.stats``, ... read and set the block's).
 
     Args:
         func: the dynamics ``forward(t, x)``; samples must be independent under it (no batch
@@ -214,9 +220,9 @@ class CNF(NeuralODEBlock):
             :class:`~neuralode.JacobianFrobenius` (RNODE), integrated in the same solve; the
             Frobenius norm uses the divergence's noise and product (with ``"exact"``, the exact
             norm from the same rows). Their weighted sum is ``last_regularization`` after each
-            forward pass, which the training loop adds to the loss. Their integrals do not
-            control the step size (the error norm is that of ``x`` and ``logdet``), unless
-            ``options`` names a ``norm``.
+            forward pass (and goes to any open :func:`neuralode.record`, from which the training
+            loop adds it to the loss). Their integrals do not control the step size (the error
+            norm is that of ``x`` and ``logdet``), unless ``options`` names a ``norm``.
         steer: STEER — in training mode the end time is drawn uniformly from
             ``[T - steer, T + steer]`` for each solve (``0 <= steer < T``).
         method, rtol, atol, eval_rtol, eval_atol, gradient, options, adjoint_options, backend:
@@ -237,10 +243,19 @@ class CNF(NeuralODEBlock):
         steer: float = 0.0,
         **block_kwargs: Any,
     ) -> None:
+        super().__init__()
         for name in ("output_times", "augment_dim", "t0"):
             if name in block_kwargs:
                 raise InvalidArgumentError(f"a CNF takes no {name}; it integrates over [0, T]")
-        super().__init__(func, t1=T, **block_kwargs)
+        if (
+            isinstance(T, bool)
+            or not isinstance(T, (int, float))
+            or not (math.isfinite(T) and T > 0)
+        ):
+            raise InvalidArgumentError(
+                f"T must be a positive, finite integration time, got {T!r}; a flow maps x to "
+                "z = x(T) with T > 0 (e.g. T=1.0)"
+            )
         if eval_divergence is None:
             eval_divergence = divergence
         for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
@@ -265,6 +280,13 @@ class CNF(NeuralODEBlock):
         kinds = [type(r) for r in regs]
         if len(set(kinds)) != len(kinds):
             raise InvalidArgumentError("each regularizer may be given once")
+        if not isinstance(func, nn.Module):
+            raise InvalidTypeError(
+                f"func must be an nn.Module with forward(t, x), got {type(func).__name__}"
+            )
+        self.func = func
+        # the integration interval (a buffer, as in the checkpoints of every earlier version)
+        self.register_buffer("integration_times", torch.tensor([0.0, float(T)]))
         self.T = float(T)
         self.divergence = divergence
         self.eval_divergence = eval_divergence
@@ -275,16 +297,25 @@ class CNF(NeuralODEBlock):
         )
         kinetic = any(isinstance(r, KineticEnergy) for r in regs)
         frobenius = any(isinstance(r, JacobianFrobenius) for r in regs)
-        # not a registered submodule: its only parameters are func's
-        object.__setattr__(self, "_flow", _FlowDynamics(func, divergence, kinetic, frobenius))
+        flow = _FlowDynamics(func, divergence, kinetic, frobenius)
+        # composed, not registered: its only parameters are func's, which are the CNF's
+        object.__setattr__(self, "ode_block", NeuralODEBlock(flow, t1=float(T), **block_kwargs))
         self.has_regularizers = bool(regs)
+        self.last_regularization: torch.Tensor | None = None
+        self.last_regularization_terms: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> CNF:
+        super().train(mode)
+        self.ode_block.train(mode)  # its tolerances follow the mode
+        return self
 
     @property
     def dynamics(self) -> nn.Module:
-        return self._flow
+        """What is integrated: ``func`` with the log-determinant and the regularizers."""
+        return self.ode_block.func
 
     def _draw_noise(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self._flow.divergence == "exact":
+        if self.dynamics.divergence == "exact":
             return None
         if self.noise == "gaussian":
             return torch.randn_like(x)
@@ -296,33 +327,15 @@ class CNF(NeuralODEBlock):
         return self.T
 
     def _solve(self, y0: tuple[torch.Tensor, ...], times: torch.Tensor) -> tuple:
-        rtol, atol = self.tolerances
-        self.stats = SolveStats()
-        options = self.options
+        block = self.ode_block
+        options = None
         if (
             len(y0) > 2
-            and "norm" not in options
-            and get_backend(self.backend).is_adaptive(self.method)
+            and "norm" not in block.options
+            and get_backend(block.backend).is_adaptive(block.method)
         ):
-            options = {**options, "norm": _flow_norm}
-        kwargs: dict[str, Any] = dict(
-            rtol=rtol,
-            atol=atol,
-            method=self.method,
-            options=options,
-            backend=self.backend,
-            stats=self.stats,
-        )
-        if self.adjoint:
-            return odeint_adjoint(
-                self._flow,
-                y0,
-                times,
-                adjoint_options=self.adjoint_options,
-                adjoint_params=tuple(self.func.parameters()),
-                **kwargs,
-            )
-        return odeint(self._flow, y0, times, gradient=self.gradient, **kwargs)
+            options = {"norm": _flow_norm}
+        return block.solve(y0, times, options)
 
     def integrate(
         self, h: torch.Tensor, times: torch.Tensor | None = None
@@ -333,9 +346,10 @@ class CNF(NeuralODEBlock):
         if times is None:
             times = torch.tensor([0.0, self._end_time()])
         times = times.to(dtype=h.dtype, device=h.device)
-        self._flow.divergence = self.divergence if self.training else self.eval_divergence
-        self._flow.noise = self._draw_noise(h)
-        self._flow.with_logdet = True
+        flow = self.dynamics
+        flow.divergence = self.divergence if self.training else self.eval_divergence
+        flow.noise = self._draw_noise(h)
+        flow.with_logdet = True
         n_reg = len(self.flow_regularizers)
         y0 = (h, h.new_zeros(h.shape[0]), *(h.new_zeros(h.shape[0]) for _ in range(n_reg)))
         sol = self._solve(y0, times)
@@ -343,6 +357,7 @@ class CNF(NeuralODEBlock):
         terms = {
             r.name: r.weight * acc[-1].mean() for r, acc in zip(self.flow_regularizers, accumulated)
         }
+        publish_regularization(terms)
         self.last_regularization_terms = terms
         self.last_regularization = torch.stack(list(terms.values())).sum() if terms else None
         return (traj, logdet) if whole else (traj[-1], logdet[-1])
@@ -358,11 +373,11 @@ class CNF(NeuralODEBlock):
         if times is None:
             times = torch.tensor([self.T, 0.0])
         times = times.to(dtype=z.dtype, device=z.device)
-        self._flow.with_logdet = False
+        self.dynamics.with_logdet = False
         try:
             (x,) = self._solve((z,), times)
         finally:
-            self._flow.with_logdet = True
+            self.dynamics.with_logdet = True
         self.last_regularization, self.last_regularization_terms = None, {}
         return x if whole else x[-1]
 
@@ -370,8 +385,25 @@ class CNF(NeuralODEBlock):
         return (
             f"T={self.T}, divergence={self.divergence!r}, "
             f"eval_divergence={self.eval_divergence!r}, noise={self.noise!r}, "
-            f"steer={self.steer}, " + super().extra_repr().split(", t=")[0]
+            f"steer={self.steer}, " + self.ode_block.extra_repr().split(", t=")[0]
         )
+
+
+def _block_setting(name: str) -> property:
+    def get(self: CNF) -> Any:
+        return getattr(self.ode_block, name)
+
+    def set_(self: CNF, value: Any) -> None:
+        setattr(self.ode_block, name, value)
+
+    return property(get, set_, doc=f"The composed block's ``{name}``.")
+
+
+for _name in ("method", "rtol", "atol", "eval_rtol", "eval_atol", "gradient", "adjoint",
+              "options", "adjoint_options", "backend", "stats"):  # fmt: skip
+    setattr(CNF, _name, _block_setting(_name))
+CNF.tolerances = property(lambda self: self.ode_block.tolerances,  # type: ignore[attr-defined]
+                          doc="``(rtol, atol)`` in force for the current mode.")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ other layers

@@ -55,22 +55,14 @@ def _per_sample_block(func: nn.Module, solver: dict[str, Any]) -> NeuralODEBlock
     return NeuralODEBlock(func, options=options, **solver)
 
 
-class _Counted(nn.Module):
-    """Sums the evaluations of a block's solves since :meth:`reset_nfe` (a model solves many
-    times per forward pass)."""
-
-    nfe: int = 0
-
-    def reset_nfe(self) -> None:
-        self.nfe = 0
-
-    def _solve(self, block: NeuralODEBlock, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        out, _ = block.integrate(h, times=times)
-        self.nfe += block.stats.nfe_forward
-        return out
+def _solve(block: NeuralODEBlock, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """The block's trajectory from ``h`` over ``times`` (every solve reports its evaluations to
+    any open :func:`neuralode.record`, however many a forward pass makes)."""
+    out, _ = block.integrate(h, times=times)
+    return out
 
 
-class ODERNN(_Counted):
+class ODERNN(nn.Module):
     """The ODE-RNN of Rubanova et al. (2019, Algorithm 1): between two observations the hidden
     state follows ``dh/dt = f(h)`` (an MLP), and at an observation a GRU cell updates it from
     ``[x ⊙ m, m]`` (values and mask of the observed channels). A point where no channel was
@@ -99,7 +91,7 @@ class ODERNN(_Counted):
         for i in order:
             t_i = times[:, i]
             if bool((t_i != t_prev).any()):  # padding repeats a time: nothing to integrate
-                h = self._solve(self.block, h, torch.stack((t_prev, t_i), dim=1))[-1]
+                h = _solve(self.block, h, torch.stack((t_prev, t_i), dim=1))[-1]
             update = self.cell(torch.cat((values[:, i] * mask[:, i], mask[:, i]), -1), h)
             h = torch.where(observed[:, i, None], update, h)
             hs[i] = h
@@ -107,7 +99,7 @@ class ODERNN(_Counted):
         return h, torch.stack(hs, dim=1)
 
 
-class ODERNNClassifier(_Counted):
+class ODERNNClassifier(nn.Module):
     """An :class:`ODERNN` read out by a linear layer after its last observation."""
 
     def __init__(self, channels: int, classes: int, hidden: int = 32, **solver: Any):
@@ -116,9 +108,7 @@ class ODERNNClassifier(_Counted):
         self.readout = nn.Linear(hidden, classes)
 
     def forward(self, series: IrregularSeries) -> torch.Tensor:
-        self.rnn.reset_nfe()
         h, _ = self.rnn(series)
-        self.nfe = self.rnn.nfe
         return self.readout(h)
 
 
@@ -143,7 +133,7 @@ class _LatentDynamics(nn.Module):
         return torch.cat((dz, self.intensity(z).unsqueeze(-1)), -1)
 
 
-class LatentODE(_Counted):
+class LatentODE(nn.Module):
     """The latent ODE of Chen et al. (2018) with the ODE-RNN encoder of Rubanova et al.
     (2019): an encoder read backwards in time gives ``q(z0 | x) = N(μ, σ²)``; ``z0`` at the
     series' first time follows ``dz/dt = f(z)`` to any times; a decoder maps ``z(t)`` to the
@@ -199,9 +189,7 @@ class LatentODE(_Counted):
     def posterior(self, series: IrregularSeries) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ, σ)`` of ``q(z0 | series)``, each ``(batch, latent)``."""
         if isinstance(self.encoder, ODERNN):
-            self.encoder.reset_nfe()
             h, _ = self.encoder(series, reverse=True)
-            self.nfe += self.encoder.nfe
         else:
             h = self.encoder.encode(series, reverse=True)
         mu, raw = self.to_posterior(h).chunk(2, dim=-1)
@@ -219,7 +207,7 @@ class LatentODE(_Counted):
         row = torch.where(
             ahead, torch.cat((start.unsqueeze(1), times), 1), torch.cat((times, times[:, -1:]), 1)
         )
-        out = self._solve(self.block, state, row).transpose(0, 1)  # (batch, m + 1, state)
+        out = _solve(self.block, state, row).transpose(0, 1)  # (batch, m + 1, state)
         index = torch.arange(times.shape[1], device=times.device) + ahead.long()
         path = out.gather(1, index.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
         if self.poisson:
@@ -236,7 +224,6 @@ class LatentODE(_Counted):
         """The decoded mean at ``times`` ``(batch, m)`` given the observed ``inputs``: from
         ``z0 = μ`` (``samples = 0``, shape ``(batch, m, channels)``) or from ``samples``
         draws of ``q`` (shape ``(samples, batch, m, channels)``)."""
-        self.reset_nfe()
         mu, sigma = self.posterior(inputs)
         start = self._start(inputs, times)
         if samples == 0:
@@ -254,7 +241,6 @@ class LatentODE(_Counted):
         """The negative ELBO (``k = 1``) or IWAE bound (``k`` importance samples) of
         ``target`` given ``inputs``, per observed value; with ``mse`` (of the decoded mean of
         the samples) and ``kl`` (per series) for reporting."""
-        self.reset_nfe()
         mu, sigma = self.posterior(inputs)
         b = mu.shape[0]
         start = self._start(inputs, target.times)
@@ -306,7 +292,6 @@ class GRUDeltaT(nn.Module):
         self.hidden, self.channels = hidden, channels
         self.cell = nn.GRUCell(2 * channels + 1, hidden)
         self.readout = nn.Linear(hidden, classes) if classes else None
-        self.nfe = 0
 
     def encode(self, series: IrregularSeries, reverse: bool = False) -> torch.Tensor:
         times, values, mask = series.times, series.values, series.mask
@@ -341,7 +326,6 @@ class GRUDeltaTForecaster(nn.Module):
         self.encoder = GRUDeltaT(channels, hidden)
         self.decoder = nn.GRUCell(1, hidden)
         self.to_values = nn.Linear(hidden, channels)
-        self.nfe = 0
 
     def predict(self, inputs: IrregularSeries, times: torch.Tensor) -> torch.Tensor:
         h = self.encoder.encode(inputs)
@@ -378,7 +362,6 @@ class GRUD(nn.Module):
         self.cell = nn.GRUCell(2 * channels, hidden)
         self.readout = nn.Linear(hidden, classes)
         self.register_buffer("means", torch.zeros(channels) if means is None else means.clone())
-        self.nfe = 0
 
     def _steps(self, series: IrregularSeries):
         """``(i, x̂_i, m_i, δ_i)`` for every point ``i``."""
@@ -429,7 +412,7 @@ class _ControlledField(nn.Module):
         return (g @ self.path.derivative(s).unsqueeze(-1)).squeeze(-1)
 
 
-class NeuralCDE(_Counted):
+class NeuralCDE(nn.Module):
     """The neural CDE of Kidger et al. (2020): ``z(s) = z0 + ∫ g(z) dX``, with ``X`` an
     interpolation of the observations and ``z0`` a linear map of ``X`` at the start; a linear
     readout of ``z`` at each series' end classifies it.
@@ -480,7 +463,6 @@ class NeuralCDE(_Counted):
     def forward(self, series: IrregularSeries) -> torch.Tensor:
         if series.times.shape[1] < 2:
             raise InvalidArgumentError("a neural CDE needs series of at least 2 points")
-        self.reset_nfe()
         path = self.path(series)
         self.field.path = path
         n = series.times.shape[1]
@@ -490,5 +472,5 @@ class NeuralCDE(_Counted):
         z0 = self.initial(path.evaluate(0.0))
         # (the path stays set: the adjoint and checkpointed gradients evaluate the field again
         # during backward, which must follow this forward pass before the next one)
-        z = self._solve(self.block, z0, times.to(z0.device))[-1]
+        z = _solve(self.block, z0, times.to(z0.device))[-1]
         return self.readout(z)

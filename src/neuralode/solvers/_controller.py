@@ -1,8 +1,15 @@
-"""Step-size control: the initial step, accept/reject and the next step, and clipping steps to
-given times.
+"""Step-size controllers: what step control means, as objects.
 
-One formula serves both batch lanes: the joint lane passes Python floats (one step size for the
-whole state), the per-sample lane passes tensors of shape ``(batch,)`` (a step size per sample).
+An adaptive controller (:class:`StepSizeController`, concretely :class:`PIController`) owns
+everything that decides the steps: the tolerances ``rtol``/``atol`` and the error ``norm``, the
+first, smallest and largest step, the step budget ``max_num_steps``, the times steps must end on
+(``step_t``) or stop and restart at (``jump_t``), and the formula that turns an attempt's error
+into the next step size. :class:`ConstantStepSize` is the fixed grid (torchdiffeq's
+``step_size`` and ``interp``). Each validates itself on construction; :data:`CONTROLLERS`
+registers them by name.
+
+One formula serves both lanes: the joint lane passes Python floats (one step size for the whole
+state), the per-sample lane tensors of shape ``(batch,)`` (a step size per sample).
 :class:`_FloatOps` and :class:`_TensorOps` are the two arithmetics the formulas are written in.
 """
 
@@ -10,14 +17,154 @@ from __future__ import annotations
 
 import abc
 import bisect
+import copy
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["PIController", "StepBoundaries", "StepSizeController", "initial_step"]
+from .._registry import Registry
+from ..errors import InvalidArgumentError, InvalidTypeError
+
+__all__ = [
+    "CONTROLLERS",
+    "DEFAULT_MAX_NUM_STEPS",
+    "AbstractStepSizeController",
+    "ConstantStepSize",
+    "PIController",
+    "StepBoundaries",
+    "StepSizeController",
+    "check_tolerance",
+    "check_tolerance_shape",
+    "dtype_resolution",
+    "initial_step",
+]
+
+DEFAULT_MAX_NUM_STEPS = 100_000
+"""The default step budget of one adaptive solve (torchdiffeq's is 2**31, which never ends a
+hopeless solve). A solve that needs more raises a ``SolverError`` that says how to raise it."""
+
+_TOL_HINT = "typical values are 1e-3 for training and 1e-5 for evaluation"
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def check_tolerance(value: Any, name: str) -> Any:
+    """A positive, finite tolerance: a float, or a real tensor (one per element, or one
+    element); returns it as a float where it is one number."""
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            raise InvalidArgumentError(
+                f"{name} must not require gradient; pass {name}.detach()", argument=name
+            )
+        v = value.detach()
+        if not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
+            raise InvalidTypeError(
+                f"{name} must be a float or a real tensor, got dtype {v.dtype}", argument=name
+            )
+        if v.numel() == 0 or not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
+            raise InvalidArgumentError(
+                f"{name} must be positive and finite, got {v.tolist()}; {_TOL_HINT}",
+                argument=name,
+            )
+        return float(v) if v.numel() == 1 else value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(
+            f"{name} must be a positive float or tensor, got {type(value).__name__}",
+            argument=name,
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(
+            f"{name} must be positive and finite, got {value!r}; {_TOL_HINT}", argument=name
+        )
+    return float(value)
+
+
+def _real(value: Any, name: str) -> float:
+    """A real number given as a Python number or a one-element real tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value.detach())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidTypeError(f"{name} must be a real number, got {value!r}", argument=name)
+
+
+def _positive(value: Any, name: str, finite: bool = True) -> float:
+    v = _real(value, name)
+    if not v > 0:
+        raise InvalidArgumentError(f"{name} must be positive, got {v!r}", argument=name)
+    if finite and not math.isfinite(v):
+        raise InvalidArgumentError(
+            f"{name} must be finite, got {v!r}; it is a step length in the units of t, e.g. 0.1",
+            argument=name,
+        )
+    return v
+
+
+def _times(value: Any, name: str) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    try:
+        times = tuple(float(x) for x in torch.as_tensor(value).detach().reshape(-1).tolist())
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidTypeError(
+            f"{name} must be a 1-D tensor or sequence of times, got {value!r}", argument=name
+        ) from None
+    if not all(math.isfinite(x) for x in times):
+        raise InvalidArgumentError(f"{name} must hold finite times, got {times}", argument=name)
+    return times
+
+
+def check_tolerance_shape(value: Any, name: str, y0: Any) -> None:
+    """A tolerance tensor must broadcast to the state (element-wise tolerances)."""
+    if not isinstance(value, torch.Tensor) or value.numel() == 1:
+        return
+    # a tuple state is solved as one flat vector
+    flat = (sum(y.numel() for y in y0),) if isinstance(y0, tuple) else ()
+    target = tuple(y0.shape) if isinstance(y0, torch.Tensor) else flat
+    try:
+        ok = torch.broadcast_shapes(tuple(value.shape), target) == target
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise InvalidArgumentError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state's shape "
+            f"{target}; pass a float, a one-element tensor, or a tensor that broadcasts to the "
+            "state (one tolerance per element)",
+            argument=name,
+        )
+
+
+def dtype_resolution(rtol: Any, atol: Any, ref: torch.Tensor) -> str | None:
+    """A message when a tolerance is below what the state's dtype can resolve, else None.
+
+    ``rtol`` below the dtype's unit roundoff (half its epsilon) cannot be met: each step's error
+    estimate is itself rounded at that level, so the step size collapses or the answer is off
+    by far more than asked. ``atol`` below the smallest normal number is likewise meaningless.
+    """
+    if not ref.is_floating_point():
+        return None
+    info = torch.finfo(ref.dtype)
+    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
+    a = float(atol.min()) if isinstance(atol, torch.Tensor) else atol
+    unit = info.eps / 2
+    if r >= unit and a >= info.tiny:
+        return None
+    wider = "float64" if ref.dtype == torch.float32 else "float32 or float64"
+    bad = f"rtol={r:g}" if r < unit else f"atol={a:g}"
+    return (
+        f"{bad} is below the resolution of the state's dtype {ref.dtype} (unit roundoff "
+        f"{unit:.2g}, smallest normal {info.tiny:.2g}): the solver cannot meet it, so steps "
+        f"collapse or the result is silently inaccurate. Use rtol >= {4 * unit:.0e} with "
+        f"{ref.dtype}, or solve in a wider dtype ({wider})"
+    )
+
+
+# --------------------------------------------------------------------------- arithmetic
 
 
 class _FloatOps:
@@ -98,13 +245,121 @@ def initial_step(
     return xp.minimum(100 * h0, h1)
 
 
-class StepSizeController(abc.ABC):
-    """Decides the next step size from the error ratio of the last attempt (a ratio of at most
-    one accepts it). Subclasses implement :meth:`factor` once; it serves floats (the joint lane)
-    and tensors (the per-sample lane) alike."""
+# --------------------------------------------------------------------------- controllers
 
+
+class AbstractStepSizeController(abc.ABC):
+    """How a solve chooses its steps. ``adaptive`` controllers choose them from an error
+    estimate (and need a method that has one); the others lay out a grid."""
+
+    adaptive: ClassVar[bool]
+
+    def replace(self, **changes: Any) -> AbstractStepSizeController:
+        """A copy with ``changes`` applied and checked."""
+        new = copy.copy(self)
+        for name, value in changes.items():
+            if not hasattr(new, name):
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} has no parameter {name!r}", argument=name
+                )
+            setattr(new, name, value)
+        new._check()
+        return new
+
+    def _check(self) -> None:  # noqa: B027 (a controller without parameters checks nothing)
+        """Check (and normalise) the parameters; called on construction and by replace."""
+
+
+@dataclasses.dataclass(eq=False)
+class ConstantStepSize(AbstractStepSizeController):
+    """A fixed grid, as torchdiffeq's fixed-step methods: steps of ``step_size`` from ``t[0]``
+    with the last one shortened onto ``t[-1]`` (``None``: one step between consecutive output
+    times), and outputs between grid points interpolated ``"linear"`` ly or by ``"cubic"``
+    Hermite interpolation."""
+
+    step_size: float | None = None
+    interp: str = "linear"
+
+    adaptive: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if self.step_size is not None:
+            self.step_size = _positive(self.step_size, "step_size")
+        if self.interp not in ("linear", "cubic"):
+            raise InvalidArgumentError(
+                f"interp must be 'linear' or 'cubic', got {self.interp!r}", argument="interp"
+            )
+
+
+@dataclasses.dataclass(eq=False)
+class StepSizeController(AbstractStepSizeController):
+    """An adaptive controller: accepts an attempt whose error ratio (the ``norm`` of the error
+    estimate scaled by ``atol + rtol * |y|``) is at most one, and scales the step size by
+    :meth:`factor`. Subclasses implement :meth:`factor` once; it serves floats (the joint lane)
+    and tensors (the per-sample lane) alike.
+
+    Args:
+        rtol, atol: the tolerances (floats, or tensors broadcasting to the state: one per
+            element); torchdiffeq's defaults.
+        norm: the error norm, a function of the scaled error in the state's form (a tuple for a
+            tuple state); ``None``: the root mean square (for a tuple state, the largest over
+            its parts, as torchdiffeq).
+        first_step: the first step's size (``None``: Hairer's heuristic, as torchdiffeq).
+        min_step, max_step: bounds of every step; a step at ``min_step`` is always accepted.
+        max_num_steps: the step budget; a solve that needs more fails with the likely causes.
+        step_t: times every step ends on (where the dynamics change quickly).
+        jump_t: times of discontinuities: steps end just before them and restart after.
+    """
+
+    rtol: Any = 1e-7
+    atol: Any = 1e-9
+    norm: Callable[[Any], Any] | None = None
+    first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    step_t: Sequence[float] = ()
+    jump_t: Sequence[float] = ()
+
+    adaptive: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        self.rtol = check_tolerance(self.rtol, "rtol")
+        self.atol = check_tolerance(self.atol, "atol")
+        if self.norm is not None and not callable(self.norm):
+            raise InvalidTypeError(
+                f"norm must be a function of the scaled error or None, got {self.norm!r}",
+                argument="norm",
+            )
+        if self.first_step is not None:
+            self.first_step = _positive(self.first_step, "first_step")
+        lo = _real(self.min_step, "min_step")
+        if not (math.isfinite(lo) and lo >= 0):
+            raise InvalidArgumentError(
+                f"min_step must be non-negative and finite, got {lo!r}", argument="min_step"
+            )
+        hi = _positive(self.max_step, "max_step", finite=False)
+        if lo > hi:
+            raise InvalidArgumentError(
+                f"min_step ({lo}) must not exceed max_step ({hi})", argument="min_step"
+            )
+        self.min_step, self.max_step = lo, hi
+        n = _real(self.max_num_steps, "max_num_steps")
+        if not (math.isfinite(n) and n == int(n) and n >= 1):
+            raise InvalidArgumentError(
+                f"max_num_steps must be a whole number of at least 1, got "
+                f"{self.max_num_steps!r} (the default is {DEFAULT_MAX_NUM_STEPS})",
+                argument="max_num_steps",
+            )
+        self.max_num_steps = int(n)
+        self.step_t = _times(self.step_t, "step_t")
+        self.jump_t = _times(self.jump_t, "jump_t")
 
     @abc.abstractmethod
     def factor(self, ratio: Any, prev_ratio: Any, order: int) -> Any:
@@ -118,6 +373,8 @@ class StepSizeController(abc.ABC):
         return (ratio <= 1.0) | (dt <= self.min_step)
 
     def clamp(self, dt: Any) -> Any:
+        if type(dt) is float:
+            return min(max(dt, self.min_step), self.max_step)
         xp = _ops(dt)
         return xp.minimum(xp.maximum(dt, self.min_step), self.max_step)
 
@@ -126,30 +383,44 @@ class StepSizeController(abc.ABC):
 
     def remember(self, ratio: Any) -> Any:
         """The ratio kept for the next decision after an accepted step."""
+        if type(ratio) is float:
+            return max(ratio, 1e-4)
         return _ops(ratio).maximum(ratio, 1e-4)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class PIController(StepSizeController):
     """torchdiffeq's controller: integral (``pcoeff == 0``, the default) or
-    proportional–integral, with its options of the same names."""
+    proportional–integral, with its options of the same names: the next step is the last one
+    times ``safety * ratio^-(icoeff + pcoeff)/k * prev_ratio^(pcoeff/k)`` (``k`` the method's
+    order), at most ``ifactor`` and, after a rejection, at least ``dfactor``. The parameters
+    of every adaptive controller are :class:`StepSizeController`'s."""
 
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
     pcoeff: float = 0.0
     icoeff: float = 1.0
-    min_step: float = 0.0
-    max_step: float = math.inf
 
-    # the joint lane's floats take these shortcuts (a few microseconds a step)
-    def clamp(self, dt: Any) -> Any:
-        if type(dt) is float:
-            return min(max(dt, self.min_step), self.max_step)
-        return super().clamp(dt)
-
-    def remember(self, ratio: Any) -> Any:
-        return max(ratio, 1e-4) if type(ratio) is float else super().remember(ratio)
+    def _check(self) -> None:
+        super()._check()
+        bounds = {  # parameter: (low, high, what a sensible value looks like)
+            "safety": (0.0, 1.0, "a factor in (0, 1], e.g. 0.9"),
+            "dfactor": (0.0, 1.0, "the smallest step factor after a rejection, in (0, 1], "
+                        "e.g. 0.2"),
+            "ifactor": (1.0, math.inf, "the largest growth factor of the step, >= 1, e.g. 10"),
+        }  # fmt: skip
+        for name, (low, high, hint) in bounds.items():
+            v = _real(getattr(self, name), name)
+            ok = low < v <= high if name != "ifactor" else low <= v < high
+            if not ok:
+                raise InvalidArgumentError(f"{name} must be {hint}; got {v!r}", argument=name)
+            setattr(self, name, v)
+        for name in ("pcoeff", "icoeff"):
+            v = _real(getattr(self, name), name)
+            if not math.isfinite(v):
+                raise InvalidArgumentError(f"{name} must be finite, got {v!r}", argument=name)
+            setattr(self, name, v)
 
     def factor(self, ratio: Any, prev_ratio: Any, order: int) -> Any:
         k = float(order)
@@ -166,6 +437,18 @@ class PIController(StepSizeController):
         lower = torch.where(ratio < 1.0, 1.0, self.dfactor)
         f = torch.clamp(torch.maximum(f, lower.to(f.dtype)), max=self.ifactor)
         return torch.where(ratio == 0, self.ifactor, f)
+
+
+def parameters(cls: type) -> frozenset[str]:
+    """The parameters a controller class takes (its dataclass fields)."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+CONTROLLERS: Registry[type[AbstractStepSizeController]] = Registry(
+    "step-size controller", "register a subclass of StepSizeController with CONTROLLERS.register"
+)
+CONTROLLERS.register("pid", PIController)
+CONTROLLERS.register("constant", ConstantStepSize)
 
 
 class StepBoundaries:

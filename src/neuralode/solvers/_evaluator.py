@@ -1,18 +1,30 @@
-"""The evaluator: calls the user's dynamics on the flat internal state of a solve."""
+"""How the loops call the user's dynamics: the :class:`Evaluator` (the flat internal state,
+the time direction, counting, shape checks on every call) and torchdiffeq's step callbacks
+(:class:`StepCallbacks`)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import InvalidArgumentError, InvalidTypeError
-from ._callbacks import StepCallbacks
 from ._stats import SolveStats
 
-__all__ = ["Evaluator"]
+__all__ = [
+    "CALLBACK_NAMES",
+    "Evaluator",
+    "StepCallbacks",
+    "callback_names",
+    "warn_unknown_callbacks",
+    "warn_unsupported_callbacks",
+]
+
+
+# --------------------------------------------------------------------------- the evaluator
 
 
 class Evaluator:
@@ -44,6 +56,7 @@ class Evaluator:
         self.numels = None if shapes is None else [math.prod(s) for s in shapes]
         self.float_time = float_time  # internal callers (the adjoint) take the time as a float
         self.checked = False
+        self._fast = False  # the plain case, once the first derivative was checked
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
         self.callbacks: StepCallbacks | None = None  # torchdiffeq's step callbacks, if any
         # the derivative depends on the first ``coupled`` elements of the state only (None: all);
@@ -65,25 +78,36 @@ class Evaluator:
         return torch.cat([d.reshape(-1) for d in dy])
 
     def __call__(self, s: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._fast and type(s) is float:  # a tensor state forwards in time, checked once
+            dy = self.func(torch.scalar_tensor(s, **self._time_kw), y)
+            if type(dy) is torch.Tensor and dy.shape == y.shape and dy.dtype is self.dtype:
+                self.stats.nfe_forward += 1
+                return dy
+            return self._after(dy, y)
         if self.float_time:
             t = s
-        elif isinstance(s, torch.Tensor):  # per-sample times
-            t = (s * self.sign).to(self.dtype)
-        else:
+        elif type(s) is float:
             t = torch.scalar_tensor(s * self.sign, **self._time_kw)
-        dy = self.func(t, y if self.shapes is None else self.unflatten(y))
-        if not self.checked:
-            self._check(dy, y)
-        elif self.shapes is None:  # every call: a later derivative of another shape is a bug
-            if type(dy) is not torch.Tensor or dy.shape != y.shape:
+        else:  # per-sample times
+            t = (s * self.sign).to(self.dtype)
+        return self._after(self.func(t, y if self.shapes is None else self.unflatten(y)), y)
+
+    def _after(self, dy: Any, y: torch.Tensor) -> torch.Tensor:
+        """A derivative checked (its shape on every call: a later derivative of another shape
+        is a bug), counted, flattened, cast to the state's dtype and turned with the time."""
+        shapes = self.shapes
+        if shapes is None:
+            if type(dy) is not torch.Tensor or dy.shape != y.shape or not self.checked:
                 self._check(dy, y)
-        elif len(dy) != len(self.shapes) or any(
-            getattr(d, "shape", None) != s for d, s in zip(dy, self.shapes, strict=False)
+        elif (
+            not self.checked
+            or len(dy) != len(shapes)
+            or any(getattr(d, "shape", None) != s for d, s in zip(dy, shapes, strict=False))
         ):
             self._check(dy, y)
         if self._counter is not None:
             setattr(self.stats, self._counter, getattr(self.stats, self._counter) + 1)
-        if self.shapes is not None:
+        if shapes is not None:
             dy = self.flatten(dy)
         if dy.dtype is not self.dtype:  # the state keeps its dtype, as in torchdiffeq
             dy = dy.to(self.dtype)
@@ -112,13 +136,131 @@ class Evaluator:
                 "on every call (check the output size of the last layer)"
             )
         for d in (dy,) if self.shapes is None else dy:
-            if d.device != y.device:
-                raise _device_error(d, y)
+            if d.device != y.device:  # (checked on the first call only)
+                raise InvalidArgumentError(
+                    f"func(t, y) returned dy/dt on {d.device} but the state y is on "
+                    f"{y.device}; the dynamics must return their derivative on the device of "
+                    "the state"
+                )
         self.checked = True
+        self._fast = (
+            self.shapes is None
+            and self.sign == 1.0
+            and not self.float_time
+            and self._counter == "nfe_forward"
+        )
 
 
-def _device_error(dy: torch.Tensor, y: torch.Tensor) -> ValueError:
-    return ValueError(
-        f"func(t, y) returned dy/dt on {dy.device} but the state y is on {y.device}; the "
-        "dynamics must return their derivative on the device of the state"
-    )
+# --------------------------------------------------------------------------- step callbacks
+
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+_FIXED_GRID = frozenset({"callback_step"})
+_KNOWN = frozenset(CALLBACK_NAMES) | {n + "_adjoint" for n in CALLBACK_NAMES}
+_CLASS_CALLBACKS: dict[type, frozenset[str]] = {}
+
+
+def callback_names(func: Any) -> frozenset[str]:
+    """The ``callback_*`` attributes of ``func``: its class's (looked up once per class) and
+    its own (the instance's ``__dict__``)."""
+    cls = type(func)
+    names = _CLASS_CALLBACKS.get(cls)
+    if names is None:
+        names = frozenset(n for n in dir(cls) if n.startswith("callback_"))
+        _CLASS_CALLBACKS[cls] = names
+    own = getattr(func, "__dict__", None)
+    if own is None:  # no instance dictionary (__slots__): ask for everything
+        return frozenset(n for n in dir(func) if n.startswith("callback_"))
+    extra = [n for n in own if n.startswith("callback_")]
+    return names.union(extra) if extra else names
+
+
+def warn_unknown_callbacks(func: Any, names: frozenset[str] | None = None) -> None:
+    """A ``callback_*`` attribute that is none of torchdiffeq's names is probably misspelt
+    (torchdiffeq ignores it silently; we say so)."""
+    unknown = sorted((callback_names(func) if names is None else names) - _KNOWN)
+    if unknown:
+        warnings.warn(
+            f"func defines {unknown}, which no solver calls; the step callbacks are named "
+            f"{', '.join(CALLBACK_NAMES)} (and the same with _adjoint for the adjoint's "
+            "backward solve)",
+            stacklevel=4,
+        )
+
+
+def warn_unsupported_callbacks(
+    func: Any, method: str, supported: frozenset[str], names: frozenset[str] | None = None
+) -> None:
+    """torchdiffeq's warning, word for word, for callbacks that ``method`` never calls."""
+    names = callback_names(func) if names is None else names
+    unsupported = {n for n in names & set(CALLBACK_NAMES) if callable(getattr(func, n, None))}
+    unsupported -= supported
+    if unsupported:
+        warnings.warn(f"Solver '{method}' does not support callbacks {unsupported}", stacklevel=4)
+    warn_unknown_callbacks(func, names)
+
+
+class StepCallbacks:
+    """torchdiffeq's step callbacks for the native engine.
+
+    torchdiffeq calls ``func.callback_step(t0, y0, dt)`` before every step attempt, and for
+    adaptive methods ``func.callback_accept_step`` / ``func.callback_reject_step`` after it,
+    with ``t0`` and ``dt`` as tensors and ``y0`` as the state in the user's form (a tuple state
+    as a tuple), ``t0`` in the user's time direction. The adjoint's backward solve calls the
+    ``*_adjoint`` variants with the augmented state ``(t adjoint, y, adjoint of y, *parameter
+    adjoints)``. A callback the method does not call is reported with torchdiffeq's warning."""
+
+    __slots__ = ("_accept", "_reject", "_step", "sign", "state")
+
+    def __init__(self, step, accept, reject, sign: float, state: Callable[[torch.Tensor], Any]):
+        self._step, self._accept, self._reject = step, accept, reject
+        self.sign = sign  # internal time * sign = user time
+        self.state = state  # the flat internal state as the callback sees it
+
+    @classmethod
+    def of(
+        cls,
+        func: Any,
+        sign: float,
+        state: Callable[[torch.Tensor], Any],
+        adaptive: bool,
+        method: str,
+        adjoint: bool = False,
+    ) -> StepCallbacks | None:
+        """The callbacks of ``func`` (``*_adjoint`` ones for the adjoint's backward solve), or
+        ``None`` when it defines none (then the loops pay nothing)."""
+        names = callback_names(func)
+        if not adjoint:
+            supported = frozenset(CALLBACK_NAMES) if adaptive else _FIXED_GRID
+            warn_unsupported_callbacks(func, method, supported, names)
+        if not names:
+            return None
+        suffix = "_adjoint" if adjoint else ""
+        found = {}
+        for name in CALLBACK_NAMES:
+            cb = getattr(func, name + suffix, None) if name + suffix in names else None
+            found[name] = cb if callable(cb) else None
+        if not adaptive:
+            found["callback_accept_step"] = found["callback_reject_step"] = None
+        if all(cb is None for cb in found.values()):
+            return None
+        return cls(
+            found["callback_step"],
+            found["callback_accept_step"],
+            found["callback_reject_step"],
+            sign,
+            state,
+        )
+
+    def _call(self, cb: Callable | None, t0: float, y0: torch.Tensor, dt: float) -> None:
+        if cb is not None:
+            t = torch.tensor(self.sign * t0, dtype=torch.float64, device=y0.device)
+            cb(t, self.state(y0), torch.tensor(dt, dtype=torch.float64, device=y0.device))
+
+    def step(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        self._call(self._step, t0, y0, dt)
+
+    def accept(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        self._call(self._accept, t0, y0, dt)
+
+    def reject(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        self._call(self._reject, t0, y0, dt)

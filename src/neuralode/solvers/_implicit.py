@@ -26,17 +26,26 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
 from ._methods import Method, Stepper, register_method
 from ._tableau import _TOL, nonzero_terms
 
-__all__ = ["ESDIRK", "IMPLICIT_OPTIONS", "DIRKTableau", "DenseNewton", "KrylovNewton"]
+__all__ = [
+    "ESDIRK",
+    "IMPLICIT_OPTIONS",
+    "TRBDF2",
+    "DIRKTableau",
+    "DenseNewton",
+    "KrylovNewton",
+    "Kvaerno3",
+    "Kvaerno5",
+]
 
 IMPLICIT_OPTIONS = frozenset({"linear_solver", "newton_tol", "max_newton_iters"})
 """The options of the implicit methods, besides those of every adaptive method."""
@@ -67,6 +76,7 @@ class DIRKTableau:
     b_err_terms: tuple[tuple[int, float], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    stages: int = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -86,10 +96,7 @@ class DIRKTableau:
             raise InvalidArgumentError(f"{self.name}: the method must be stiffly accurate")
         object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
         object.__setattr__(self, "b_err_terms", nonzero_terms(self.b_err))
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
+        object.__setattr__(self, "stages", s)
 
 
 def _kvaerno3() -> DIRKTableau:
@@ -368,13 +375,17 @@ class ESDIRK(Method):
     """An adaptive ESDIRK method given by a :class:`DIRKTableau`, with Newton's iteration on
     each implicit stage.
 
-    Options (``odeint(..., options=...)``): ``linear_solver`` — ``"dense"`` (the Jacobian from
-    ``torch.func``, LU-factorised and reused across steps), ``"krylov"`` (matrix-free GMRES) or
-    ``"auto"`` (dense up to :data:`DENSE_MAX` elements); ``newton_tol`` — the Newton iteration
-    stops when its estimated remaining error is this fraction of the error tolerance (default
-    0.03, as RADAU5);
-    ``max_newton_iters`` (default 10) — beyond it (or when it diverges) the step is retried
-    with a fresh Jacobian, then with a quarter of the step size."""
+    Args:
+        tableau: the method's coefficients.
+        linear_solver: ``"dense"`` (the Jacobian from ``torch.func``, LU-factorised and reused
+            across steps), ``"krylov"`` (matrix-free GMRES) or ``"auto"`` (dense up to
+            :data:`DENSE_MAX` elements).
+        newton_tol: the Newton iteration stops when its estimated remaining error is this
+            fraction of the error tolerance (default 0.03, as RADAU5).
+        max_newton_iters: beyond it (or when it diverges) the step is retried with a fresh
+            Jacobian, then with a quarter of the step size.
+
+    torchdiffeq-style calls set the last three by name in ``options``."""
 
     implicit = True
     adaptive = True
@@ -388,6 +399,7 @@ class ESDIRK(Method):
     # dh/dt = -1e4 (h - cos t)), so interpolating with slopes loses accuracy (2e-5 between
     # steps whose ends are right to 1e-7): steps end on the output times instead.
     lands_on_outputs = True
+    parameters = IMPLICIT_OPTIONS
 
     def __init__(
         self,
@@ -396,14 +408,21 @@ class ESDIRK(Method):
         newton_tol: float = 0.03,
         max_newton_iters: int = 10,
     ) -> None:
+        if not isinstance(tableau, DIRKTableau):
+            raise InvalidTypeError(f"ESDIRK takes a DIRKTableau, got {type(tableau).__name__}")
         if linear_solver not in ("auto", "dense", "krylov"):
             raise InvalidArgumentError(
-                f"options['linear_solver'] must be 'auto', 'dense' or 'krylov', got "
-                f"{linear_solver!r}"
+                f"linear_solver must be 'auto', 'dense' or 'krylov', got {linear_solver!r}",
+                argument="linear_solver",
             )
-        if not (isinstance(newton_tol, (int, float)) and 0 < newton_tol < 1):
+        if (
+            isinstance(newton_tol, bool)
+            or not isinstance(newton_tol, (int, float))
+            or not 0 < newton_tol < 1
+        ):
             raise InvalidArgumentError(
-                f"options['newton_tol'] must be a number in (0, 1), got {newton_tol!r}"
+                f"newton_tol must be a number in (0, 1), got {newton_tol!r}",
+                argument="newton_tol",
             )
         if (
             isinstance(max_newton_iters, bool)
@@ -411,7 +430,8 @@ class ESDIRK(Method):
             or (max_newton_iters < 1)
         ):
             raise InvalidArgumentError(
-                f"options['max_newton_iters'] must be a positive integer, got {max_newton_iters!r}"
+                f"max_newton_iters must be a positive integer, got {max_newton_iters!r}",
+                argument="max_newton_iters",
             )
         self.tableau = tableau
         self.name = tableau.name
@@ -422,18 +442,19 @@ class ESDIRK(Method):
         self.newton_tol = float(newton_tol)
         self.max_newton_iters = max_newton_iters
 
-    def with_options(self, options: Mapping[str, Any]) -> ESDIRK:
-        keys = IMPLICIT_OPTIONS & set(options)
-        if not keys:
-            return self
-        return ESDIRK(
-            self.tableau,
-            options.get("linear_solver", self.linear_solver),
-            options.get("newton_tol", self.newton_tol),
-            options.get("max_newton_iters", self.max_newton_iters),
-        )
+    def _configured(self, **parameters: Any) -> ESDIRK:
+        current = {
+            "linear_solver": self.linear_solver,
+            "newton_tol": self.newton_tol,
+            "max_newton_iters": self.max_newton_iters,
+        }
+        return ESDIRK(self.tableau, **{**current, **parameters})
 
-    option_keys = IMPLICIT_OPTIONS
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, linear_solver={self.linear_solver!r}, "
+            f"newton_tol={self.newton_tol}, max_newton_iters={self.max_newton_iters})"
+        )
 
 
 class _ESDIRKStepper(Stepper):
@@ -553,6 +574,30 @@ class _ESDIRKStepper(Stepper):
 
 
 ESDIRK.stepper_class = _ESDIRKStepper
-KVAERNO3 = register_method(ESDIRK(_kvaerno3()))
-KVAERNO5 = register_method(ESDIRK(_kvaerno5()))
-TRBDF2 = register_method(ESDIRK(_trbdf2()))
+
+
+class Kvaerno3(ESDIRK):
+    """Kværnø's ESDIRK 3(2), L-stable, stiffly accurate (``method="kvaerno3"``)."""
+
+    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+        super().__init__(_KVAERNO3, linear_solver, newton_tol, max_newton_iters)
+
+
+class Kvaerno5(ESDIRK):
+    """Kværnø's ESDIRK 5(4), 7 stages, L-stable, stiffly accurate (``method="kvaerno5"``): the
+    one to reach for on stiff dynamics."""
+
+    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+        super().__init__(_KVAERNO5, linear_solver, newton_tol, max_newton_iters)
+
+
+class TRBDF2(ESDIRK):
+    """TR-BDF2 (order 2 with a 3rd-order estimate), L-stable (``method="trbdf2"``)."""
+
+    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+        super().__init__(_TRBDF2, linear_solver, newton_tol, max_newton_iters)
+
+
+_KVAERNO3, _KVAERNO5, _TRBDF2 = _kvaerno3(), _kvaerno5(), _trbdf2()
+for _cls in (Kvaerno3, Kvaerno5, TRBDF2):
+    register_method(_cls())

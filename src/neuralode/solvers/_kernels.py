@@ -163,11 +163,12 @@ class Stages:
         self,
         rows: Sequence[Sequence[int | float]],
         scale: float,
-        f: Callable[[int, torch.Tensor], torch.Tensor],
+        f: Callable[[Any, torch.Tensor], torch.Tensor],
+        times: Sequence[Any],
     ) -> torch.Tensor:
         """The stages of an explicit Runge–Kutta step: for each row ``i`` (from 1), the state
         ``y_i = base + scale * sum(c * stages[j] for j, c in pairs(rows[i - 1]))`` in one pass,
-        then ``stages.append(f(i, y_i))``; returns the last ``y_i``.
+        then ``stages.append(f(times[i - 1], y_i))``; returns the last ``y_i``.
 
         :meth:`append` and :func:`lincomb` written out in one loop: a dopri5 step calls them
         twelve times, and this saves their calls' overhead."""
@@ -177,10 +178,10 @@ class Stages:
         base, base_address = self.base, self.base_address
         tensors, addresses = self.tensors, self.addresses
         y = base
-        for i, terms in enumerate(rows, 1):
+        for terms, t in zip(rows, times, strict=True):
             y = empty_like(base)  # fresh and contiguous, numel elements
             c_lincomb(dbl, n, y.data_ptr(), base_address, addresses, terms, scale)
-            k = f(i, y)
+            k = f(t, y)
             if not (k.is_cpu and k.dtype is dtype and k.is_contiguous() and k.numel() == n):
                 k = self._conform(k)
             tensors.append(k)
@@ -468,15 +469,10 @@ class FusedKernels(Kernels):
 
     def rk_stages(self, ev, tab, t: float, y, f0, dt, last_node: float | None = None):
         ks = Stages(y, f0)
-        c = tab.c
-
-        def stage(i: int, yi: torch.Tensor) -> torch.Tensor:
-            ti = t + c[i] * dt
-            if last_node is not None and c[i] == 1.0:
-                ti = last_node
-            return ev(ti, yi)
-
-        yi = ks.advance(tab.a_flat[1:], dt, stage)
+        times = [t + c * dt for c in tab.c[1:]]
+        if last_node is not None:  # stages at the step's end: just before a jump
+            times = [last_node if c == 1.0 else x for c, x in zip(tab.c[1:], times, strict=True)]
+        yi = ks.advance(tab.a_flat[1:], dt, ev, times)
         if not tab.fsal:
             yi = lincomb(ks, tab.b_flat, dt)
         return yi, ks

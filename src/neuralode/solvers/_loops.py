@@ -1,6 +1,7 @@
-"""The loops: fixed grid, adaptive with one step size (joint lane) and adaptive with a step size
-per sample (per-sample lane). A loop composes a method's :class:`~._methods.Stepper` with a
-step-size controller (:mod:`._controller`) and knows nothing else about either.
+"""The loops: the fixed grid and the adaptive joint lane (one step size for the whole state),
+and the lanes as objects (:class:`Joint`, :class:`PerSample`; the per-sample loop is in
+:mod:`._per_sample`). A loop composes a method's :class:`~._methods.Stepper` with a step-size
+controller (:mod:`._controller`) and knows nothing else about either.
 
 Times are Python floats on the host in the joint lane (one synchronisation per step, for the
 accept/reject decision) and tensors of shape ``(batch,)`` in the per-sample lane; states are
@@ -10,34 +11,36 @@ handled by the :class:`~._evaluator.Evaluator` (``s ↦ -f(-s, y)``).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..errors import (
-    InvalidArgumentError,
-    NonFiniteStateError,
-)
+from .._registry import Registry
+from ..errors import InvalidArgumentError, NonFiniteStateError
 from . import _kernels as kernels
-from ._controller import PIController, StepBoundaries, StepSizeController
+from ._controller import DEFAULT_MAX_NUM_STEPS, PIController, StepBoundaries, StepSizeController
 from ._evaluator import Evaluator
 from ._kernels import rms as _rms
 from ._messages import Status, failure
-from ._methods import Method, Stepper
-from ._validate import DEFAULT_MAX_NUM_STEPS
+from ._methods import Method
 
 __all__ = [
+    "LANES",
     "AdaptiveConfig",
-    "Evaluator",
+    "Joint",
+    "Lane",
+    "PerSample",
     "RMSNorm",
     "StepRecord",
+    "grid_interp",
+    "mixed_norm",
     "solve_adaptive",
-    "solve_adaptive_per_sample",
     "solve_fixed",
 ]
 
@@ -109,9 +112,10 @@ def solve_fixed(
     interp: str = "linear",
     record: list[StepRecord] | None = None,
     on_accept: Callable[[Sequence[torch.Tensor], float], None] | None = None,
+    trajectory: list[tuple] | None = None,
 ) -> list[torch.Tensor]:
     """Fixed-grid steps with linear (or cubic Hermite) interpolation at the output times, as
-    torchdiffeq."""
+    torchdiffeq. ``trajectory`` collects every step as ``(t0, dt, y0, y1, f0)``."""
     grid = fixed_grid(t, step_size)
     stepper = method.stepper(ev, kernels.select(y0))
     out = [y0]
@@ -136,17 +140,19 @@ def solve_fixed(
             on_accept(ks, dt)
         rec = None if record is None else StepRecord(t0, dt, y, [])
         while j < len(t) and t1 >= t[j]:
-            out.append(_grid_interp(ev, interp, t0, t1, y, y1, f0, t[j]))
+            out.append(grid_interp(ev, interp, t0, t1, y, y1, f0, t[j]))
             if rec is not None:
                 rec.outputs.append((j, (t[j] - t0) / dt))
             j += 1
         if rec is not None:
             record.append(rec)
+        if trajectory is not None:
+            trajectory.append((t0, dt, y, y1, f0))
         y = y1
     return out
 
 
-def _grid_interp(ev, interp, t0, t1, y0, y1, f0, s):
+def grid_interp(ev, interp, t0, t1, y0, y1, f0, s):
     if s == t0:
         return y0
     if s == t1:
@@ -175,6 +181,16 @@ class AdaptiveConfig:
 
     def kernels(self, y0: torch.Tensor) -> kernels.Kernels:
         return kernels.select(y0, self.rtol, self.atol, self.norm)
+
+
+def mixed_norm(sizes: Sequence[int]) -> Callable[[torch.Tensor], float]:
+    """Max over consecutive pieces of these sizes of their RMS (torchdiffeq's norm for tuple
+    states)."""
+
+    def norm(x: torch.Tensor) -> float:
+        return max(_rms(p) for p in torch.split(x, list(sizes)))
+
+    return norm
 
 
 class RMSNorm:
@@ -209,12 +225,14 @@ def solve_adaptive(
     cfg: AdaptiveConfig,
     record: list[StepRecord] | None = None,
     on_accept: Callable[[Sequence[torch.Tensor], float], None] | None = None,
+    trajectory: list[tuple] | None = None,
 ) -> list[torch.Tensor]:
     """The joint lane: adaptive steps with one step size for the whole state (torchdiffeq's
     behaviour).
 
     ``on_accept(ks, dt)`` is called with the stages of every accepted step (the continuous
-    adjoint integrates its parameter adjoints by quadrature with it)."""
+    adjoint integrates its parameter adjoints by quadrature with it); ``trajectory`` collects
+    every accepted step as ``(t0, dt, y0, y1, ks, f1)`` (for dense output)."""
     stats = ev.stats
     stats.steps_accepted = stats.steps_accepted or 0
     stats.steps_rejected = stats.steps_rejected or 0
@@ -290,6 +308,8 @@ def solve_adaptive(
                 j += 1
             if rec is not None:
                 record.append(rec)
+            if trajectory is not None:
+                trajectory.append((t_now, dt, y, y1, ks, f1))
             y, f0, t_now = y1, f_next, t1
             f0_is_stage = not method.exact_slope and f1_time is None and last_node is None
             if hit is not None:
@@ -305,43 +325,6 @@ def solve_adaptive(
     return out
 
 
-def recompute_step(
-    stepper: Stepper,
-    rec: StepRecord,
-    y: torch.Tensor,
-    fixed_interp: str | None = None,
-    f0: torch.Tensor | None = None,
-    last_stage: bool = False,
-) -> tuple[list[torch.Tensor], list[int]]:
-    """Recompute an accepted step from its record (under autograd, in the checkpointed
-    gradient's backward pass): ``([y1, *outputs], [-1, *output indices])``, with the last
-    stage appended (index ``-2``) where ``last_stage`` (the next step started from it). ``f0``
-    is the recorded first slope where there is one (else ``f(t, y)`` is evaluated)."""
-    ev = stepper.ev
-    stepper.restore(rec.state)
-    if f0 is None:
-        f0 = ev(rec.t, y)
-    y1, ks = stepper.step(rec.t, y, f0, rec.dt, rec.last_node)
-    outs, idx = [y1], [-1]
-    if last_stage:
-        outs.append(ks[-1])
-        idx.append(-2)
-    if rec.outputs:
-        t1 = rec.t + rec.dt
-        if fixed_interp is not None:
-            for j, theta in rec.outputs:
-                outs.append(
-                    _grid_interp(ev, fixed_interp, rec.t, t1, y, y1, f0, rec.t + theta * rec.dt)
-                )
-                idx.append(j)
-        else:
-            f1 = ks[-1] if rec.f1_time is None else ev(rec.f1_time, y1)
-            for j, theta in rec.outputs:
-                outs.append(stepper.dense(y, y1, ks, f1, rec.dt, theta))
-                idx.append(j)
-    return outs, idx
-
-
 def _nonfinite(ev: Evaluator, method: Method, t: float, dt: float, ks) -> Exception:
     """Locate the first stage whose derivative is not finite (only on the failure path)."""
     for c, k in zip(getattr(method, "nodes", ()), ks):
@@ -351,174 +334,102 @@ def _nonfinite(ev: Evaluator, method: Method, t: float, dt: float, ks) -> Except
     return failure(Status.NONFINITE, time=ev.sign * t, detail=within)
 
 
-# --------------------------------------------------------------------------- per sample
+# --------------------------------------------------------------------------- lanes
 
 
-class _PerSampleKernels(kernels.TorchKernels):
-    """Tensor kernels whose step sizes, times and norms are per sample: a step size is a tensor
-    of shape ``(batch,)``, broadcast over the state's other dimensions, and a norm is the RMS of
-    each sample."""
+class Lane(abc.ABC):
+    """How a batch shares its steps: :class:`Joint` (one step size for the whole state, as
+    torchdiffeq) or :class:`PerSample` (every sample its own). Registered in :data:`LANES`."""
 
-    def __init__(self, rtol: Any, atol: Any, y0: torch.Tensor, time_dtype: torch.dtype) -> None:
-        super().__init__(rtol, atol, None)
-        self.batch = y0.shape[0]
-        self.view = (self.batch,) + (1,) * (y0.ndim - 1)
-        self.dtype = y0.dtype
-        self.time_dtype = time_dtype
-        self._poly_key: Any = None
+    name: ClassVar[str]
 
-    def state_dt(self, dt: Any) -> Any:
-        return dt.to(self.dtype).reshape(self.view)
+    def check(self, method: Method, controller: Any, y0: Any, times: Any, gradient: Any) -> None:
+        """Refuse, with the reason, what this lane cannot solve (``times``: the internal
+        output times, a list, or a ``(batch, n)`` tensor of per-sample times)."""
+        if type(times) is not list:
+            raise InvalidArgumentError(
+                "t of shape (batch, n), every sample its own times, needs the per-sample lane: "
+                "options={'batch_mode': 'per_sample'} (or lane=PerSample())"
+            )
 
-    def scaled_norm(self, x, y, y1=None):
-        with torch.no_grad():
-            mag = y.abs() if y1 is None else torch.maximum(y.abs(), y1.abs())
-            scaled = x / (mag * self.rtol).add_(self.atol)
-            return scaled.reshape(self.batch, -1).pow(2).mean(dim=1).sqrt().to(self.time_dtype)
+    @abc.abstractmethod
+    def run(self, plan: Any, ev: Evaluator, y0: torch.Tensor, record=None, trajectory=None):
+        """The states at the plan's times, as a list."""
 
-    def axpy(self, y, k, h):
-        return y + self.state_dt(h) * k
-
-    def dense(self, tab, y0, y1, ks, f1, dt, theta):
-        """The dense output at several fractions per sample at once: ``theta`` of shape
-        ``(R, batch)`` gives a result of shape ``(R, *state)``. One contraction of the stages
-        with the polynomials' weights replaces a call per output (the batch's outputs within a
-        step are many small operations otherwise)."""
-        key = (tab.name, theta.dtype, theta.device)
-        if self._poly_key != key:
-            js = [j for j, _ in tab.dense_poly]
-            q = torch.tensor([q for _, q in tab.dense_poly], dtype=theta.dtype, device=theta.device)
-            self._poly, self._poly_js, self._poly_key = q, js, key
-        stages = [*ks, f1]
-        js = self._poly_js
-        k = torch.stack([stages[j] for j in js]).reshape(len(js), self.batch, -1)
-        q1, q2, q3, q4 = self._poly.T.unsqueeze(1).unsqueeze(1)  # each (1, 1, stages)
-        x = theta.unsqueeze(-1)
-        weights = (x * (q1 + x * (q2 + x * (q3 + x * q4)))).to(self.dtype)  # (R, B, stages)
-        # (small matrix products are slower than this broadcast on the CPU)
-        step = (weights.unsqueeze(-1) * k.transpose(0, 1)).sum(dim=2)
-        return torch.addcmul(y0, self.state_dt(dt), step.reshape(theta.shape[0], *y0.shape))
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
-class _CountingEvaluator:
-    """The evaluator of the per-sample lane: counts an evaluation for the samples in ``mask``
-    (those still integrating), so that every sample reports the evaluations it needed."""
+class Joint(Lane):
+    """One step size for the whole state (torchdiffeq's behaviour): every sample of a batch
+    takes the steps the hardest one needs."""
 
-    def __init__(self, ev: Evaluator, batch: int, device: torch.device) -> None:
-        self.ev = ev
-        self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
-        self.mask = torch.ones(batch, dtype=torch.bool, device=device)
+    name = "joint"
 
-    def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += self.mask
-        return self.ev(s, y)
+    def run(self, plan, ev, y0, record=None, trajectory=None):
+        if plan.cfg is None:
+            return solve_fixed(ev, plan.method, y0, plan.times, plan.step_size, plan.interp,
+                               record, trajectory=trajectory)  # fmt: skip
+        return solve_adaptive(ev, plan.method, y0, plan.times, plan.cfg, record,
+                              trajectory=trajectory)  # fmt: skip
 
 
-def solve_adaptive_per_sample(
-    ev: Evaluator,
-    method: Method,
-    y0: torch.Tensor,
-    t: Sequence[float] | torch.Tensor,
-    cfg: AdaptiveConfig,
-) -> list[torch.Tensor]:
-    """The per-sample lane: every sample (first dimension) has its own time, step size and
-    error test, so that its result and NFE do not depend on the rest of the batch.
+class PerSample(Lane):
+    """Every sample (first dimension) its own time, step size and error test, so that its
+    result and NFE do not depend on the rest of the batch; output times may be a ``(batch, n)``
+    tensor, every sample its own. Explicit adaptive methods, direct gradients."""
 
-    ``t`` holds the output times: one sequence for all samples, or a tensor of shape
-    ``(batch, n)`` with every sample's own increasing times (the first column is each
-    sample's start). The dynamics receive ``t`` as a tensor of shape ``(batch,)``; output ``j``
-    of sample ``b`` is its state at ``t[b, j]``.
-    """
-    if y0.ndim == 0:
-        raise InvalidArgumentError("batch_mode='per_sample' needs a state with a batch dimension")
-    B = y0.shape[0]
-    dev = y0.device
-    tdt = torch.float64 if y0.dtype == torch.float64 or dev.type == "cpu" else torch.float32
-    times = torch.as_tensor(t, dtype=tdt, device=dev)
-    if times.ndim == 1:
-        times = times.expand(B, -1)
-    if times.ndim != 2 or times.shape[0] != B:
-        raise InvalidArgumentError(
-            f"per-sample output times must have shape (batch, n) = ({B}, n), got "
-            f"{tuple(times.shape)}"
-        )
-    n_out = times.shape[1]
-    stats = ev.stats
-    ctrl = cfg.controller
-    k = _PerSampleKernels(cfg.rtol, cfg.atol, y0, tdt)
-    counting = _CountingEvaluator(ev, B, dev)
-    stepper = method.stepper(counting, k)
-    acc = torch.zeros(B, dtype=torch.long, device=dev)
-    rej = torch.zeros(B, dtype=torch.long, device=dev)
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    t_now = times[:, 0].clone()
-    y = y0
-    f0 = counting(t_now, y)
-    if cfg.first_step is None:
-        dt = stepper.initial_step(t_now, y, f0, ctrl.max_step)
-    else:
-        dt = torch.full_like(t_now, cfg.first_step)
-    dt = ctrl.clamp(dt)
-    prev_ratio = torch.ones_like(t_now)
-    # row j: every sample's output j; the extra last row takes the writes of samples without an
-    # output due (so that no two writes of one call land on one element)
-    out = torch.cat((y0.unsqueeze(0).expand(n_out, *y0.shape), y0.unsqueeze(0)))
-    rows = torch.arange(B, device=dev)
-    positions = torch.arange(n_out, device=dev)
-    nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
-    n_iter = 0
-    active = nxt < n_out
-    go_on = n_out > 1
-    # one read from the device per iteration (a synchronisation on a GPU): whether a sample is
-    # not finite, how many outputs a sample passed at most, and whether any sample goes on
-    while go_on:
-        if n_iter >= cfg.max_num_steps:
-            raise failure(Status.MAX_STEPS, limit=cfg.max_num_steps, rtol=cfg.rtol)
-        n_iter += 1
-        counting.mask = active
-        dt_eff = torch.where(active, dt, torch.zeros_like(dt))
-        y1, ks = stepper.step(t_now, y, f0, dt_eff)
-        ratio = stepper.error_ratio(y, y1, ks, dt_eff)
-        with torch.no_grad():
-            bad = torch.isnan(ratio) & active
-            accept = ctrl.accept(ratio, dt_eff) & active
-            acc += accept
-            rej += (~accept) & active
-            dt_new = ctrl.next_step(dt, ratio, prev_ratio, method.order)
-            prev_ratio = torch.where(accept, ctrl.remember(ratio), prev_ratio)
-            t1 = t_now + dt_eff
-            passed = (positions >= nxt.unsqueeze(1)) & (times <= t1.unsqueeze(1))
-            passed &= accept.unsqueeze(1)
-            n_passed = passed.sum(dim=1)
-            any_bad, most, go_on = torch.stack(
-                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any())
-            ).tolist()
-        if any_bad:
-            raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
-        counting.mask = accept
-        f1, _ = stepper.end_slope(t1, y1, ks)
-        if most:  # the outputs every sample passed, in one dense-output call
-            with torch.no_grad():
-                r = torch.arange(int(most), device=dev).unsqueeze(1)
-                due = n_passed.unsqueeze(0) > r
-                idx = (nxt.unsqueeze(0) + r).clamp(max=n_out - 1)
-                t_out = times.gather(1, idx.T).T
-                theta = ((t_out - t_now) / dt_eff.clamp(min=1e-300)).clamp(0.0, 1.0)
-                idx = torch.where(due, idx, n_out)
-            val = stepper.dense(y, y1, ks, f1, dt_eff, theta)
-            out.index_put_((idx, rows.expand_as(idx)), val)  # (out is the loop's own tensor)
-        nxt = nxt + n_passed
-        am = accept.reshape(k.view)
-        y = torch.where(am, y1, y)
-        f0 = torch.where(am, f1, f0)
-        t_now = torch.where(accept, t1, t_now)
-        dt = torch.where(active, dt_new, dt)
-        active = nxt < n_out
-    # the batch takes as many steps as its hardest sample: report that sample's counters
-    hardest = int(torch.argmax(acc + rej))
-    stats.steps_accepted = (stats.steps_accepted or 0) + int(acc[hardest])
-    stats.steps_rejected = (stats.steps_rejected or 0) + int(rej[hardest])
-    stats.nfe_per_sample = counting.nfe.tolist()
-    stats.steps_accepted_per_sample = acc.tolist()
-    stats.steps_rejected_per_sample = rej.tolist()
-    return list(out[:-1].unbind(0))
+    name = "per_sample"
+
+    def check(self, method, controller, y0, times, gradient):
+        if gradient.name != "direct":
+            raise InvalidArgumentError(
+                "batch_mode='per_sample' supports direct backpropagation only; use odeint "
+                "without gradient='checkpoint', or batch_mode='joint'"
+            )
+        if not controller.adaptive:
+            raise InvalidArgumentError(
+                "batch_mode='per_sample' needs an adaptive method such as dopri5"
+            )
+        if not isinstance(y0, torch.Tensor):
+            raise InvalidArgumentError("batch_mode='per_sample' needs a tensor state, not a tuple")
+        if y0.ndim == 0:
+            raise InvalidArgumentError(
+                "batch_mode='per_sample' needs a state with a batch dimension"
+            )
+        if type(times) is not list and y0.shape[0] != times.shape[0]:
+            raise InvalidArgumentError(
+                f"per-sample times of shape {tuple(times.shape)} need a tensor state with "
+                f"{times.shape[0]} samples in its first dimension, got {tuple(y0.shape)}"
+            )
+        shared = [k for k in ("step_t", "jump_t") if getattr(controller, k)]
+        if controller.norm is not None:
+            shared.append("norm")
+        if shared:
+            raise InvalidArgumentError(
+                f"batch_mode='per_sample' does not support options {shared}: every sample "
+                "has its own steps and its own error test, so step_t/jump_t boundaries "
+                "shared by the batch and a norm of the whole state do not apply. Use "
+                "batch_mode='joint' (the default) with these options"
+            )
+        if method.implicit:
+            raise InvalidArgumentError(
+                f"batch_mode='per_sample' supports explicit methods; {method.name!r} "
+                "is implicit (its Newton iteration couples the batch). Use "
+                "batch_mode='joint' (the default)"
+            )
+
+    def run(self, plan, ev, y0, record=None, trajectory=None):
+        from ._per_sample import solve_adaptive_per_sample
+
+        if record is not None or trajectory is not None:
+            raise InvalidArgumentError(
+                "batch_mode='per_sample' supports direct backpropagation only and has no dense "
+                "output; use odeint without gradient='checkpoint', or batch_mode='joint'"
+            )
+        return solve_adaptive_per_sample(ev, plan.method, y0, plan.times, plan.cfg)
+
+
+LANES: Registry[type[Lane]] = Registry("batch mode", "a lane is a Lane subclass")
+LANES.register("joint", Joint)
+LANES.register("per_sample", PerSample)

@@ -4,18 +4,21 @@ every engine and loop (:func:`failure`)."""
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import NonFiniteStateError, SolverError, StepSizeUnderflowError, TooManyStepsError
-from ._validate import DEFAULT_MAX_NUM_STEPS
+from ._controller import DEFAULT_MAX_NUM_STEPS
 
 __all__ = [
     "STIFF_REMEDIES",
     "Status",
+    "explain",
     "failure",
+    "first_nonfinite_time",
     "step_underflow_message",
     "too_many_steps_message",
 ]
@@ -113,3 +116,47 @@ def failure(status: Status, **context: Any) -> SolverError:
     ``implicit`` (an implicit method failed), ``time`` and ``detail`` (of a non-finite
     state)."""
     return _TABLE[status](**context)
+
+
+def first_nonfinite_time(solution: Any, t: torch.Tensor) -> float | None:
+    """The first output time whose state is not finite, or None if all are finite (one host
+    synchronisation when everything is finite)."""
+    from ._solve import is_finite
+
+    if is_finite(solution):
+        return None
+    tensors = (solution,) if isinstance(solution, torch.Tensor) else tuple(solution)
+    n = t.numel()
+    bad = torch.zeros(n, dtype=torch.bool, device=t.device)
+    for s in tensors:
+        if s.ndim == 0 or s.shape[0] != n:
+            continue
+        bad |= ~torch.isfinite(s.detach().reshape(n, -1)).all(dim=1).to(t.device)
+    idx = torch.nonzero(bad)
+    if idx.numel() == 0:
+        return None
+    return float(t[int(idx[0])].detach())
+
+
+def explain(
+    err: SolverError, func: Callable, t: torch.Tensor, y0: Any, resolution: str | None
+) -> Exception:
+    """A failure whose cause is in the input, said as such (only on the failure path)."""
+    from ._solve import is_finite
+
+    t0 = float(t.reshape(t.shape[0], -1)[0, 0] if t.ndim == 2 else t[0])
+    if not is_finite(y0):
+        return NonFiniteStateError.at_start(t0)
+    if resolution is not None:
+        return SolverError(f"the solve failed ({type(err).__name__}) because {resolution}")
+    if isinstance(err, NonFiniteStateError) and (err.time is None or not math.isfinite(err.time)):
+        # no finite time to name ("t ≈ nan"): are the dynamics broken at the start already?
+        with torch.no_grad():
+            try:
+                at_start = func(t.reshape(-1)[0] if t.ndim == 1 else t[:, 0], y0)
+            except Exception:
+                at_start = None
+        if at_start is not None and not is_finite(at_start):
+            return NonFiniteStateError.dynamics_at_start(t0)
+        return NonFiniteStateError(None, detail=f" (after t = {t0:.6g})")
+    return err

@@ -1,28 +1,51 @@
 """Methods: what one step of a solver computes.
 
-A :class:`Method` is stateless and shared; for a solve it makes a :class:`Stepper`, which holds
-the solve's kernels (and, for implicit methods, its Newton state) and offers the loop four
-things: a step attempt, its error ratio, the slope at the step's end and the dense output inside
-an accepted step. The loops in ``_loops`` compose a stepper with a step-size controller and know
-nothing else about the method.
+A :class:`Method` is an immutable object shared by every solve; for one solve it makes a
+:class:`Stepper`, which holds the solve's kernels (and, for implicit methods, its Newton state)
+and offers the loop four things: a step attempt, its error ratio, the slope at the step's end and
+the dense output inside an accepted step. The loops compose a stepper with a step-size controller
+and know nothing else about the method.
+
+Every explicit method is :class:`ExplicitRK` with a validated Butcher tableau; the named classes
+(:class:`Dopri5`, :class:`RK4`, ...) are those with torchdiffeq's tableaux. :data:`METHODS`
+registers a default instance of each under its torchdiffeq name.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .._registry import Registry
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
 from ._controller import initial_step
 from ._tableau import TABLEAUX, ButcherTableau
 
-__all__ = ["METHODS", "ExplicitRK", "Method", "Stepper", "get_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "RK4",
+    "AdaptiveHeun",
+    "Bosh3",
+    "Dopri5",
+    "Dopri8",
+    "Euler",
+    "ExplicitRK",
+    "Fehlberg2",
+    "Heun2",
+    "Heun3",
+    "Method",
+    "Midpoint",
+    "Stepper",
+    "Tsit5",
+    "register_method",
+]
 
 
 class Stepper(abc.ABC):
-    """One solve's view of a method. ``ev`` is the solve's :class:`Evaluator`."""
+    """One solve's view of a method. ``ev`` is the solve's evaluator of the dynamics."""
 
     method: Method
 
@@ -74,7 +97,10 @@ class Stepper(abc.ABC):
 
 
 class Method(abc.ABC):
-    """A one-step method: its name, order, whether it adapts its step, and its stepper."""
+    """A one-step method: its name, order, whether it adapts its step, and its stepper.
+
+    A method is immutable; :meth:`configured` returns a copy with other parameters (those
+    named in ``parameters``, which torchdiffeq-style ``options`` may set by name)."""
 
     name: str
     order: int
@@ -82,8 +108,11 @@ class Method(abc.ABC):
     reuses_last_stage: bool = False
     implicit: bool = False
     lands_on_outputs: bool = False  # steps end on every output time instead of interpolating
-    # whether a reused last stage is exactly f(t1, y1) (else a recomputed step must be given it)
+    # whether a reused last stage is exactly f(t, y) (else a recomputed step must be given it)
     exact_slope: bool = True
+    stages: int = 1
+    nodes: tuple[float, ...] = ()  # where the stages are evaluated, as fractions of the step
+    parameters: ClassVar[frozenset[str]] = frozenset()  # what configured() may change
 
     stepper_class: type[Stepper]
 
@@ -96,14 +125,20 @@ class Method(abc.ABC):
         own nodes (for the graph-size warning)."""
         return 3 * self.stages * y0.numel() * y0.element_size()
 
-    stages: int = 1
-    option_keys: frozenset[str] = frozenset()  # options of its own, besides the adaptive ones
+    def configured(self, **parameters: Any) -> Method:
+        """The method with ``parameters`` changed (itself where there are none)."""
+        if not parameters:
+            return self
+        unknown = sorted(set(parameters) - self.parameters)
+        if unknown:
+            raise InvalidArgumentError(
+                f"method {self.name!r} takes no parameters {unknown}; it takes "
+                f"{sorted(self.parameters) or 'none'}"
+            )
+        return self._configured(**parameters)
 
-    def with_options(self, options: Any) -> Method:
-        """The method configured by the solve's options (itself where none concern it)."""
+    def _configured(self, **parameters: Any) -> Method:
         return self
-
-    nodes: tuple[float, ...] = ()  # where the stages are evaluated, as fractions of the step
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -113,6 +148,10 @@ class ExplicitRK(Method):
     """An explicit Runge–Kutta method given by a validated :class:`ButcherTableau`."""
 
     def __init__(self, tableau: ButcherTableau) -> None:
+        if not isinstance(tableau, ButcherTableau):
+            raise InvalidTypeError(
+                f"ExplicitRK takes a ButcherTableau, got {type(tableau).__name__}"
+            )
         self.tableau = tableau
         self.name = tableau.name
         self.order = tableau.order
@@ -137,17 +176,50 @@ class _ExplicitStepper(Stepper):
 
 ExplicitRK.stepper_class = _ExplicitStepper
 
-METHODS: dict[str, Method] = {name: ExplicitRK(tab) for name, tab in TABLEAUX.items()}
-"""The native methods by name (torchdiffeq's names for the explicit ones)."""
+
+def _named(cls_name: str, tableau_name: str, doc: str) -> type[ExplicitRK]:
+    """An explicit method with torchdiffeq's tableau of that name, as a class of its own."""
+
+    def __init__(self) -> None:
+        ExplicitRK.__init__(self, TABLEAUX[tableau_name])
+
+    def __repr__(self) -> str:
+        return f"{cls_name}()"
+
+    return type(cls_name, (ExplicitRK,), {"__init__": __init__, "__repr__": __repr__,
+                                          "__doc__": doc, "__module__": __name__})  # fmt: skip
 
 
-def register_method(method: Method) -> Method:
-    """Make ``method`` available by its name to ``odeint(method=...)`` on the native engine."""
-    METHODS[method.name] = method
-    return method
+Euler = _named("Euler", "euler", "Euler's method (order 1, fixed step).")
+Midpoint = _named("Midpoint", "midpoint", "The explicit midpoint method (order 2, fixed step).")
+Heun2 = _named("Heun2", "heun2", "Heun's method (order 2, fixed step).")
+Heun3 = _named("Heun3", "heun3", "Heun's third-order method (fixed step).")
+RK4 = _named("RK4", "rk4", "The classic fourth-order method in its 3/8 form (torchdiffeq's rk4).")
+AdaptiveHeun = _named("AdaptiveHeun", "adaptive_heun", "Heun–Euler 2(1), adaptive.")
+Fehlberg2 = _named("Fehlberg2", "fehlberg2", "Runge–Kutta–Fehlberg 2(1), adaptive.")
+Bosh3 = _named("Bosh3", "bosh3", "Bogacki–Shampine 3(2), adaptive.")
+Dopri5 = _named("Dopri5", "dopri5", "Dormand–Prince 5(4), adaptive (torchdiffeq's default).")
+Dopri8 = _named("Dopri8", "dopri8", "Dormand–Prince 8(7), adaptive.")
+Tsit5 = _named("Tsit5", "tsit5", "Tsitouras 5(4), adaptive.")
+
+METHODS: Registry[Method] = Registry(
+    "method", "a new one is a Method object registered with register_method(method)"
+)
+"""The native methods by name (torchdiffeq's names for the explicit ones): a default instance
+of each; options that configure one go through :meth:`Method.configured`."""
+
+for _cls in (Euler, Midpoint, Heun2, Heun3, RK4, AdaptiveHeun, Fehlberg2, Bosh3, Dopri5,
+             Dopri8, Tsit5):  # fmt: skip
+    _m = _cls()
+    METHODS.register(_m.name, _m)
 
 
-def get_method(method: str | Method) -> Method:
-    if isinstance(method, Method):
-        return method
-    return METHODS[method]
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Make ``method`` available by its name to ``odeint(method=...)``, blocks and the command
+    line (``--method``)."""
+    if not isinstance(method, Method):
+        raise InvalidTypeError(
+            f"register_method takes a Method object (e.g. ExplicitRK(tableau)), got "
+            f"{type(method).__name__}"
+        )
+    return METHODS.register(method.name, method, replace=replace)

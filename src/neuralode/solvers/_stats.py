@@ -1,11 +1,17 @@
-"""Solve statistics, counted without any help from the user's dynamics function."""
+"""Solve statistics, counted without any help from the user's dynamics function, and the
+recording context that collects every solve made inside it (:func:`record`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-__all__ = ["SolveStats"]
+import torch
+
+__all__ = ["Recording", "SolveStats", "record"]
 
 
 def _add(a: int | None, b: int | None) -> int | None:
@@ -108,3 +114,96 @@ class SolveStats:
         if self.steps_rejected_backward is not None:
             parts.append(f"rejected={self.steps_rejected_backward}")
         return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- recording
+
+ACTIVE: contextvars.ContextVar[tuple[Recording, ...]] = contextvars.ContextVar(
+    "neuralode_recordings", default=()
+)
+"""The recordings open in this context, innermost last; every solve appends its statistics to
+each (``for r in ACTIVE.get(): r.solves.append(stats)``), and every regularized block its
+terms."""
+
+
+class Recording:
+    """What :func:`record` collects: the statistics of every solve started inside the block
+    (their backward counters fill in when gradients are computed later, even after the block
+    has ended) and the regularization terms of every block that integrated them.
+
+    Attributes:
+        solves: one :class:`SolveStats` per solve, in order.
+        regularization_terms: ``(name, weighted term)`` per regularizer and solve, in order.
+    """
+
+    def __init__(self) -> None:
+        self.solves: list[SolveStats] = []
+        self.regularization_terms: list[tuple[str, torch.Tensor]] = []
+
+    @property
+    def stats(self) -> SolveStats:
+        """Every solve's counters, summed."""
+        return SolveStats.total(self.solves)
+
+    @property
+    def nfe_forward(self) -> int:
+        return sum(s.nfe_forward for s in self.solves)
+
+    @property
+    def nfe_backward(self) -> int:
+        return sum(s.nfe_backward for s in self.solves)
+
+    @property
+    def regularization(self) -> torch.Tensor | None:
+        """The sum of every weighted regularization term recorded (``None`` where there is
+        none): what the training loop adds to the loss."""
+        if not self.regularization_terms:
+            return None
+        total = self.regularization_terms[0][1]
+        for _, term in self.regularization_terms[1:]:
+            total = total + term
+        return total
+
+    def terms_by_name(self) -> dict[str, torch.Tensor]:
+        """The weighted regularization terms summed by regularizer name."""
+        out: dict[str, torch.Tensor] = {}
+        for name, term in self.regularization_terms:
+            out[name] = term if name not in out else out[name] + term
+        return out
+
+    def add_regularization(self, name: str, term: torch.Tensor) -> None:
+        self.regularization_terms.append((name, term))
+
+    def __repr__(self) -> str:
+        return (
+            f"Recording({len(self.solves)} solves, nfe forward={self.nfe_forward}, "
+            f"backward={self.nfe_backward}, {len(self.regularization_terms)} regularization "
+            "terms)"
+        )
+
+
+@contextlib.contextmanager
+def record() -> Iterator[Recording]:
+    """Collect every solve (and regularization term) made inside the block::
+
+        with neuralode.record() as rec:
+            loss = criterion(model(x), y)
+        (loss + rec.regularization).backward()
+        print(rec.nfe_forward, rec.nfe_backward)
+
+    Recordings nest: a solve is counted by every recording open around it. Blocks, flows and
+    the time-series models report through it, and the training loop reads its metrics from it.
+    """
+    rec = Recording()
+    token = ACTIVE.set((*ACTIVE.get(), rec))
+    try:
+        yield rec
+    finally:
+        ACTIVE.reset(token)
+
+
+def publish_regularization(terms: dict[str, Any]) -> None:
+    """Add a block's weighted regularization terms to every open recording."""
+    for rec in ACTIVE.get():
+        for name, term in terms.items():
+            rec.add_regularization(name, term)

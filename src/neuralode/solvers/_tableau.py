@@ -86,6 +86,14 @@ class ButcherTableau:
     dense_poly: tuple[tuple[int, tuple[float, float, float, float]], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    # derived flags, plain attributes (read on every step: no property code runs)
+    stages: int = dataclasses.field(init=False, repr=False, compare=False)
+    adaptive: bool = dataclasses.field(init=False, repr=False, compare=False)
+    fsal: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """The last stage evaluates ``f(t0 + dt, y1)``: reusable as the next first stage."""
+    reuses_last_stage: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """Whether the last stage serves as the next step's first (FSAL, or
+    ``last_stage_as_f1``)."""
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -124,7 +132,10 @@ class ButcherTableau:
             raise InvalidArgumentError(
                 f"{self.name}: last_stage_as_f1 needs a last stage at c == 1"
             )
-        object.__setattr__(self, "_fsal", self._is_fsal())
+        object.__setattr__(self, "stages", s)
+        object.__setattr__(self, "adaptive", self.b_err is not None)
+        object.__setattr__(self, "fsal", self._is_fsal())
+        object.__setattr__(self, "reuses_last_stage", self.fsal or self.last_stage_as_f1)
         object.__setattr__(self, "a_terms", tuple(nonzero_terms(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero_terms(self.b))
         object.__setattr__(self, "b_err_terms", nonzero_terms(self.b_err or ()))
@@ -152,25 +163,6 @@ class ButcherTableau:
             if any(x != 0.0 for x in q):
                 out.append((j, (q[0], q[1], q[2], q[3])))
         return tuple(out)
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
-    @property
-    def adaptive(self) -> bool:
-        return self.b_err is not None
-
-    @property
-    def fsal(self) -> bool:
-        """The last stage evaluates ``f(t0 + dt, y1)``: reusable as the next first stage."""
-        return self._fsal
-
-    @property
-    def reuses_last_stage(self) -> bool:
-        """Whether the last stage serves as the next step's first (FSAL, or
-        ``last_stage_as_f1``)."""
-        return self._fsal or self.last_stage_as_f1
 
     def _is_fsal(self) -> bool:
         return (

@@ -100,7 +100,7 @@ class TrainOptions:
     gradient: str = option(
         "direct",
         "direct backpropagation, adjoint, or checkpoint",
-        choices=GRADIENT_METHODS,
+        choices=GRADIENT_METHODS.names,
         group="ODE solver",
         model=True,
     )

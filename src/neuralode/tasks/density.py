@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import solve_stats
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
+from ..solvers import record
 from ..toy_densities import TOY_DATASETS, get_toy
 from .base import SCHEDULES, ModelRegistry, Step, Task, TrainOptions, option, register_task
 from .mnist import MNISTDataOptions, mnist_splits
@@ -314,9 +314,10 @@ class DensityTask(Task):
             if i % world != rank:
                 continue
             x = x.to(device)
-            loss_sum += float(self._loss(model(x), x)) * len(x)
+            with record() as rec:
+                loss_sum += float(self._loss(model(x), x)) * len(x)
             total += len(x)
-            nfe += solve_stats(model).nfe_forward
+            nfe += rec.nfe_forward
             n_batches += 1
         if dist is not None:
             total, loss_sum, nfe, n_batches = dist.sum([total, loss_sum, nfe, n_batches])

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..blocks import solve_stats
 from ..data import TensorData, batches, load_mnist
 from ..errors import InvalidArgumentError
 from ..models import create_model
+from ..solvers import record
 from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
 
 __all__ = [
@@ -166,11 +166,12 @@ def evaluate_classifier(
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     for x, y in batches(data, batch_size * world, None, rank, world):
         x, y = x.to(device), y.to(device)
-        out = model(x)
+        with record() as rec:
+            out = model(x)
         loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
-        nfe += solve_stats(model).nfe_forward
+        nfe += rec.nfe_forward
         n_batches += 1
     if dist is not None:
         total, correct, loss_sum, nfe, n_batches = dist.sum(

@@ -36,6 +36,7 @@ from ..series import (
     make_spirals,
     split_at,
 )
+from ..solvers import record
 from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
 
 __all__ = ["DATASETS", "TimeSeriesOptions", "TimeSeriesTask"]
@@ -270,7 +271,7 @@ class TimeSeriesTask(Task):
         was_training = model.training
         model.eval()
         start = time.perf_counter()
-        nfe = 0
+        batches, nfe = 0, 0
         try:
             if self.forecasting:
                 inputs, _, past, future = (s.to(device) for s in data[split])
@@ -279,16 +280,18 @@ class TimeSeriesTask(Task):
                 sums = {"interp": 0.0, "extrap": 0.0, "n_interp": 0.0, "n_extrap": 0.0}
                 for rows in torch.arange(len(inputs)).split(self.options.batch_size):
                     x = inputs[rows]
+                    batches += 1
                     for key, tgt in (("interp", past[rows]), ("extrap", future[rows])):
-                        pred = model.predict(x, tgt.times)
-                        nfe += getattr(model, "nfe", 0)
+                        with record() as rec:
+                            pred = model.predict(x, tgt.times)
+                        nfe += rec.nfe_forward
                         m = tgt.mask * tgt.valid().unsqueeze(-1)
                         sums[key] += float((((pred - tgt.values) ** 2) * m).sum())
                         sums["n_" + key] += float(m.sum())
                 return {
                     "interp_mse": sums["interp"] / max(sums["n_interp"], 1.0),
                     "extrap_mse": sums["extrap"] / max(sums["n_extrap"], 1.0),
-                    "nfe": float(nfe),
+                    "nfe_forward": nfe / max(batches, 1),
                     "seconds": time.perf_counter() - start,
                 }
             series = data[split].to(device)
@@ -297,14 +300,16 @@ class TimeSeriesTask(Task):
             correct, loss = 0.0, 0.0
             for rows in torch.arange(len(series)).split(self.options.batch_size):
                 part = series[rows]
-                logits = model(part)
-                nfe += getattr(model, "nfe", 0)
+                with record() as rec:
+                    logits = model(part)
+                nfe += rec.nfe_forward
+                batches += 1
                 loss += float(nn.functional.cross_entropy(logits, part.labels, reduction="sum"))
                 correct += float((logits.argmax(-1) == part.labels).sum())
             return {
                 "accuracy": correct / len(series),
                 "loss": loss / len(series),
-                "nfe": float(nfe),
+                "nfe_forward": nfe / max(batches, 1),
                 "seconds": time.perf_counter() - start,
             }
         finally:

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import NeuralODEBlock, solve_stats
+from ..blocks import NeuralODEBlock
 from ..data import TrajectoryData, make_cubic_trajectory, make_spiral_trajectory
 from ..dynamics import ODEFunc
 from ..errors import InvalidArgumentError
+from ..solvers import record
 from .base import SCHEDULES, ModelRegistry, Step, Task, TrainOptions, option, register_task
 
 __all__ = ["CubicTask", "SpiralTask", "TrajectoryODE", "TrajectoryOptions"]
@@ -142,6 +143,16 @@ class _TrajectoryTask(Task):
     def evaluate(self, model, data: TrajectoryData, split, device, dist=None) -> dict[str, float]:
         was_training = model.training
         model.eval()
+        with record() as rec:
+            pred, target = self._forecast(model, data, split, device)
+        model.train(was_training)
+        return {
+            "mse": float((pred - target.to(device)).pow(2).mean()),
+            "nfe_forward": rec.nfe_forward,
+        }
+
+    @staticmethod
+    def _forecast(model, data: TrajectoryData, split, device):
         if split == "val":  # forecasts of VAL_HORIZON points from starts across the training span
             horizon = min(VAL_HORIZON, data.split - 1)
             starts = torch.arange(0, data.split - horizon, VAL_STRIDE)
@@ -152,9 +163,7 @@ class _TrajectoryTask(Task):
             t, y0 = data.test_t, data.y[data.split - 1 : data.split]
             target = data.y[data.split - 1 :]
             pred = model(y0.to(device), (t - t[0]).to(device))[:, 0]
-        nfe = solve_stats(model).nfe_forward
-        model.train(was_training)
-        return {"mse": float((pred - target.to(device)).pow(2).mean()), "nfe_forward": nfe}
+        return pred, target
 
     def plots(self, model, data: TrajectoryData, out: Path, device) -> list[str]:
         from ..plotting import plot_phase_portrait, plot_spiral_fit

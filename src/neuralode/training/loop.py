@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import regularization_loss, solve_stats
 from ..diagnostics import diagnose
 from ..errors import CheckpointError, SolverError, TrainingDiverged
+from ..solvers import record
 from ..tasks import Task
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import Distributed
@@ -322,8 +322,9 @@ class _Loop:
             if step > n_batches:
                 break
             try:
-                result = task.training_step(wrapped, batch, device)
-                reg = regularization_loss(model)
+                with record() as rec:  # every solve of the step, and every regularizer's term
+                    result = task.training_step(wrapped, batch, device)
+                reg = rec.regularization
                 total = result.loss if reg is None else result.loss + reg
                 if not math.isfinite(float(total.detach())):
                     raise self._diverged(model, batch, epoch, step, device)
@@ -332,9 +333,8 @@ class _Loop:
             except SolverError as err:
                 raise self._diverged(model, batch, epoch, step, device) from err
             opt.step()
-            stats = solve_stats(model)
-            nfe_f += stats.nfe_forward
-            nfe_b += stats.nfe_backward
+            nfe_f += rec.nfe_forward
+            nfe_b += rec.nfe_backward
             steps += 1
             samples += result.samples
             loss = float(result.loss.detach())
@@ -344,7 +344,7 @@ class _Loop:
             if bar is not None:
                 shown = {k: f"{v / samples:.3f}" for k, v in sums.items()}
                 bar.set_postfix(
-                    loss=f"{loss_sum / samples:.4g}", **shown, nfe=stats.nfe_forward, refresh=False
+                    loss=f"{loss_sum / samples:.4g}", **shown, nfe=rec.nfe_forward, refresh=False
                 )
                 bar.update(1)
             end = BatchEnd(task, model, epoch, step, (epoch - 1) * n_batches + step, loss, self.out)

@@ -1,125 +1,103 @@
-"""Gradient methods: how a solve's gradient is computed.
+"""The continuous adjoint (backsolve) gradient: the adjoint equations solved backwards in time,
+memory independent of the number of steps (Chen et al. 2018), with torchdiffeq's semantics
+where :func:`~neuralode.odeint_adjoint` asks for them.
 
-* :class:`Direct` backpropagates through the solver's operations (any method, any lane);
-* :class:`Checkpoint` keeps the accepted states and recomputes each step under autograd in
-  the backward pass (the exact gradient of the discrete solve, memory ∝ steps × state);
-* :class:`ContinuousAdjoint` solves the adjoint equations backwards in time (memory independent
-  of the number of steps).
-
-Each is a class with one method, ``solve(plan, y0, params)``, registered by name in
-:data:`GRADIENT_METHODS`; the engine looks the name up once.
+With the seminorm the parameter adjoints never control the step size and never feed back into
+the dynamics, so they are integrated by quadrature on the backward solve's own stages instead of
+as part of its state. A stiff state (an implicit method) cannot be solved backwards in time: the
+forward steps are kept and only the adjoints are solved backwards.
 """
 
 from __future__ import annotations
 
-import abc
 import bisect
-import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
-from ._callbacks import StepCallbacks
-from ._evaluator import Evaluator
-from ._loops import (
-    AdaptiveConfig,
-    RMSNorm,
-    StepRecord,
-    recompute_step,
-    solve_adaptive,
-    solve_fixed,
-)
+from ._checkpoint import refuse_higher_order
+from ._controller import AbstractStepSizeController
+from ._evaluator import Evaluator, StepCallbacks
+from ._kernels import rms
+from ._loops import AdaptiveConfig, RMSNorm, StepRecord, solve_adaptive, solve_fixed
 from ._methods import Method
-from ._plan import Plan, mixed_norm
+from ._solve import GradientMethod, Plan, adaptive_config, norm_for, register_gradient_method
 from ._stats import SolveStats
 
-__all__ = [
-    "GRADIENT_METHODS",
-    "AdjointSpec",
-    "Checkpoint",
-    "ContinuousAdjoint",
-    "Direct",
-    "GradientMethod",
-    "register_gradient_method",
-]
+__all__ = ["Adjoint"]
 
 
-# --------------------------------------------------------------------------- checkpointing
+class Adjoint(GradientMethod):
+    """Gradients by the continuous adjoint: the adjoint equations solved backwards in time
+    (memory independent of the number of steps; the gradient of the exact ODE solution, to the
+    backward solve's tolerance).
 
+    Args:
+        method: the method of the backward solve (default: the forward one).
+        controller: its step-size controller (default: the forward one — its tolerances, step
+            budget, ``step_t`` and ``jump_t`` too).
+        seminorm: leave the parameter adjoints out of the backward error norm (fewer steps, the
+            same accuracy of the state; Kidger et al. 2021); they are then integrated by
+            quadrature on the same stages. ``None`` (the default): the seminorm, except after an
+            implicit forward method, whose parameter adjoints need the full norm.
+        norm: a norm of one's own on the augmented state ``(t adjoint, y, adjoint of y,
+            *parameter adjoints)`` (torchdiffeq's convention); replaces ``seminorm``.
+        params: the tensors to differentiate (default: the parameters of ``func``, an
+            ``nn.Module``, that require grad).
+    """
 
-def _refuse_higher_order(where: str) -> None:
-    """Backward passes run without grad unless a higher-order graph was asked for
-    (``create_graph=True``); these gradients are not differentiable, so say so instead of
-    returning a wrong second derivative."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"second and higher derivatives (create_graph=True) are not available through "
-            f"{where}: its backward pass is not itself differentiable. Use odeint with "
-            "gradient='direct' (the default) for higher-order gradients"
+    name = "adjoint"
+
+    def __init__(
+        self,
+        method: Method | None = None,
+        controller: AbstractStepSizeController | None = None,
+        seminorm: bool | None = None,
+        norm: Callable[[tuple[torch.Tensor, ...]], Any] | None = None,
+        params: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        if method is not None and not isinstance(method, Method):
+            raise InvalidTypeError(f"method must be a Method object or None, got {method!r}")
+        if controller is not None and not isinstance(controller, AbstractStepSizeController):
+            raise InvalidTypeError(
+                f"controller must be a step-size controller object or None, got {controller!r}"
+            )
+        if seminorm is not None and not isinstance(seminorm, bool):
+            raise InvalidTypeError(f"seminorm must be True, False or None, got {seminorm!r}")
+        if norm is not None and not callable(norm):
+            raise InvalidTypeError(f"norm must be callable or None, got {norm!r}")
+        if params is not None:
+            params = tuple(params)
+            for i, p in enumerate(params):
+                if not isinstance(p, torch.Tensor):
+                    raise InvalidTypeError(
+                        f"params[{i}] must be a tensor, got {type(p).__name__}; pass e.g. "
+                        "params=tuple(model.parameters())"
+                    )
+        self.method, self.controller = method, controller
+        self.seminorm, self.norm, self.params = seminorm, norm, params
+        # what grad_fn.adjoint_options shows besides the norm (odeint_adjoint's options)
+        self.options_view: dict[str, Any] = {}
+        self.flat_norm = False  # norm takes the state flat (torchdiffeq's convention for tuples)
+
+    def params_of(self, func: Any) -> tuple[torch.Tensor, ...]:
+        if self.params is not None:
+            return tuple(p for p in self.params if p.requires_grad)
+        return super().params_of(func)
+
+    def solve(self, plan, y0, params):
+        return _ContinuousAdjoint.apply(plan, self, params, y0, *params)
+
+    def __repr__(self) -> str:
+        return (
+            f"Adjoint(method={self.method!r}, controller={self.controller!r}, "
+            f"seminorm={self.seminorm!r}, norm={self.norm!r})"
         )
-
-
-class _Checkpointed(torch.autograd.Function):
-    """Exact gradient of the discrete solve; keeps only the accepted states and recomputes each
-    step under autograd in the backward pass."""
-
-    @staticmethod
-    def forward(ctx, plan: Plan, params: tuple[torch.Tensor, ...], y0, *param_tensors):
-        records: list[StepRecord] = []
-        with torch.no_grad():
-            outs = plan.run(plan.evaluator(), y0, records)
-        ctx.plan, ctx.params, ctx.records = plan, params, records
-        return torch.stack(outs)
-
-    @staticmethod
-    def backward(ctx, grad_sol):
-        _refuse_higher_order("gradient='checkpoint'")
-        plan, params, records = ctx.plan, ctx.params, ctx.records
-        ev = plan.evaluator(backward=True)
-        stepper = plan.method.stepper(ev, kernels.TorchKernels(None, None, None))
-        fixed_interp = plan.interp if plan.cfg is None else None
-        adj = torch.zeros_like(grad_sol[0])
-        adj_f0: torch.Tensor | None = None  # of the first slope of the step after this one
-        p_grads: list[torch.Tensor | None] = [None] * len(params)
-        for rec in reversed(records):
-            # the next step started from this step's last stage (an implicit method's slope)
-            chained = adj_f0 is not None
-            with torch.enable_grad():
-                y = rec.y.detach().requires_grad_(True)
-                f0 = None if rec.f0 is None else rec.f0.detach().requires_grad_(True)
-                outs, idx = recompute_step(stepper, rec, y, fixed_interp, f0, chained)
-                g_outs = [adj if j == -1 else adj_f0 if j == -2 else grad_sol[j] for j in idx]
-                inputs = (y, *params) if f0 is None else (y, f0, *params)
-                grads = list(torch.autograd.grad(outs, inputs, g_outs, allow_unused=True))
-            adj = grads.pop(0)
-            adj = torch.zeros_like(rec.y) if adj is None else adj
-            adj_f0 = None if f0 is None else grads.pop(0)
-            if f0 is not None and adj_f0 is None:
-                adj_f0 = torch.zeros_like(f0)
-            for i, g in enumerate(grads):
-                if g is not None:
-                    p_grads[i] = g if p_grads[i] is None else p_grads[i] + g
-        adj = adj + grad_sol[0]
-        return (None, None, adj, *p_grads)
-
-
-# --------------------------------------------------------------------------- continuous adjoint
-
-
-@dataclasses.dataclass
-class AdjointSpec:
-    """How the adjoint's backward solve is solved: its method, adaptive configuration (or fixed
-    step size) and norm."""
-
-    method: Method
-    cfg: AdaptiveConfig | None
-    step_size: float | None
-    seminorm: bool
-    user_norm: Callable | None
 
 
 def _augmented_parts(
@@ -157,11 +135,58 @@ def _augmented_parts(
     return augmented
 
 
+def _state_norm(plan: Plan) -> Callable[[torch.Tensor], Any]:
+    """The forward solve's norm of a flat state (torchdiffeq's ``state_norm``)."""
+    return norm_for(getattr(plan.controller, "norm", None), plan.shapes)
+
+
+class _ExposedNorm:
+    """The default adjoint norm as ``grad_fn.adjoint_options["norm"]`` shows it (torchdiffeq's
+    ``default_adjoint_norm``, or its seminorm): ``max(|t adjoint|, ‖y‖, ‖adjoint of y‖,
+    *RMS of each parameter adjoint)`` on the augmented tuple, ``y`` flat for a tuple state. The
+    backward pass computes the same norm in its own, faster way unless this object was
+    replaced."""
+
+    def __init__(self, state_norm: Callable, seminorm: bool, shape: torch.Size | None) -> None:
+        self.state_norm, self.seminorm, self.shape = state_norm, seminorm, shape
+
+    def __call__(self, tensor_tuple: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        t, y, adj_y, *adj_params = tensor_tuple
+        parts = [t.detach().abs().reshape(()).double()]
+        for x in (y, adj_y):
+            parts.append(torch.as_tensor(float(self.state_norm(x.detach())), dtype=torch.float64))
+        if not self.seminorm:
+            parts += [p.detach().double().pow(2).mean().sqrt() for p in adj_params if p.numel()]
+        return torch.stack(parts).max().to(y.dtype)
+
+
+def _augmented_norm(
+    state_norm: Callable, shape: torch.Size, p_sizes: Sequence[int], full: bool
+) -> Callable:
+    """The same norm on the flat augmented state ``[y, a, (parameter adjoints)]`` (``shape``:
+    the internal state's, flat for a tuple state)."""
+    n = math.prod(shape)
+    bounds = []
+    start = 2 * n
+    for size in p_sizes if full else ():
+        if size:
+            bounds.append((start, start + size))
+        start += size
+
+    def norm(z: torch.Tensor) -> float:
+        out = max(float(state_norm(z[:n].view(shape))), float(state_norm(z[n : 2 * n].view(shape))))
+        for lo, hi in bounds:
+            out = max(out, rms(z[lo:hi]))
+        return out
+
+    return norm
+
+
 class _ContinuousAdjoint(torch.autograd.Function):
     """Backsolve adjoint: O(1) memory in the number of steps."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, spec: AdjointSpec, params, y0, *param_tensors):
+    def forward(ctx, plan: Plan, spec: Adjoint, params, y0, *param_tensors):
         # stiff dynamics (an implicit method) cannot be solved backwards in time: a decaying
         # mode grows there as fast as it decays here. The state then comes from the forward
         # steps kept (memory ∝ steps × state) and only the adjoints are solved backwards.
@@ -170,30 +195,42 @@ class _ContinuousAdjoint(torch.autograd.Function):
             sol = torch.stack(plan.run(plan.evaluator(), y0, records))
         ctx.plan, ctx.spec, ctx.params = plan, spec, params
         ctx.trajectory = None if records is None else _Trajectory(plan, records, sol[-1])
+        method = spec.method or plan.method
+        seminorm = spec.seminorm if spec.seminorm is not None else not plan.method.implicit
+        ctx.seminorm = seminorm and spec.norm is None
+        ctx.default_norm = _ExposedNorm(_state_norm(plan), ctx.seminorm, sol.shape[1:])
+        # torchdiffeq's attribute: tools (and its tests) read and replace the norm here
+        ctx.adjoint_options = {**spec.options_view, "norm": spec.norm or ctx.default_norm}
+        ctx.adjoint_method = method
         ctx.save_for_backward(sol)
         return sol
 
     @staticmethod
     def backward(ctx, grad_sol):
-        _refuse_higher_order("odeint_adjoint")
+        refuse_higher_order("odeint_adjoint")
         (sol,) = ctx.saved_tensors
         plan, spec, params = ctx.plan, ctx.spec, ctx.params
+        method = ctx.adjoint_method
         stats = plan.stats
         user_ev = plan.evaluator(backward=True)
         user_ev.sign = 1.0  # the augmented dynamics call f in user time
         shape = sol.shape[1:]
         n = math.prod(shape)
         p_sizes = [p.numel() for p in params]
-
+        p_total = sum(p_sizes)
+        chosen = ctx.adjoint_options.get("norm")
+        user_norm = None if chosen is ctx.default_norm else chosen
+        if user_norm is not None and not callable(user_norm):
+            raise InvalidTypeError(
+                f"grad_fn.adjoint_options['norm'] must be callable, got {user_norm!r}"
+            )
         # With the seminorm the parameter adjoints g never control the step size and never
         # feed back into the dynamics, so they are not part of the integrated state: each
         # accepted step adds dt * sum(b_i * k_i^g) (quadrature on the same stages).
         # (an implicit method's stages are not evaluations of the dynamics: it integrates them)
-        quadrature = spec.user_norm is None and spec.seminorm and not spec.method.implicit
+        quadrature = user_norm is None and ctx.seminorm and not method.implicit
         # quadrature: the parameter adjoints of each evaluation since the last accepted step
         side = _SideOutputs()
-        p_total = sum(p_sizes)
-
         trajectory = ctx.trajectory
 
         def aug(s, z, sign):
@@ -227,19 +264,31 @@ class _ContinuousAdjoint(torch.autograd.Function):
 
         acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         augmented = _augmented_parts(n, plan.shapes, params, sol, acc_p)
-        if spec.user_norm is not None:
-            user_norm = spec.user_norm
+        if user_norm is not None:
+            flat_view = _augmented_parts(n, None, params, sol, acc_p)
+            view = augmented if spec.norm is user_norm and not spec.flat_norm else flat_view
 
             def norm(z: torch.Tensor) -> Any:  # called as torchdiffeq calls it
-                return user_norm(augmented(z))
+                return user_norm(view(z))
 
-        elif spec.seminorm:
-            norm = RMSNorm(segment=n, count=2)
+        elif (
+            ctx.seminorm and plan.shapes is None and getattr(plan.controller, "norm", None) is None
+        ):
+            norm = RMSNorm(segment=n, count=2)  # the fused kernels' seminorm
         else:
-            norm = mixed_norm([n, n, p_total]) if p_sizes else mixed_norm([n, n])
-        cfg = None
-        if spec.cfg is not None:
-            cfg = dataclasses.replace(spec.cfg, norm=norm, step_t=(), jump_t=())
+            norm = _augmented_norm(_state_norm(plan), shape, p_sizes, not ctx.seminorm)
+        ctrl = spec.controller or plan.controller
+        cfg: AdaptiveConfig | None = None
+        step_size = None
+        if ctrl.adaptive:
+            if not method.adaptive:
+                raise InvalidArgumentError(
+                    f"the adjoint's method {method.name!r} has no error estimate; give it a "
+                    "ConstantStepSize controller (adjoint_options={'step_size': ...})"
+                )
+            cfg = adaptive_config(ctrl, 1.0, None, norm)
+        else:
+            step_size = ctrl.step_size
         user_times = [plan.sign * s for s in plan.times]
         adj_y = grad_sol[-1].reshape(-1)
         adj_p = sol.new_zeros(p_total)
@@ -249,13 +298,13 @@ class _ContinuousAdjoint(torch.autograd.Function):
         acc_kernels = (
             kernels.select(acc_p[0]) if fused_acc else kernels.TorchKernels(None, None, None)
         )
-        tab = getattr(spec.method, "tableau", None)
+        tab = getattr(method, "tableau", None)
 
         def accumulate(ks, dt):
             if acc_p:
                 acc_kernels.accumulate_(acc_p, [side.of(k) for k in ks], tab, dt)
             # the next step starts from the last stage where the method reuses it
-            side.keep(ks[-1] if spec.method.reuses_last_stage else None)
+            side.keep(ks[-1] if method.reuses_last_stage else None)
 
         for i in range(len(user_times) - 1, 0, -1):
             t_hi, t_lo = user_times[i], user_times[i - 1]
@@ -271,7 +320,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 float_time=True,
             )
             ev.callbacks = StepCallbacks.of(
-                plan.func, sign, augmented, cfg is not None, spec.method.name, adjoint=True
+                plan.func, sign, augmented, cfg is not None, method.name, adjoint=True
             )
             ev.coupled = 2 * n  # the parameter adjoints do not feed back into the dynamics
             internal = [sign * t_hi, sign * t_lo]
@@ -281,14 +330,12 @@ class _ContinuousAdjoint(torch.autograd.Function):
             z0 = torch.cat(parts)
             hook = accumulate if quadrature else None
             if cfg is None:
-                z = solve_fixed(ev, spec.method, z0, internal, spec.step_size, on_accept=hook)[-1]
+                z = solve_fixed(ev, method, z0, internal, step_size, on_accept=hook)[-1]
             else:
-                # the quadrature needs whole steps: land exactly on the end of the interval
-                seg_cfg = dataclasses.replace(cfg, step_t=(internal[1],)) if quadrature else cfg
-                if trajectory is not None:  # no step spans more than a forward step
-                    knots = tuple(sign * plan.sign * k for k in trajectory.knots)
-                    seg_cfg = dataclasses.replace(cfg, step_t=knots)
-                z = solve_adaptive(ev, spec.method, z0, internal, seg_cfg, on_accept=hook)[-1]
+                z = solve_adaptive(
+                    ev, method, z0, internal, _segment(cfg, ctrl, sign, internal, quadrature,
+                                                       trajectory, plan.sign), on_accept=hook
+                )[-1]  # fmt: skip
             side.keep(None)
             adj_y = z[n : 2 * n] + grad_sol[i - 1].reshape(-1)
             if not quadrature:
@@ -305,6 +352,31 @@ class _ContinuousAdjoint(torch.autograd.Function):
         else:
             grads = [g.view(p.shape) for g, p in zip(torch.split(adj_p, p_sizes), params)]
         return (None, None, None, adj_y.reshape(shape), *grads)
+
+
+def _segment(cfg, ctrl, sign, internal, quadrature, trajectory, plan_sign) -> AdaptiveConfig:
+    """The backward solve's configuration over one interval between output times: the
+    controller's ``step_t`` and ``jump_t`` in that interval's internal time (a discontinuity
+    is one backwards too), its end where the quadrature needs whole steps, and no step longer
+    than a forward step where the forward steps were kept."""
+    lo, hi = internal
+    step_t = [sign * x for x in ctrl.step_t] if ctrl.adaptive else []
+    jump_t = tuple(s for s in (sign * x for x in getattr(ctrl, "jump_t", ())) if lo < s < hi)
+    if quadrature:  # land exactly on the end of the interval
+        step_t.append(hi)
+    if trajectory is not None:
+        step_t += [sign * plan_sign * k for k in trajectory.knots]
+    step_t = tuple(s for s in step_t if lo < s <= hi)
+    return AdaptiveConfig(
+        rtol=cfg.rtol,
+        atol=cfg.atol,
+        norm=cfg.norm,
+        controller=cfg.controller,
+        first_step=cfg.first_step,
+        max_num_steps=cfg.max_num_steps,
+        step_t=step_t,
+        jump_t=jump_t,
+    )
 
 
 class _SideOutputs:
@@ -378,51 +450,4 @@ class _Trajectory:
         return y
 
 
-# --------------------------------------------------------------------------- the registry
-
-
-class GradientMethod(abc.ABC):
-    """How gradients flow through a solve."""
-
-    name: str
-    needs_params = True  # whether it must be told the parameters to differentiate
-
-    @abc.abstractmethod
-    def solve(
-        self, plan: Plan, y0: torch.Tensor, params: tuple[torch.Tensor, ...], spec: Any = None
-    ) -> torch.Tensor:
-        """The stacked solution at the plan's times, differentiable by this method."""
-
-
-class Direct(GradientMethod):
-    name = "direct"
-    needs_params = False
-
-    def solve(self, plan, y0, params, spec=None):
-        return torch.stack(plan.run(plan.evaluator(), y0))
-
-
-class Checkpoint(GradientMethod):
-    name = "checkpoint"
-
-    def solve(self, plan, y0, params, spec=None):
-        return _Checkpointed.apply(plan, params, y0, *params)
-
-
-class ContinuousAdjoint(GradientMethod):
-    name = "adjoint"
-
-    def solve(self, plan, y0, params, spec=None):
-        return _ContinuousAdjoint.apply(plan, spec, params, y0, *params)
-
-
-GRADIENT_METHODS: dict[str, GradientMethod] = {}
-
-
-def register_gradient_method(method: GradientMethod) -> GradientMethod:
-    GRADIENT_METHODS[method.name] = method
-    return method
-
-
-for _m in (Direct(), ContinuousAdjoint(), Checkpoint()):
-    register_gradient_method(_m)
+register_gradient_method(Adjoint)
