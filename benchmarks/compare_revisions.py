@@ -7,6 +7,7 @@ and times them on the problem of ``solver_speed.py`` in alternating repeats, so 
 noisy neighbour lands on both sides. It prints the median time per solve of each and the ratio.
 
     python benchmarks/compare_revisions.py [--rev HEAD~1] [--repeats 60] [--width 128]
+                                           [--modes forward,adjoint]
 
 Needs git and a C compiler (as ``pip install`` does for the kernels).
 """
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=60)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--modes", default="forward,forward+backward,checkpoint,adjoint",
+                   help="comma-separated modes to time")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +101,8 @@ def main() -> None:
         print(f"{'mode':<18} {args.rev:>12} {'this tree':>12} {'ratio':>7}   (ratio = this tree "
               "over the revision, of the medians)")  # fmt: skip
         for name, fn in modes.items():
+            if name not in args.modes.split(","):
+                continue
             times: dict[str, list[float]] = {"rev": [], "tree": []}
             for lib in (rev, neuralode, rev, neuralode):  # warm-up
                 fn(lib)

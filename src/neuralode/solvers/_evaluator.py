@@ -56,15 +56,17 @@ class Evaluator:
         self.numels = None if shapes is None else [math.prod(s) for s in shapes]
         self.float_time = float_time  # internal callers (the adjoint) take the time as a float
         self.checked = False
-        self._fast = False  # the plain case, once the first derivative was checked
+        # the plain case (a tensor state forwards in time, counted forward), once the first
+        # derivative was checked: the fused kernels then call ``func`` themselves
+        self.fast = False
         self._counter = None if not count else ("nfe_backward" if backward else "nfe_forward")
         self.callbacks: StepCallbacks | None = None  # torchdiffeq's step callbacks, if any
         # the derivative depends on the first ``coupled`` elements of the state only (None: all);
         # the adjoint's parameter adjoints do not feed back, so implicit methods skip them
         self.coupled: int | None = None
         # keywords of the time tensor: none where they are the defaults (a little faster)
-        default = dtype == torch.get_default_dtype() and torch.device(device).type == "cpu"
-        self._time_kw = {} if default else {"dtype": dtype, "device": device}
+        default = dtype is torch.get_default_dtype() and device.type == "cpu"
+        self.time_kw = {} if default else {"dtype": dtype, "device": device}
 
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None:
@@ -78,21 +80,21 @@ class Evaluator:
         return torch.cat([d.reshape(-1) for d in dy])
 
     def __call__(self, s: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._fast and type(s) is float:  # a tensor state forwards in time, checked once
-            dy = self.func(torch.scalar_tensor(s, **self._time_kw), y)
+        if self.fast and type(s) is float:  # a tensor state forwards in time, checked once
+            dy = self.func(torch.scalar_tensor(s, **self.time_kw), y)
             if type(dy) is torch.Tensor and dy.shape == y.shape and dy.dtype is self.dtype:
                 self.stats.nfe_forward += 1
                 return dy
-            return self._after(dy, y)
+            return self.after(dy, y)
         if self.float_time:
             t = s
         elif type(s) is float:
-            t = torch.scalar_tensor(s * self.sign, **self._time_kw)
+            t = torch.scalar_tensor(s * self.sign, **self.time_kw)
         else:  # per-sample times
             t = (s * self.sign).to(self.dtype)
-        return self._after(self.func(t, y if self.shapes is None else self.unflatten(y)), y)
+        return self.after(self.func(t, y if self.shapes is None else self.unflatten(y)), y)
 
-    def _after(self, dy: Any, y: torch.Tensor) -> torch.Tensor:
+    def after(self, dy: Any, y: torch.Tensor) -> torch.Tensor:
         """A derivative checked (its shape on every call: a later derivative of another shape
         is a bug), counted, flattened, cast to the state's dtype and turned with the time."""
         shapes = self.shapes
@@ -143,7 +145,7 @@ class Evaluator:
                     "the state"
                 )
         self.checked = True
-        self._fast = (
+        self.fast = (
             self.shapes is None
             and self.sign == 1.0
             and not self.float_time
@@ -192,6 +194,8 @@ def warn_unsupported_callbacks(
 ) -> None:
     """torchdiffeq's warning, word for word, for callbacks that ``method`` never calls."""
     names = callback_names(func) if names is None else names
+    if not names:
+        return
     unsupported = {n for n in names & set(CALLBACK_NAMES) if callable(getattr(func, n, None))}
     unsupported -= supported
     if unsupported:

@@ -171,17 +171,39 @@ class Stages:
         then ``stages.append(f(times[i - 1], y_i))``; returns the last ``y_i``.
 
         :meth:`append` and :func:`lincomb` written out in one loop: a dopri5 step calls them
-        twelve times, and this saves their calls' overhead."""
+        twelve times, and this saves their calls' overhead. Where ``f`` is an evaluator in its
+        plain case (``f.fast``: a tensor state forwards in time, checked once) its dynamics
+        are called here directly, and a derivative of the state's shape, dtype and layout is
+        only counted; any other goes through the evaluator's checks."""
         c_lincomb = _fused.lincomb
         empty_like = torch.empty_like
         dbl, n, dtype = self.dtype is torch.float64, self.numel, self.dtype
         base, base_address = self.base, self.base_address
         tensors, addresses = self.tensors, self.addresses
+        fast = getattr(f, "fast", False)
+        if fast:
+            func, time_kw, stats, shape = f.func, f.time_kw, f.stats, base.shape
+            scalar_tensor, tensor_type = torch.scalar_tensor, torch.Tensor
         y = base
         for terms, t in zip(rows, times, strict=True):
             y = empty_like(base)  # fresh and contiguous, numel elements
             c_lincomb(dbl, n, y.data_ptr(), base_address, addresses, terms, scale)
-            k = f(t, y)
+            if fast:
+                k = func(scalar_tensor(t, **time_kw), y)
+                if (
+                    type(k) is tensor_type
+                    and k.shape == shape
+                    and k.dtype is dtype
+                    and k.is_cpu
+                    and k.is_contiguous()
+                ):
+                    stats.nfe_forward += 1
+                    tensors.append(k)
+                    addresses.append(k.data_ptr())
+                    continue
+                k = f.after(k, y)  # checked and counted by the evaluator
+            else:
+                k = f(t, y)
             if not (k.is_cpu and k.dtype is dtype and k.is_contiguous() and k.numel() == n):
                 k = self._conform(k)
             tensors.append(k)

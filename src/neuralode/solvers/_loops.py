@@ -255,7 +255,9 @@ def solve_adaptive(
         dt = ctrl.min_step if ctrl.min_step > 0 else ctrl.max_step
     # a method whose dense output is poor on stiff dynamics steps onto every output time
     landing = tuple(t[1:]) if method.lands_on_outputs else ()
-    bounds = StepBoundaries((*cfg.step_t, *landing), cfg.jump_t, t_now)
+    bounds = None
+    if cfg.step_t or cfg.jump_t or landing:
+        bounds = StepBoundaries((*cfg.step_t, *landing), cfg.jump_t, t_now)
     f0_is_stage = False  # whether f0 is the last step's last stage, and not exactly f(t, y)
     out = [y0]
     j = 1
@@ -270,7 +272,7 @@ def solve_adaptive(
         # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
         dt = ctrl.clamp(dt)
         hit = None
-        if bounds:  # land exactly on step_t / jump_t boundaries
+        if bounds is not None:  # land exactly on step_t / jump_t boundaries
             dt, hit = bounds.clip(t_now, dt)
         t1 = t_now + dt if hit is None else hit
         if t1 == t_now:
