@@ -86,7 +86,7 @@ FAST = {"batch_size": 32, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "metho
 def toy():
     register_task(ToyTask)
     yield ToyTask
-    del tasks_base._TASKS["toy"]
+    tasks_base.TASKS.unregister("toy")
 
 
 def _rate(run) -> float:

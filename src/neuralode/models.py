@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._registry import Registry
 from .blocks import NeuralODEBlock, ResidualStack
 from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc, group_norm
 from .errors import InvalidArgumentError
@@ -321,27 +322,26 @@ def _strided_resnet(**kwargs: Any) -> nn.Module:
     return ResNetClassifier(**kwargs)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "ode": NeuralODEClassifier,
-    "resnet": ResNetClassifier,
-    "ode-strided": _strided_ode,
-    "resnet-strided": _strided_resnet,
-    "odenet": ODENet,
-    "odenet-resnet": ODENetResNet,
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model", "a model is a factory registered with MODELS.register(name, factory)"
+)
+"""The classifiers by name (a factory each, called with keyword arguments)."""
+for _name, _factory in (
+    ("ode", NeuralODEClassifier),
+    ("resnet", ResNetClassifier),
+    ("ode-strided", _strided_ode),
+    ("resnet-strided", _strided_resnet),
+    ("odenet", ODENet),
+    ("odenet-resnet", ODENetResNet),
+):
+    MODELS.register(_name, _factory)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    return sorted(MODELS)
+    return sorted(MODELS.names())
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name, e.g. ``create_model("resnet", num_blocks=6)``."""
-    try:
-        factory = MODELS[name]
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(
-            f"unknown model {name!r}; valid models are: {', '.join(list_models())}"
-        ) from None
-    return factory(**kwargs)
+    return MODELS.get(name)(**kwargs)

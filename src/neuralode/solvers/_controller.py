@@ -239,6 +239,15 @@ def initial_step(
     ``d0`` and ``d1`` are the scaled norms of ``y0`` and ``f(t0, y0)``; ``d2_at(h0)`` evaluates
     the dynamics once at ``t0 + h0`` and returns the scaled norm of the change of slope divided
     by ``h0``. Floats for one step size, tensors of shape ``(batch,)`` for one per sample."""
+    if type(d0) is float and type(d1) is float:  # the joint lane: plain arithmetic
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / max(d1, 1e-300)
+        h0 = min(h0, max_step)
+        d2 = d2_at(h0)
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(h0 * 1e-3, 1e-6)
+        else:
+            h1 = (0.01 / max(d1, d2, 1e-300)) ** (1.0 / order)
+        return min(100 * h0, h1)
     xp = _ops(d0)
     small = xp.either(d0 < 1e-5, d1 < 1e-5)
     h0 = xp.where(small, 1e-6, 0.01 * d0 / xp.maximum(d1, 1e-300))
@@ -395,6 +404,13 @@ class StepSizeController(AbstractStepSizeController):
             return max(ratio, 1e-4)
         return _ops(ratio).maximum(ratio, 1e-4)
 
+    def decide(self, ratio: float, dt: float, prev_ratio: float, order: int):
+        """The joint lane's decision after an attempt, in one call: ``(accepted, next step,
+        the ratio kept for the next decision)``."""
+        accepted = self.accept(ratio, dt)
+        dt_next = self.next_step(dt, ratio, prev_ratio, order)
+        return accepted, dt_next, self.remember(ratio) if accepted else prev_ratio
+
 
 @dataclasses.dataclass(eq=False)
 class PIController(StepSizeController):
@@ -429,6 +445,28 @@ class PIController(StepSizeController):
             if not math.isfinite(v):
                 raise InvalidArgumentError(f"{name} must be finite, got {v!r}", argument=name)
             setattr(self, name, v)
+
+    _inline: ClassVar[bool] = True  # decide() inlines the methods below (no subclass changed them)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names = ("factor", "accept", "clamp", "next_step", "remember")
+        cls._inline = all(getattr(cls, n) is getattr(PIController, n) for n in names)
+
+    def decide(self, ratio: float, dt: float, prev_ratio: float, order: int):
+        if not self._inline:  # a subclass with a formula of its own
+            return super().decide(ratio, dt, prev_ratio, order)
+        # accept, factor, clamp and remember written out for the joint lane's floats
+        accepted = ratio <= 1.0 or dt <= self.min_step
+        if ratio == 0.0:
+            f = self.ifactor
+        else:
+            f = self.safety * ratio ** (-(self.icoeff + self.pcoeff) / order)
+            if self.pcoeff:
+                f *= prev_ratio ** (self.pcoeff / order)
+            f = min(self.ifactor, max(f, 1.0 if ratio < 1.0 else self.dfactor))
+        dt_next = min(max(dt * f, self.min_step), self.max_step)
+        return accepted, dt_next, max(ratio, 1e-4) if accepted else prev_ratio
 
     def factor(self, ratio: Any, prev_ratio: Any, order: int) -> Any:
         k = float(order)

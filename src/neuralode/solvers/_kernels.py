@@ -431,7 +431,7 @@ class Kernels:
             scale = (mag * self.rtol).add_(self.atol)
             return float(self.norm(x / scale))
 
-    def error_ratio(self, tab, ks, y: torch.Tensor, y1: torch.Tensor, dt: float) -> float:
+    def error_ratio(self, tab, y: torch.Tensor, y1: torch.Tensor, ks, dt: float) -> float:
         """The step's error ratio: the scaled norm of ``dt * sum(b_err_j * ks[j])``."""
         with torch.no_grad():
             terms = tab.b_err_terms
@@ -455,7 +455,9 @@ class Kernels:
     # dense output -----------------------------------------------------------------------
     def dense(self, tab, y0, y1, ks, f1, dt: float, theta: float) -> torch.Tensor:
         """``y0 + dt * sum(q_j(theta) * k_j)`` with ``k_stages = f1``: the quartic through
-        ``y0, y_mid, y1`` with slopes ``f0, f1``."""
+        ``y0, y_mid, y1`` with slopes ``f0, f1`` (``y1`` itself at the step's end)."""
+        if type(theta) is float and theta >= 1.0:
+            return y1
         if type(dt) is not float:
             dt, theta = self.state_dt(dt), self.state_dt(theta)
         terms = [
@@ -502,10 +504,20 @@ class FusedKernels(Kernels):
     def axpy(self, y: torch.Tensor, k: torch.Tensor, h: float) -> torch.Tensor:
         return lincomb(Stages(y, k), (0, 1.0), h)
 
-    def error_ratio(self, tab, ks, y, y1, dt: float) -> float:
-        if self._ratio is None:
-            return super().error_ratio(tab, ks, y, y1, dt)
-        return error_ratio(ks, y1, tab.b_err_flat, dt, self.rtol, self.atol, self._ratio)
+    def error_ratio(self, tab, y, y1, ks, dt: float) -> float:
+        scratch = self._ratio
+        if scratch is None:
+            return super().error_ratio(tab, y, y1, ks, dt)
+        # error_ratio() written out: the scratch and the norm's extent were proven on creation
+        n, dtype = ks.numel, ks.dtype
+        numel, seg = scratch.extent
+        if scratch.tensor.dtype is not dtype or numel > n:
+            return error_ratio(ks, y1, tab.b_err_flat, dt, self.rtol, self.atol, scratch)
+        return _fused.error_ratio(
+            dtype is torch.float64, numel, seg, ks.base_address,
+            _prove(y1, n, dtype, "y1 of an error ratio"), self.rtol, self.atol,
+            scratch.address, ks.addresses, tab.b_err_flat, dt,
+        )  # fmt: skip
 
     def start_norms(self, y0, f0):
         if self._ratio is None:
@@ -522,10 +534,20 @@ class FusedKernels(Kernels):
         return self._norm_of(stages, y0, (0, 1.0, 1, -1.0)) / h0
 
     def _norm_of(self, stages: Stages, y0: torch.Tensor, terms) -> float:
-        """The norm of a sum of stages scaled by ``atol + rtol * |y0|``."""
-        return error_ratio(stages, y0, terms, 1.0, self.rtol, self.atol, self._ratio)
+        """The norm of a sum of stages scaled by ``atol + rtol * |y0|`` (``y0`` is the stages'
+        base, proven with them; the scratch was proven on creation)."""
+        scratch = self._ratio
+        numel, seg = scratch.extent
+        if numel > stages.numel or scratch.tensor.dtype is not stages.dtype:
+            raise _mismatch(scratch.tensor, stages.numel, stages.dtype, "scratch of a norm")
+        return _fused.error_ratio(
+            stages.dtype is torch.float64, numel, seg, stages.base_address, stages.base_address,
+            self.rtol, self.atol, scratch.address, stages.addresses, terms, 1.0,
+        )  # fmt: skip
 
     def dense(self, tab, y0, y1, ks, f1, dt: float, theta: float) -> torch.Tensor:
+        if theta >= 1.0:
+            return y1
         terms: list[int | float] = []
         for j, (q1, q2, q3, q4) in tab.dense_poly:
             terms.append(j)

@@ -237,6 +237,7 @@ def solve_adaptive(
     stats.steps_accepted = stats.steps_accepted or 0
     stats.steps_rejected = stats.steps_rejected or 0
     ctrl = cfg.controller
+    decide = ctrl.decide
     stepper = method.stepper(ev, cfg.kernels(y0))
     order = method.order
     t_now = t[0]
@@ -285,7 +286,8 @@ def solve_adaptive(
         ratio = stepper.error_ratio(y, y1, ks, dt)
         if math.isnan(ratio):
             raise _nonfinite(ev, method, t_now, dt, ks)
-        if ctrl.accept(ratio, dt):
+        accepted, dt_next, kept = decide(ratio, dt, prev_ratio, order)
+        if accepted:
             stats.steps_accepted += 1
             n_accepted += 1
             if callbacks is not None:
@@ -316,13 +318,11 @@ def solve_adaptive(
             f0_is_stage = not method.exact_slope and f1_time is None and last_node is None
             if hit is not None:
                 bounds.passed()
-            dt_next = ctrl.next_step(dt, ratio, prev_ratio, order)
-            prev_ratio = ctrl.remember(ratio)
+            prev_ratio = kept
         else:
             stats.steps_rejected += 1
             if callbacks is not None:
                 callbacks.reject(t_now, y, dt)
-            dt_next = ctrl.next_step(dt, ratio, prev_ratio, order)
         dt = dt_next
     return out
 

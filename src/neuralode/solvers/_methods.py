@@ -14,6 +14,7 @@ registers a default instance of each under its torchdiffeq name.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -162,15 +163,22 @@ class ExplicitRK(Method):
 
 
 class _ExplicitStepper(Stepper):
-    def step(self, t, y, f0, dt, last_node=None):
+    """The kernels' primitives with the tableau bound (partials: no frame of their own on
+    every step)."""
+
+    def __init__(self, method: Method, ev, k: kernels.Kernels) -> None:
+        super().__init__(method, ev, k)
+        self.step = functools.partial(k.rk_stages, ev, self.tab)  # type: ignore[method-assign]
+        self.error_ratio = functools.partial(k.error_ratio, self.tab)  # type: ignore[method-assign]
+        self.dense = functools.partial(k.dense, self.tab)  # type: ignore[method-assign]
+
+    def step(self, t, y, f0, dt, last_node=None):  # (replaced per instance)
         return self.kernels.rk_stages(self.ev, self.tab, t, y, f0, dt, last_node)
 
     def error_ratio(self, y, y1, ks, dt):
-        return self.kernels.error_ratio(self.tab, ks, y, y1, dt)
+        return self.kernels.error_ratio(self.tab, y, y1, ks, dt)
 
     def dense(self, y0, y1, ks, f1, dt, theta):
-        if type(theta) is float and theta >= 1.0:
-            return y1
         return self.kernels.dense(self.tab, y0, y1, ks, f1, dt, theta)
 
 

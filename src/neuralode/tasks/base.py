@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..errors import InvalidArgumentError
 from ..regularizers import JacobianFrobenius, KineticEnergy
 from ..solvers import GRADIENT_METHODS, available_backends, get_backend
@@ -241,56 +242,72 @@ def resolve_device(name: str | None) -> torch.device:
 class _ModelEntry:
     name: str
     factory: Callable[..., nn.Module]
-    uses: tuple[str, ...]
+    params: tuple[str, ...]  # what the factory is given: options, "solver", "regularizers"
+    uses: tuple[str, ...]  # the options it uses (the groups expanded)
     description: str
+    expand_solver: bool  # the solver options as keyword arguments (else as one dict, `solver`)
+
+    def __repr__(self) -> str:
+        return f"model {self.name!r}"
 
 
-class ModelRegistry:
-    """A task's models by name, in the style of timm's ``create_model``.
+class ModelRegistry(Registry[_ModelEntry]):
+    """A task's models by name, in the style of timm's ``create_model`` (the one
+    :class:`~neuralode.Registry` type, its entries the models' factories and the options they
+    use).
 
-    A factory's parameters are the names of the options it uses; two names stand for groups:
-    ``solver`` receives :meth:`TrainOptions.solver_kwargs` and ``regularizers`` the
-    regularizers the options ask for. The registry so knows which options each model uses, and
-    an option set for a model that ignores it is an error rather than a silent no-op.
+    A factory registered with :meth:`register` (a decorator) takes as parameters the names of
+    the options it uses; two names stand for groups: ``solver`` receives
+    :meth:`TrainOptions.solver_kwargs` and ``regularizers`` the regularizers the options ask
+    for. :meth:`add` registers a factory (say, a model class) with the options it uses listed,
+    the solver's given as keyword arguments. The registry so knows which options each model
+    uses, and an option set for a model that ignores it is an error rather than a silent
+    no-op.
     """
 
-    def __init__(self) -> None:
-        self._entries: dict[str, _ModelEntry] = {}
+    def __init__(self, kind: str = "model") -> None:
+        super().__init__(kind, "a model is a factory registered with the task's MODELS")
 
-    def register(self, name: str, description: str = "") -> Callable:
+    def register(self, name: str, description: str = "", *, replace: bool = False) -> Callable:  # type: ignore[override]
         def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
             params = tuple(inspect.signature(factory).parameters)
-            uses: list[str] = []
-            for p in params:
-                uses += {"solver": SOLVER_OPTIONS, "regularizers": REGULARIZER_OPTIONS}.get(p, (p,))
-            doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-            self._entries[name] = _ModelEntry(name, factory, tuple(uses), doc)
+            self.add(name, factory, description, params, expand_solver=False, replace=replace)
             return factory
 
         return add
 
-    def names(self) -> list[str]:
-        return list(self._entries)
+    def add(
+        self,
+        name: str,
+        factory: Callable[..., nn.Module],
+        description: str = "",
+        uses: Sequence[str] = (),
+        *,
+        expand_solver: bool = True,
+        replace: bool = False,
+    ) -> None:
+        """Register ``factory``, given the options named in ``uses`` (``solver`` and
+        ``regularizers`` as groups) when a model is made."""
+        expanded: list[str] = []
+        for p in uses:
+            expanded += {"solver": SOLVER_OPTIONS, "regularizers": REGULARIZER_OPTIONS}.get(p, (p,))
+        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        entry = _ModelEntry(name, factory, tuple(uses), tuple(expanded), doc, expand_solver)
+        Registry.register(self, name, entry, replace=replace)
 
     def uses(self, name: str) -> tuple[str, ...]:
-        return self._entry(name).uses
+        return self.get(name).uses
 
     def description(self, name: str) -> str:
-        return self._entry(name).description
-
-    def _entry(self, name: str) -> _ModelEntry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise InvalidArgumentError(
-                f"unknown model {name!r}; choose from: {', '.join(self._entries)}"
-            ) from None
+        return self.get(name).description
 
     def create(self, name: str, options: TrainOptions) -> nn.Module:
-        entry = self._entry(name)
+        entry = self.get(name)
         kwargs: dict[str, Any] = {}
-        for p in inspect.signature(entry.factory).parameters:
-            if p == "solver":
+        for p in entry.params:
+            if p == "solver" and entry.expand_solver:
+                kwargs.update(options.solver_kwargs())
+            elif p == "solver":
                 kwargs[p] = options.solver_kwargs()
             elif p == "regularizers":
                 kwargs[p] = options.regularizers()
@@ -412,7 +429,9 @@ class Task(abc.ABC):
         """A batch of ``size`` samples of evaluation data for ``neuralode diagnose``."""
 
 
-_TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry(
+    "task", "a task is a Task subclass decorated with @register_task"
+)
 _PLUGINS_LOADED = False
 
 
@@ -426,7 +445,7 @@ def register_task(cls: type[Task]) -> type[Task]:
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise InvalidArgumentError(f"task {cls.__name__} must implement: {missing}")
-    _TASKS[cls.name] = cls
+    TASKS.register(cls.name, cls)
     return cls
 
 
@@ -444,17 +463,12 @@ def _load_plugins() -> None:
 
 def list_tasks() -> list[str]:
     _load_plugins()
-    return list(_TASKS)
+    return TASKS.names()
 
 
 def get_task(name: str) -> type[Task]:
     _load_plugins()
-    try:
-        return _TASKS[name]
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(
-            f"unknown task {name!r}; choose from: {', '.join(_TASKS)}"
-        ) from None
+    return TASKS.get(name)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -4,6 +4,7 @@ classifiers of :mod:`neuralode.models`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,47 +29,21 @@ __all__ = [
 ]
 
 MODELS = ModelRegistry()
+"""The MNIST task's models: the models of :data:`neuralode.models.MODELS` (one registry of the
+models themselves), each with the task's options it takes."""
 
-
-@MODELS.register("ode", "the tutorial's Neural ODE classifier (290,570 parameters)")
-def _ode(hidden, augment_dim, t1, solver, regularizers):
-    return create_model(
-        "ode", hidden=hidden, augment_dim=augment_dim, t1=t1, regularizers=regularizers, **solver
-    )
-
-
-@MODELS.register("resnet", "the tutorial's ResNet twin: the same stem and head, 6 blocks")
-def _resnet(hidden, num_blocks):
-    return create_model("resnet", hidden=hidden, num_blocks=num_blocks)
-
-
-@MODELS.register("ode-strided", "neuralode's earlier Neural ODE classifier (strided stem)")
-def _ode_strided(hidden, augment_dim, t1, solver, regularizers):
-    return create_model(
-        "ode-strided",
-        hidden=hidden,
-        augment_dim=augment_dim,
-        t1=t1,
-        regularizers=regularizers,
-        **solver,
-    )
-
-
-@MODELS.register("resnet-strided", "neuralode's earlier ResNet twin (strided stem)")
-def _resnet_strided(hidden, num_blocks):
-    return create_model("resnet-strided", hidden=hidden, num_blocks=num_blocks)
-
-
-@MODELS.register("odenet", "the MNIST ODE-Net of Chen et al. (2018), convolutional dynamics")
-def _odenet(augment_dim, t1, solver, regularizers):
-    return create_model(
-        "odenet", augment_dim=augment_dim, t1=t1, regularizers=regularizers, **solver
-    )
-
-
-@MODELS.register("odenet-resnet", "the ODE-Net's ResNet counterpart")
-def _odenet_resnet(num_blocks):
-    return create_model("odenet-resnet", num_blocks=num_blocks)
+for _name, _uses, _description in (
+    ("ode", "hidden augment_dim t1 solver regularizers",
+     "the tutorial's Neural ODE classifier (290,570 parameters)"),
+    ("resnet", "hidden num_blocks", "the tutorial's ResNet twin: the same stem and head, 6 blocks"),
+    ("ode-strided", "hidden augment_dim t1 solver regularizers",
+     "neuralode's earlier Neural ODE classifier (strided stem)"),
+    ("resnet-strided", "hidden num_blocks", "neuralode's earlier ResNet twin (strided stem)"),
+    ("odenet", "augment_dim t1 solver regularizers",
+     "the MNIST ODE-Net of Chen et al. (2018), convolutional dynamics"),
+    ("odenet-resnet", "num_blocks", "the ODE-Net's ResNet counterpart"),
+):  # fmt: skip
+    MODELS.add(_name, functools.partial(create_model, _name), _description, _uses.split())
 
 
 @dataclasses.dataclass
