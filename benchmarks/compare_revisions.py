@@ -7,7 +7,10 @@ and times them on the problem of ``solver_speed.py`` in alternating repeats, so 
 noisy neighbour lands on both sides. It prints the median time per solve of each and the ratio.
 
     python benchmarks/compare_revisions.py [--rev HEAD~1] [--repeats 60] [--width 128]
-                                           [--modes forward,adjoint]
+                                           [--modes forward,adjoint,per-sample,stiff,timeseries]
+
+The modes per-sample, stiff and timeseries need a revision that has them (per-sample times,
+kvaerno5, neuralode.series).
 
 Needs git and a C compiler (as ``pip install`` does for the kernels).
 """
@@ -90,14 +93,58 @@ def main() -> None:
         # default norm used the seminorm by default, so this is the same work on both sides
         seminorm = {"adjoint_options": {"norm": "seminorm"}}
 
+        # per-sample times (revisions since a51288a): 64 series of a 4-dim tanh MLP, each with
+        # 10-20 observations of its own over up to 10 time units
+        small = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 4)).double()
+        rows = torch.sort(torch.rand(64, 20, dtype=torch.float64) * 10, dim=1).values
+        rows[:, 0] = 0.0
+        for b, n in enumerate(torch.randint(10, 21, (64,)).tolist()):
+            rows[b, n:] = rows[b, n - 1]
+        y_small = torch.randn(64, 4, dtype=torch.float64)
+
+        def per_sample(lib):
+            with torch.no_grad():
+                lib.odeint(lambda t, y: small(y), y_small, rows, rtol=1e-5, atol=1e-7,
+                           options={"batch_mode": "per_sample"})  # fmt: skip
+
+        # stiff (revisions since f15bf9a): kvaerno5 on Van der Pol, mu = 1000, through its first
+        # relaxation jump
+        def vdp(t, y):
+            return torch.stack((y[1], 1000.0 * (1 - y[0] ** 2) * y[1] - y[0]))
+
+        y_vdp = torch.tensor([2.0, 0.0], dtype=torch.float64)
+        t_vdp = torch.tensor([0.0, 1000.0], dtype=torch.float64)
+
+        def stiff(lib):
+            lib.odeint(vdp, y_vdp, t_vdp, rtol=1e-6, atol=1e-6, method="kvaerno5")
+
+        # time series (revisions since ead01f8): a latent ODE's ELBO and its gradient on 32
+        # periodic series (ODE-RNN encoder and decoder on per-sample times), each revision's
+        # model built from the same seed
+        latent = {}
+
+        def timeseries(lib):
+            if lib not in latent:
+                series = lib.series.make_periodic(32, 20, seed=0)
+                torch.manual_seed(1)
+                model = lib.series.LatentODE(1, latent=4, hidden=16, encoder_hidden=16).double()
+                latent[lib] = (model, *lib.series.split_at(series))
+            model, past, future = latent[lib]
+            model(past, future)["loss"].backward()
+
         modes = {
             "forward": forward,
             "forward+backward": backward,
             "checkpoint": lambda lib: backward(lib, gradient="checkpoint"),
             "adjoint": lambda lib: backward(lib, adjoint=True, **seminorm),
+            "per-sample": per_sample,
+            "stiff": stiff,
+            "timeseries": timeseries,
         }
         print(f"this tree vs {args.rev}: dopri5, batch 128, width {args.width}, "
-              f"{args.threads} thread(s), {args.repeats} alternating repeats")  # fmt: skip
+              f"{args.threads} thread(s), {args.repeats} alternating repeats (per-sample: 64 "
+              "series with times of their own; stiff: kvaerno5 on Van der Pol, mu = 1000)"
+              )  # fmt: skip
         print(f"{'mode':<18} {args.rev:>12} {'this tree':>12} {'ratio':>7}   (ratio = this tree "
               "over the revision, of the medians)")  # fmt: skip
         for name, fn in modes.items():

@@ -14,6 +14,7 @@ from .blocks import (
     NeuralODEBlock,
     ResidualStack,
     TutorialMultiScaleODE,
+    ode_blocks,
     regularization_loss,
     solve_stats,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "list_models",
     "list_tasks",
     "load_run",
+    "ode_blocks",
     "odeint",
     "odeint_adjoint",
     "odeint_dense",
