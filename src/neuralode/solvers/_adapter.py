@@ -288,7 +288,7 @@ def odeint(
     _check_stats(stats)
     grad = _gradient(gradient)
     native = _method(method) if engine is _NATIVE else None
-    reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn)
+    reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn, grad)
     if engine is not _NATIVE or reason is not None:
         d = _delegation()
         call = d.Call(func, y0, t, times, rtol, atol, method, options, event_fn, stats, grad)
@@ -296,7 +296,8 @@ def odeint(
             return d.solve_on(engine, call)
         return d.delegate(reason, native, call)
     native, ctrl, lane = translate(native, options, rtol, atol)
-    return run(func, y0, t, times, sign, native, ctrl, grad, lane, stats).ys
+    solution = run(func, y0, t, times, sign, native, ctrl, grad, lane, stats, event_fn=event_fn)
+    return solution.ys if event_fn is None else (solution.event_t, solution.ys)
 
 
 def odeint_adjoint(
@@ -358,7 +359,7 @@ def odeint_adjoint(
     _check_stats(stats)
     native = _method(method) if engine is _NATIVE else None
     a_native = _method(a_method, "adjoint_method") if engine is _NATIVE else None
-    reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn)
+    reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn, None)
     if reason is None and a_native is None:
         reason = f"adjoint method {a_method!r} is not native"
     if engine is not _NATIVE or reason is not None:
@@ -425,12 +426,13 @@ def _check_stats(stats: Any) -> None:
         )
 
 
-def _not_native(native, method, y0, t, options, rtol, atol, event_fn) -> str | None:
-    """Why the native engine hands this call to torchdiffeq (``None``: it does not)."""
+def _not_native(native, method, y0, t, options, rtol, atol, event_fn, gradient) -> str | None:
+    """Why the native engine hands this call to torchdiffeq (``None``: it does not;
+    ``gradient`` is ``None`` for the adjoint)."""
     if native is None:
         return f"method {method!r} is not native"
-    if event_fn is not None:
-        return "event handling"
+    if event_fn is not None and not (isinstance(gradient, Direct) and native.adaptive):
+        return "event handling" + (" with the adjoint" if gradient is None else "")
     if t.requires_grad:
         return "gradient with respect to t"
     if type(y0) is not torch.Tensor or y0.is_complex():

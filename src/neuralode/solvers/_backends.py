@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -229,8 +230,12 @@ class TorchdiffeqBackend(AbstractBackend):
             if not fixed:
                 stats.steps_rejected = 0
         options = self._budgeted(r.method, r.options)
+        event_fn = r.event_fn
+        if event_fn is not None:  # torchdiffeq counts no steps while it looks for an event
+            limit = (options or {}).get("max_num_steps") or budget_of(DEFAULT_MAX_NUM_STEPS)
+            event_fn = _GuardedEvent(event_fn, limit, r.rtol)
         common = dict(rtol=r.rtol, atol=r.atol, method=r.method, options=options,
-                      event_fn=r.event_fn)  # fmt: skip
+                      event_fn=event_fn)  # fmt: skip
         try:
             if a is not None:
                 a_options = self._budgeted(a.method, a.options)
@@ -250,6 +255,40 @@ class TorchdiffeqBackend(AbstractBackend):
             raise _translate(err, func, r, options) from err
         func.end_forward()
         return out
+
+
+class _GuardedEvent:
+    """An event function with the bounds torchdiffeq's search for an event lacks: a budget of
+    step attempts (it is called once per attempt, then a few dozen times to locate the
+    crossing), a time that must stay finite (an event that never comes on a solution that
+    settles lets the step size grow without bound), and a value that must be finite."""
+
+    STALLED = 50  # calls at one time: the step size overflowed (torchdiffeq resets it to 0)
+
+    def __init__(self, event_fn: Callable, limit: int, rtol: Any) -> None:
+        self.event_fn, self.limit, self.rtol, self.calls = event_fn, limit, rtol, 0
+        self.last_t, self.same = None, 0
+
+    def __call__(self, t: torch.Tensor, y: Any) -> torch.Tensor:
+        self.calls += 1
+        now = float(t)
+        where = f" near t ≈ {now:.6g}"
+        if self.calls > self.limit + 200:  # (the crossing's bisection takes about 60)
+            raise failure(Status.MAX_STEPS, where=where, limit=self.limit, rtol=self.rtol,
+                          event=True)  # fmt: skip
+        self.same = self.same + 1 if now == self.last_t else 0
+        self.last_t = now
+        if not math.isfinite(now) or self.same >= self.STALLED:
+            raise failure(Status.EVENT_NEVER, time=now)
+        value = self.event_fn(t, y)
+        if not isinstance(value, torch.Tensor) or not bool(torch.isfinite(value).all()):
+            raise InvalidArgumentError(
+                f"event_fn(t, y) returned {value!r}{where}, not a finite tensor: the solve "
+                "looks for where it crosses zero, so it must be finite (check for a division "
+                "by zero or a log of a negative value in it)",
+                argument="event_fn",
+            )
+        return value
 
 
 def _translate(

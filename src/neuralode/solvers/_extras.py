@@ -12,10 +12,9 @@ import torch
 from ..errors import InvalidArgumentError, InvalidTypeError, SolverError
 from ._adapter import odeint, translate
 from ._backends import InstrumentedFunc
-from ._controller import DEFAULT_MAX_NUM_STEPS
 from ._messages import Status, failure
 from ._methods import METHODS
-from ._solve import budget_of, check_func, check_y0
+from ._solve import Direct, budget_of, check_func, check_times, check_y0, run
 from ._stats import ACTIVE, SolveStats
 
 __all__ = ["odeint_dense", "odeint_event"]
@@ -78,12 +77,10 @@ def odeint_dense(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Solve from ``t0`` to ``t1`` with dopri5 and return its dense output, a function
     ``y(t)`` for any ``t`` in ``[t0, t1]`` — torchdiffeq's ``odeint_dense``, same signature
-    (and ``stats``) and return value, run by torchdiffeq with neuralode's input checks, clear
-    errors, counters and default step budget (``options["max_num_steps"]``, which torchdiffeq's
-    version lacks).
-    """
-    import torchdiffeq
-
+    (and ``stats``) and return value, solved by the native engine (its dense output is
+    dopri5's, as torchdiffeq's) with neuralode's input checks, clear errors, counters and step
+    budget (``options["max_num_steps"]``, which torchdiffeq's version lacks). A complex state
+    goes to torchdiffeq, with the same checks and budget."""
     check_func(func)
     if not isinstance(y0, torch.Tensor):
         raise InvalidTypeError(
@@ -103,16 +100,33 @@ def odeint_dense(
         )
     if stats is not None and not isinstance(stats, SolveStats):
         raise InvalidTypeError(f"stats must be a SolveStats or None, got {type(stats).__name__}")
-    _, ctrl, lane = translate(METHODS.get("dopri5"), options, rtol, atol)
+    dopri5, ctrl, lane = translate(METHODS.get("dopri5"), options, rtol, atol)
     if lane.name != "joint":
         raise InvalidArgumentError("odeint_dense solves the whole state jointly (no batch_mode)")
+    if y0.is_complex():
+        return _torchdiffeq_dense(func, y0, t0, t1, rtol, atol, ctrl, options, stats)
+    t = torch.stack([t0.detach().reshape(()), t1.detach().reshape(())])
+    times, sign = check_times(t)
+    solution = run(func, y0, t, times, sign, dopri5, ctrl, Direct(), lane, stats, dense=True)
+    dense = solution.dense
+
+    def dense_output_fn(t_eval: torch.Tensor) -> torch.Tensor:
+        return dense(t_eval)
+
+    return dense_output_fn
+
+
+def _torchdiffeq_dense(func, y0, t0, t1, rtol, atol, ctrl, options, stats):
+    """torchdiffeq's own odeint_dense (complex states), counted and with a step budget."""
+    import torchdiffeq
+
     opts = {k: v for k, v in (options or {}).items() if k != "max_num_steps"}
     stats = SolveStats() if stats is None else stats
     for rec in ACTIVE.get():
         rec.solves.append(stats)
     stats.method, stats.backend = "dopri5", "torchdiffeq"
     stats.solves += 1
-    limit = budget_of(ctrl.max_num_steps or DEFAULT_MAX_NUM_STEPS)
+    limit = budget_of(ctrl.max_num_steps)
     counted = InstrumentedFunc(func, y0, stats)
     budget = 6 * limit + 2  # dopri5: six evaluations a step, two for the first step size
 

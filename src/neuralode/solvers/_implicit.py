@@ -33,6 +33,7 @@ import torch
 
 from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
+from ._messages import Status, failure
 from ._methods import Method, Stepper, register_method
 from ._tableau import _TOL, nonzero_terms
 
@@ -494,11 +495,15 @@ class _ESDIRKStepper(Stepper):
             solver.prepare(ev, t, z, g)
             prev, eta = math.inf, self.eta
             for it in range(self.method.max_newton_iters):
-                r = z - rhs - g * ev(t, z)
+                fz = ev(t, z)
+                r = z - rhs - g * fz
                 delta = solver.solve(r.reshape(-1)).reshape(shape)
                 z = z - delta
                 size = self._scaled(delta, z)
                 if not math.isfinite(size):
+                    if it == 0 and not bool(torch.isfinite(fz).all()):
+                        # the dynamics themselves are NaN/inf here: no step size helps
+                        raise failure(Status.NONFINITE, time=ev.sign * t)
                     break
                 if it > 0:
                     rate = size / prev

@@ -27,7 +27,7 @@ from . import _kernels as kernels
 from ._controller import DEFAULT_MAX_NUM_STEPS, PIController, StepBoundaries, StepSizeController
 from ._evaluator import Evaluator
 from ._kernels import rms as _rms
-from ._messages import Status, failure
+from ._messages import PROJECTION_FACTOR, Status, failure, projection_interval
 from ._methods import Method
 
 __all__ = [
@@ -226,9 +226,11 @@ def solve_adaptive(
     record: list[StepRecord] | None = None,
     on_accept: Callable[[Sequence[torch.Tensor], float], None] | None = None,
     trajectory: list[tuple] | None = None,
+    event: Any = None,
 ) -> list[torch.Tensor]:
     """The joint lane: adaptive steps with one step size for the whole state (torchdiffeq's
-    behaviour).
+    behaviour). With ``event`` (an :class:`~._events.EventSearch`; ``t`` is then ``[t0, inf]``)
+    the solve stops at the event: ``[y0, y(event)]``.
 
     ``on_accept(ks, dt)`` is called with the stages of every accepted step (the continuous
     adjoint integrates its parameter adjoints by quadrature with it); ``trajectory`` collects
@@ -263,19 +265,33 @@ def solve_adaptive(
     out = [y0]
     j = 1
     n_steps = 0
+    # every tenth of the budget: the steps still needed at the largest recent step size; a
+    # solve that would need far more than its budget (stiff, say) stops early
+    check_every = projection_interval(cfg.max_num_steps)
+    next_check, dt_recent = check_every, 0.0
     prev_ratio = 1.0
     t_end = t[-1]
+    if event is not None and event.start(t_now, y0):
+        return [y0, y0]
+    bounded = math.isfinite(t_end)  # (not so when searching for an event)
     while j < len(t):
         if n_steps >= cfg.max_num_steps:
             where = f" near t ≈ {ev.sign * t_now:.6g}"
-            raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol)
+            raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol,
+                          event=event is not None)  # fmt: skip
         n_steps += 1
+        if n_steps == next_check and bounded:
+            next_check += check_every
+            _project(ev, cfg, n_steps, t_end - t_now, dt_recent, t_now)
+            dt_recent = 0.0
         # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
         dt = ctrl.clamp(dt)
         hit = None
         if bounds is not None:  # land exactly on step_t / jump_t boundaries
             dt, hit = bounds.clip(t_now, dt)
         t1 = t_now + dt if hit is None else hit
+        if not bounded and not math.isfinite(t1):  # the solution settled, the event never came
+            raise failure(Status.EVENT_NEVER, time=ev.sign * t_now)
         if t1 == t_now:
             where = f" near t ≈ {ev.sign * t_now:.6g}"
             raise failure(Status.STEP_UNDERFLOW, where=where, implicit=method.implicit)
@@ -289,6 +305,8 @@ def solve_adaptive(
         accepted, dt_next, kept = decide(ratio, dt, prev_ratio, order)
         if accepted:
             stats.steps_accepted += 1
+            if dt > dt_recent:
+                dt_recent = dt
             n_accepted += 1
             if callbacks is not None:
                 callbacks.accept(t_now, y, dt)
@@ -300,6 +318,10 @@ def solve_adaptive(
             f1, f1_time = stepper.end_slope(t1, y1, ks, last_node)
             # the next step starts from the right of a jump (torchdiffeq's perturb=NEXT)
             f_next = f1 if last_node is None else ev(math.nextafter(t1, t_end + 1.0), y1)
+            if event is not None:
+                found = event.search(stepper, t_now, dt, y, y1, ks, f1)
+                if found is not None:
+                    return [y0, found]
             rec = None
             if record is not None:
                 rec = StepRecord(t_now, dt, y, [], last_node, f1_time, stepper.checkpoint(),
@@ -325,6 +347,16 @@ def solve_adaptive(
                 callbacks.reject(t_now, y, dt)
         dt = dt_next
     return out
+
+
+def _project(ev, cfg: AdaptiveConfig, taken: int, remaining: float, dt: float, t: float) -> None:
+    """Stop a solve that, at its largest recent step size, would need far more steps than its
+    budget allows (instead of running through the whole budget first)."""
+    needed = remaining / dt if dt > 0 else math.inf
+    if taken + needed > PROJECTION_FACTOR * cfg.max_num_steps:
+        where = f" near t ≈ {ev.sign * t:.6g}"
+        raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol,
+                      projected=(taken, needed))  # fmt: skip
 
 
 def _nonfinite(ev: Evaluator, method: Method, t: float, dt: float, ks) -> Exception:
@@ -373,7 +405,7 @@ class Joint(Lane):
             return solve_fixed(ev, plan.method, y0, plan.times, plan.step_size, plan.interp,
                                record, trajectory=trajectory)  # fmt: skip
         return solve_adaptive(ev, plan.method, y0, plan.times, plan.cfg, record,
-                              trajectory=trajectory)  # fmt: skip
+                              trajectory=trajectory, event=plan.event)  # fmt: skip
 
 
 class PerSample(Lane):

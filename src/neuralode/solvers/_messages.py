@@ -36,8 +36,11 @@ STIFF_REMEDIES = (
 gradients)."""
 
 
-def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> str:
-    """The message of a solve that ran out of its step budget, with its likely causes."""
+def too_many_steps_message(
+    limit: int, where: str, event: bool, rtol: Any, projected: tuple[int, float] | None = None
+) -> str:
+    """The message of a solve that ran out of its step budget (or, ``projected = (steps taken,
+    steps still needed)``, that would have), with its likely causes."""
     default = " (the default limit)" if limit == DEFAULT_MAX_NUM_STEPS else ""
     causes = []
     if event:
@@ -51,9 +54,18 @@ def too_many_steps_message(limit: int, where: str, event: bool, rtol: Any) -> st
     r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if r < 1e-10:
         causes.append(f"rtol={r:g} asks for more accuracy than the solve can deliver")
+    if projected is not None:
+        taken, needed = projected
+        head = (
+            f"after {taken} steps{where} the solver would need about {needed:.2g} more at the "
+            f"step sizes it takes now, far beyond max_num_steps={limit}{default}, so it stopped "
+            "early"
+        )
+    else:
+        head = f"the solver took more than max_num_steps={limit} steps{default}{where} without "
+        head += "finishing"
     return (
-        f"the solver took more than max_num_steps={limit} steps{default}{where} without "
-        f"finishing. Likely causes: {'; '.join(causes)}. If the solve really needs more steps, "
+        f"{head}. Likely causes: {'; '.join(causes)}. If the solve really needs more steps, "
         "raise the limit with options={'max_num_steps': N}."
     )
 
@@ -83,6 +95,7 @@ class Status(enum.Enum):
     MAX_STEPS = "max_steps"  # the step budget ran out
     STEP_UNDERFLOW = "step_underflow"  # the step size shrank to nothing
     NONFINITE = "nonfinite"  # the state or a derivative became NaN or infinite
+    EVENT_NEVER = "event_never"  # an event solve's time ran to infinity without an event
 
 
 def _too_many_steps(
@@ -90,9 +103,10 @@ def _too_many_steps(
     limit: int = DEFAULT_MAX_NUM_STEPS,
     rtol: Any = 1e-7,
     event: bool = False,
+    projected: tuple[int, float] | None = None,
     **_: Any,
 ) -> SolverError:
-    return TooManyStepsError(too_many_steps_message(limit, where, event, rtol))
+    return TooManyStepsError(too_many_steps_message(limit, where, event, rtol, projected))
 
 
 def _underflow(where: str = "", implicit: bool = False, **_: Any) -> SolverError:
@@ -103,16 +117,28 @@ def _nonfinite(time: float | None = None, detail: str = "", **_: Any) -> SolverE
     return NonFiniteStateError(time, detail=detail)
 
 
+def _event_never(time: float | None = None, **_: Any) -> SolverError:
+    return TooManyStepsError(
+        f"the event never triggered: the solve reached t ≈ {time:.6g} and could go no further "
+        "without event_fn(t, y) crossing zero (the solution settled, and the step size grew "
+        "without bound). Check that "
+        "event_fn changes sign on this trajectory — its value at the start and where the "
+        "solution goes — or give the search an end: solve to a final time with odeint first"
+    )
+
+
 _TABLE: dict[Status, Callable[..., SolverError]] = {
     Status.MAX_STEPS: _too_many_steps,
     Status.STEP_UNDERFLOW: _underflow,
     Status.NONFINITE: _nonfinite,
+    Status.EVENT_NEVER: _event_never,
 }
 
 
 def failure(status: Status, **context: Any) -> SolverError:
     """The exception of a failed solve: ``context`` may give ``where`` (" near t ≈ ..."),
-    ``limit`` and ``rtol`` (the step budget and tolerance), ``event`` (an event solve),
+    ``limit`` and ``rtol`` (the step budget and tolerance), ``projected`` (steps taken and
+    still needed, where the budget would run out), ``event`` (an event solve),
     ``implicit`` (an implicit method failed), ``time`` and ``detail`` (of a non-finite
     state)."""
     return _TABLE[status](**context)
@@ -160,3 +186,13 @@ def explain(
             return NonFiniteStateError.dynamics_at_start(t0)
         return NonFiniteStateError(None, detail=f" (after t = {t0:.6g})")
     return err
+
+
+PROJECTION_FACTOR = 10
+"""A solve stops early once it would need more than this many times its step budget."""
+
+
+def projection_interval(limit: int) -> int:
+    """How often (in steps) a loop projects the steps it still needs: every tenth of its
+    budget, at least every 1,000 steps."""
+    return max(1000, limit // 10)

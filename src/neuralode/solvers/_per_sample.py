@@ -16,7 +16,7 @@ from ..errors import InvalidArgumentError
 from . import _kernels as kernels
 from ._evaluator import Evaluator
 from ._loops import AdaptiveConfig
-from ._messages import Status, failure
+from ._messages import PROJECTION_FACTOR, Status, failure, projection_interval
 from ._methods import Method
 
 __all__ = ["check_t_rows", "rows_direction", "solve_adaptive_per_sample"]
@@ -120,6 +120,18 @@ class _CountingEvaluator:
         return self.ev(s, y)
 
 
+def _project(ev, cfg, taken: int, remaining, dt_recent, active, t_now) -> None:
+    """Stop a batch whose slowest sample, at its largest recent step size, would need far more
+    iterations than the budget allows (one read from the device)."""
+    needed = torch.where(active, remaining / dt_recent, torch.zeros_like(remaining))
+    worst = int(torch.argmax(needed))
+    most = float(needed[worst])
+    if taken + most > PROJECTION_FACTOR * cfg.max_num_steps:
+        where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
+        raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol,
+                      projected=(taken, most))  # fmt: skip
+
+
 def solve_adaptive_per_sample(
     ev: Evaluator,
     method: Method,
@@ -175,12 +187,20 @@ def solve_adaptive_per_sample(
     n_iter = 0
     active = nxt < n_out
     go_on = n_out > 1
+    # every tenth of the budget: the iterations still needed by the slowest sample at its
+    # largest recent step size; a batch that would need far more (a stiff sample) stops early
+    check_every = projection_interval(cfg.max_num_steps)
+    next_check, dt_recent, t_last = check_every, torch.zeros_like(t_now), times[:, -1]
     # one read from the device per iteration (a synchronisation on a GPU): whether a sample is
     # not finite, how many outputs a sample passed at most, and whether any sample goes on
     while go_on:
         if n_iter >= cfg.max_num_steps:
             raise failure(Status.MAX_STEPS, limit=cfg.max_num_steps, rtol=cfg.rtol)
         n_iter += 1
+        if n_iter == next_check:
+            next_check += check_every
+            _project(ev, cfg, n_iter, (t_last - t_now).clamp(min=0.0), dt_recent, active, t_now)
+            dt_recent = torch.zeros_like(dt_recent)
         counting.mask = active
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
         y1, ks = stepper.step(t_now, y, f0, dt_eff)
@@ -190,6 +210,7 @@ def solve_adaptive_per_sample(
             accept = ctrl.accept(ratio, dt_eff) & active
             acc += accept
             rej += (~accept) & active
+            dt_recent = torch.maximum(dt_recent, torch.where(accept, dt_eff, 0.0))
             dt_new = ctrl.next_step(dt, ratio, prev_ratio, method.order)
             prev_ratio = torch.where(accept, ctrl.remember(ratio), prev_ratio)
             t1 = t_now + dt_eff

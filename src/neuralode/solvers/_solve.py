@@ -15,6 +15,7 @@ import abc
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
@@ -255,6 +256,7 @@ class Plan:
     step_size: float | None
     interp: str
     stats: SolveStats
+    event: Any = None  # an EventSearch where the solve stops at an event
 
     def evaluator(self, backward: bool = False) -> Evaluator:
         ev = Evaluator(
@@ -366,14 +368,18 @@ class Solution:
             or a tuple of tensors for a tuple state.
         ts: the output times.
         stats: the solve's counters (backward ones fill in when gradients are computed).
-        dense: the solution between the output times (a callable, see :class:`DenseOutput`)
-            where it was asked for with ``dense=True``, else ``None``.
+        dense: the solution between the output times (a callable, see
+            :class:`~._dense.DenseOutput`) where it was asked for with ``dense=True``, else
+            ``None``.
+        event_t: the event's time where the solve stopped at an event (``ts`` is then
+            ``[t[0], event_t]`` and ``ys`` the states there), else ``None``.
     """
 
     ys: Any
     ts: torch.Tensor
     stats: SolveStats
     dense: Any = None
+    event_t: torch.Tensor | None = None
 
 
 def flat(y0: Any) -> torch.Tensor:
@@ -435,6 +441,7 @@ def solve(
     gradient: GradientMethod | None = None,
     lane: Lane | None = None,
     dense: bool = False,
+    event_fn: Callable | None = None,
     stats: SolveStats | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, from objects (the object API; diffrax's
@@ -453,6 +460,8 @@ def solve(
         gradient: ``Direct()`` (default), ``Checkpoint()`` or ``Adjoint(...)``.
         lane: ``Joint()`` (default) or ``PerSample()``.
         dense: also return the solution between the output times (``Solution.dense``).
+        event_fn: ``event_fn(t, y)``: stop where it crosses zero (``Solution.event_t``; the
+            direction of time is that of ``t``, whose other times are not outputs then).
         stats: a :class:`SolveStats` to fill (a new one by default; always ``Solution.stats``).
 
     Returns:
@@ -469,7 +478,8 @@ def solve(
     if stats is not None and not isinstance(stats, SolveStats):
         raise InvalidTypeError(f"stats must be a SolveStats or None, got {type(stats).__name__}")
     times, sign = check_times(t, per_sample=lane.name == "per_sample")
-    return run(func, y0, t, times, sign, method, controller, gradient, lane, stats, dense)
+    return run(func, y0, t, times, sign, method, controller, gradient, lane, stats, dense,
+               event_fn)  # fmt: skip
 
 
 def run(
@@ -484,6 +494,7 @@ def run(
     lane: Lane,
     stats: SolveStats | None,
     dense: bool = False,
+    event_fn: Callable | None = None,
 ) -> Solution:
     """:func:`solve` on inputs already checked (``times, sign`` from :func:`check_times`)."""
     if stats is None:
@@ -496,7 +507,9 @@ def run(
     lane.check(method, controller, y0, times, gradient)
     stats.method, stats.backend = method.name, "native"
     stats.solves += 1
-    if type(times) is list:
+    if event_fn is not None:
+        pass  # (added where the event is found)
+    elif type(times) is list:
         stats.time_span += times[-1] - times[0]
     else:
         stats.time_span += float((times[:, -1] - times[:, 0]).abs().max())
@@ -513,6 +526,13 @@ def run(
         check_tolerance_shape(controller.atol, "atol", y0)
         cfg = adaptive_config(controller, sign, shapes)
         resolution = dtype_resolution(controller.rtol, controller.atol, ref)
+        if resolution is not None and method.implicit:  # Newton's iteration could never stop
+            raise InvalidArgumentError(
+                f"{resolution}. With the implicit method {method.name!r} the solve cannot "
+                "even start: its Newton iteration stops at a fraction of the tolerance, below "
+                "the dtype's rounding",
+                argument="rtol",
+            )
         if resolution is not None:
             warnings.warn(resolution, UserWarning, stacklevel=3)
     elif method.implicit:
@@ -535,6 +555,9 @@ def run(
         interp=getattr(controller, "interp", "linear"),
         stats=stats,
     )
+    if event_fn is not None:
+        plan.event = _event_search(event_fn, plan, gradient, lane, t)
+        plan.times = [times[0], math.inf]
     y_flat = y0 if shapes is None else flat(y0)
     try:
         params = gradient.params_of(func)
@@ -568,4 +591,32 @@ def run(
         if explained is err:
             raise
         raise explained from err
+    if plan.event is not None:
+        event_t = torch.tensor(sign * plan.event.time, dtype=t.dtype, device=t.device)
+        stats.time_span += abs(plan.event.time - times[0])
+        ts = torch.stack([t.reshape(-1)[0].detach(), event_t])
+        return Solution(unflat(sol, shapes), ts, stats, dense_out, event_t)
     return Solution(unflat(sol, shapes), t, stats, dense_out)
+
+
+def _event_search(event_fn: Callable, plan: Plan, gradient: Any, lane: Lane, t: torch.Tensor):
+    from ._events import EventSearch
+
+    if not callable(event_fn):
+        raise InvalidTypeError(
+            f"event_fn must be callable as event_fn(t, y) or None, got {type(event_fn).__name__}"
+        )
+    if lane.name != "joint":
+        raise InvalidArgumentError(
+            "an event stops the whole batch at one time: it needs the joint lane "
+            "(batch_mode='joint', the default), not batch_mode='per_sample'"
+        )
+    if plan.cfg is None or not isinstance(gradient, Direct):
+        raise InvalidArgumentError(
+            "an event search takes an adaptive method on the joint lane with direct gradients "
+            "(odeint(..., event_fn=...)); odeint_adjoint with an event is solved by torchdiffeq"
+        )
+    atol = plan.cfg.atol
+    tol = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
+    state = functools.partial(unflat, shapes=plan.shapes, batched=False)
+    return EventSearch(event_fn, plan.sign, state, tol, t)
