@@ -17,12 +17,12 @@ import time
 import pytest
 import torch
 
+from neuralode import files as files_mod
 from neuralode.cli import main
-from neuralode.training import files as files_mod
+from neuralode.files import RunFolderBusy, RunLock
+from neuralode.training import callbacks as callbacks_mod
 from neuralode.training import load_checkpoint, save_checkpoint
-from neuralode.training import loop as loop_mod
 from neuralode.training import run_folder as run_folder_mod
-from neuralode.training.files import RunFolderBusy, RunLock
 from test_cli import SMALL, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -211,7 +211,7 @@ def test_nan_weights_are_refused_by_evaluate(run, capsys):
 def test_a_kill_between_checkpoint_and_metrics_loses_no_row(data_dir, tmp_path, monkeypatch):
     """summary.json said 4 epochs where metrics.csv held 3: the row is rebuilt on resume."""
     out = tmp_path / "run"
-    real = loop_mod.write_csv
+    real = callbacks_mod.write_csv
     calls = []
 
     def dies_on_second(path, rows):
@@ -220,11 +220,11 @@ def test_a_kill_between_checkpoint_and_metrics_loses_no_row(data_dir, tmp_path, 
             raise KeyboardInterrupt
         real(path, rows)
 
-    monkeypatch.setattr(loop_mod, "write_csv", dies_on_second)
+    monkeypatch.setattr(callbacks_mod, "write_csv", dies_on_second)
     assert _train(data_dir, out, "--epochs", "2", "--max-train-batches", "2") == 130
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     assert len(list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))) == 1
-    monkeypatch.setattr(loop_mod, "write_csv", real)
+    monkeypatch.setattr(callbacks_mod, "write_csv", real)
     assert main(["-q", "resume", str(out), "--epochs", "2"]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -325,7 +325,7 @@ def test_a_read_only_out_is_a_one_line_message(data_dir, tmp_path, capsys, monke
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(files_mod, "atomic_write", refuse)
-    monkeypatch.setattr(loop_mod, "write_json", lambda p, d: refuse(p, None))
+    monkeypatch.setattr(run_folder_mod, "write_json", lambda p, d: refuse(p, None))
     assert _train(data_dir, tmp_path / "ro") == 2
     err = _stderr_line(capsys)
     assert "Permission denied" in err and "config.json" in err and len(err.splitlines()) == 1
@@ -335,7 +335,7 @@ def test_evaluate_on_a_read_only_run_still_reports(run, capsys, monkeypatch, cap
     def refuse(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(run_folder_mod, "write_json", refuse)
+    monkeypatch.setattr(files_mod, "write_json", refuse)
     assert main(["evaluate", str(run)]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert "could not save evaluation.json" in caplog.text
@@ -376,7 +376,7 @@ def test_a_batch_larger_than_the_training_set_is_refused(data_dir, tmp_path, cap
     out = tmp_path / "r"
     args = ["-q", "train", "mnist", "--data-dir", str(data_dir), "--out", str(out)]
     assert main([*args, "--train-subset", "100", "--batch-size", "128"]) == 2
-    assert "larger than the training set (90 images, after 10 held out" in _stderr_line(capsys)
+    assert "larger than the 90 training images (after 10 held out" in _stderr_line(capsys)
     assert not (out / "checkpoint.pt").exists()
 
 

@@ -17,7 +17,7 @@ from neuralode.errors import InvalidArgumentError
 from neuralode.tasks import ModelRegistry, Step, Task, TrainOptions, option, register_task
 from neuralode.tasks import base as tasks_base
 from neuralode.training import Callback
-from neuralode.training.loop import explosion_warnings
+from neuralode.training.callbacks import explosion_warnings
 
 RATE = 0.5  # the toy data: y = x·exp(RATE), what dh/dt = a·h over [0, 1] reaches at a = RATE
 

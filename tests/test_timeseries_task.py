@@ -107,7 +107,7 @@ def test_bad_options_are_clear_errors(options, words):
 
 def test_adjoint_for_per_sample_models_is_a_clear_error(tmp_path):
     res = run_cli([*SPIRALS, "--gradient", "adjoint", "--out", str(tmp_path / "a")])
-    assert res.returncode != 0 and "direct gradients only" in res.stderr
+    assert res.returncode != 0 and "needs direct gradients" in res.stderr
 
 
 @pytest.mark.parametrize(

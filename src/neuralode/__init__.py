@@ -7,7 +7,6 @@ Training (tasks by name, see :mod:`neuralode.tasks`): :func:`train`, :func:`resu
 :func:`evaluate`, :func:`load_run`.
 """
 
-from ._registry import Registry
 from .blocks import (
     HybridNeuralODE,
     MultiScaleNeuralODE,
@@ -43,6 +42,7 @@ from .models import (
     create_model,
     list_models,
 )
+from .registry import Registry
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
 from .solvers import (
     AbstractBackend,

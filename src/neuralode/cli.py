@@ -15,7 +15,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
@@ -108,6 +107,11 @@ def _add_task_parser(sub, task_cls) -> None:
 def _add_run_flags(g) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log the metrics for TensorBoard in RUN_DIR/tensorboard (the tensorboard extra)",
+    )
+    g.add_argument(
         "--no-allocator-tuning",
         action="store_true",
         help="keep the C library's default malloc thresholds (see README)",
@@ -124,14 +128,15 @@ def _explicit_options(args: argparse.Namespace, options_cls) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
     from .tasks import get_task
-    from .training import train
-    from .training.run_folder import read_json, upgrade_config
+    from .training import RunFolder, TensorBoardLogger, train
 
     config: Any = args.config
-    saved = read_json(Path(args.out) / "config.json") if args.resume else None
+    saved = RunFolder(args.out).stored_config(args.task) if args.resume else None
     if saved is not None:  # resuming: the run's options are the defaults; flags may repeat them
-        config = upgrade_config(saved)
+        config = saved
     options = _explicit_options(args, get_task(args.task).Options)
+    if args.tensorboard:
+        callbacks = [*callbacks, TensorBoardLogger()]
     summary = train(
         args.task,
         args.out,
@@ -146,8 +151,10 @@ def _cmd_train(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
 
 def _cmd_resume(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
     from .tasks.base import RESUMABLE
-    from .training import resume
+    from .training import TensorBoardLogger, resume
 
+    if args.tensorboard:
+        callbacks = [*callbacks, TensorBoardLogger()]
     changes = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k) is not None}
     summary = resume(args.run_dir, progress=not args.no_progress, callbacks=callbacks, **changes)
     return _print_summary(args.run_dir, summary)

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._registry import Registry
 from .blocks import NeuralODEBlock, ResidualStack
 from .dynamics import ConvODEFunc, HypernetODEFunc, ODEFunc, TimeConcatODEFunc, group_norm
 from .errors import InvalidArgumentError
+from .registry import Registry
 from .regularizers import AbstractRegularizer
 
 __all__ = [

@@ -16,6 +16,7 @@ __all__ = [
     "plot_spiral_fit",
     "plot_training_curves",
     "pyplot",
+    "save_figure",
     "save_flow_gif",
 ]
 
@@ -29,8 +30,9 @@ def pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    from .training.files import atomic_write
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as a PNG file atomically and close it."""
+    from .files import atomic_write
 
     def write(fh):
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
@@ -65,7 +67,7 @@ def plot_spiral_fit(data: Any, learned: torch.Tensor, path: Path) -> Path:
     ax2.set_title("phase plane")
     ax2.set_aspect("equal")
     ax2.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -98,7 +100,7 @@ def plot_phase_portrait(func: Any, data: Any, learned: torch.Tensor, path: Path)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) -> Path:
@@ -130,7 +132,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) ->
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _hist2d(ax, pts: torch.Tensor, lim: float, title: str) -> None:
@@ -164,7 +166,7 @@ def plot_density(model: Any, data: Any, path: Path, device: Any, n: int = 20_000
     axes[1].set_yticks([])
     _hist2d(axes[2], samples, lim, "model samples")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _scatter_frame(ax, pts: torch.Tensor, lim: float, title: str) -> None:
@@ -193,7 +195,7 @@ def plot_flow_strip(path_xy: torch.Tensor, path: Path, snapshots: int = 6) -> Pa
         title = "base" if k == 0 else "data" if k == snapshots - 1 else f"{i / (frames - 1):.0%}"
         _scatter_frame(ax, path_xy[i], lim, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_flow_gif(path_xy: torch.Tensor, path: Path, ms_per_frame: int = 120) -> Path:
@@ -202,7 +204,7 @@ def save_flow_gif(path_xy: torch.Tensor, path: Path, ms_per_frame: int = 120) ->
 
     from PIL import Image
 
-    from .training.files import atomic_write
+    from .files import atomic_write
 
     plt = pyplot()
     lim = _path_limit(path_xy)
@@ -237,7 +239,7 @@ def plot_image_samples(images: torch.Tensor, path: Path, columns: int = 8) -> Pa
         if k < n:
             ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
     fig.tight_layout(pad=0.1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_series_reconstruction(
@@ -270,4 +272,4 @@ def plot_series_reconstruction(
     axes[0][0].legend(fontsize=7, loc="upper right")
     axes[-1][0].set_xlabel("time (dashed: end of the observed part)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

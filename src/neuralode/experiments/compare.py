@@ -171,6 +171,6 @@ def _plots(exp: Experiment) -> list[str]:
 
 
 def _save(fig, exp: Experiment, name: str) -> None:
-    from ..plotting import _save as save_png
+    from ..plotting import save_figure as save_png
 
     save_png(fig, exp.out / name)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExperimentMismatch, InvalidArgumentError
+from ..files import atomic_write, write_csv, write_json
 from ..tasks import get_task, make_options
-from ..training.files import atomic_write, write_csv, write_json
 from ..training.loop import train
 
 __all__ = ["BUDGETS", "Budget", "Experiment", "run_options", "train_configuration"]
@@ -185,8 +185,7 @@ def train_configuration(
     run_dir = exp.out / "runs" / key
 
     def run() -> dict[str, Any]:
-        resume = (run_dir / "checkpoint.pt").is_file()
-        return train(get_task("mnist")(options), run_dir, resume=resume, progress=progress)
+        return train(get_task("mnist")(options), run_dir, resume="auto", progress=progress)
 
     config = {k: v for k, v in options.to_dict().items() if k not in ("data_dir", "threads")}
     return config, run

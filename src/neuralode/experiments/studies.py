@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..plotting import _save, pyplot
+from ..plotting import pyplot, save_figure
 from ..tasks import resolve_device
 from .runner import BUDGETS, Experiment, train_configuration
 
@@ -79,7 +79,7 @@ def run_tolerance_study(
     axes[2].set_ylabel("NFE per forward pass")
     fig.suptitle("accuracy vs NFE, accuracy vs training time, NFE vs tolerance")
     fig.tight_layout()
-    _save(fig, exp.out / "tolerance.png")
+    save_figure(fig, exp.out / "tolerance.png")
     exp.report(
         [
             ("rtol", "rtol"),
@@ -165,7 +165,7 @@ def run_depth_study(
     ax.set_ylabel("test accuracy")
     ax.legend()
     ax.set_title("accuracy against depth")
-    _save(fig, exp.out / "depth.png")
+    save_figure(fig, exp.out / "depth.png")
     exp.report(
         [
             ("model", "model"),

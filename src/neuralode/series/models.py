@@ -20,6 +20,7 @@ from torch import nn
 from ..blocks import NeuralODEBlock
 from ..dynamics import ODEFunc
 from ..errors import InvalidArgumentError
+from ..solvers import METHODS
 from .data import IrregularSeries
 from .interpolation import LinearInterpolation, NaturalCubicSpline
 
@@ -31,6 +32,8 @@ __all__ = [
     "LatentODE",
     "NeuralCDE",
     "ODERNNClassifier",
+    "check_per_sample_solver",
+    "per_sample_methods",
 ]
 
 PER_SAMPLE = {"batch_mode": "per_sample"}
@@ -42,15 +45,44 @@ def _masked_mse(pred: torch.Tensor, target: IrregularSeries) -> torch.Tensor:
     return (((pred - target.values) ** 2) * m).sum() / m.sum().clamp(min=1)
 
 
+def per_sample_methods() -> list[str]:
+    """The methods that solve every series at its own times (the per-sample lane): the native
+    engine's explicit adaptive ones."""
+    return sorted(n for n, m in METHODS.items() if m.adaptive and not m.implicit)
+
+
+def check_per_sample_solver(method: Any, backend: Any, gradient: Any) -> None:
+    """The ODE-RNN and the latent ODE solve every series at its own times: say which solvers
+    they can use, and why, where the given one cannot."""
+    why = "this model solves every series at its own times (per-sample times), which needs"
+    if gradient not in (None, "direct"):
+        raise InvalidArgumentError(
+            f"{why} direct gradients, not gradient={gradient!r}; use gradient='direct', or the "
+            "neural CDE, which takes every gradient method"
+        )
+    if backend not in (None, "native"):
+        raise InvalidArgumentError(
+            f"{why} the native engine, not backend={backend!r} (torchdiffeq solves a batch at "
+            "shared times); use backend='native', or the neural CDE, which runs on every backend"
+        )
+    if method is not None and method not in per_sample_methods():
+        kind = METHODS.find(method) if isinstance(method, str) else None
+        reason = (
+            "an implicit method's Newton iteration couples the batch"
+            if kind is not None and kind.implicit
+            else "it has no error estimate to give each series its own steps"
+        )
+        raise InvalidArgumentError(
+            f"{why} an explicit adaptive method: {', '.join(per_sample_methods())}; not "
+            f"{method!r} ({reason}). Use method='dopri5', or the neural CDE, which takes every "
+            "method"
+        )
+
+
 def _per_sample_block(func: nn.Module, solver: dict[str, Any]) -> NeuralODEBlock:
     solver = dict(solver)
     gradient = solver.pop("gradient", "direct")
-    if gradient != "direct":
-        raise InvalidArgumentError(
-            f"this model solves every series at its own times (per-sample times), which take "
-            f"direct gradients only, got gradient={gradient!r}; use gradient='direct', or the "
-            "neural CDE, which takes every gradient method"
-        )
+    check_per_sample_solver(solver.get("method"), solver.get("backend"), gradient)
     options = {**solver.pop("options", {}), **PER_SAMPLE}
     return NeuralODEBlock(func, options=options, **solver)
 

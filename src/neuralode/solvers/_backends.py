@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError, InvalidTypeError, SolverError
+from ..registry import Registry
 from ._controller import DEFAULT_MAX_NUM_STEPS
 from ._evaluator import CALLBACK_NAMES, callback_names, warn_unknown_callbacks
 from ._messages import Status, failure

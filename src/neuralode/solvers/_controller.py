@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError, InvalidTypeError
+from ..registry import Registry
 
 __all__ = [
     "CONTROLLERS",

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError, NonFiniteStateError
+from ..registry import Registry
 from . import _kernels as kernels
 from ._controller import DEFAULT_MAX_NUM_STEPS, PIController, StepBoundaries, StepSizeController
 from ._evaluator import Evaluator

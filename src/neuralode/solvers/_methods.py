@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError, InvalidTypeError
+from ..registry import Registry
 from . import _kernels as kernels
 from ._controller import initial_step
 from ._tableau import TABLEAUX, ButcherTableau

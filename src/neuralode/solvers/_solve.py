@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError, InvalidTypeError, NonFiniteStateError, SolverError
+from ..registry import Registry
 from . import _kernels as kernels
 from ._controller import (
     AbstractStepSizeController,
@@ -158,8 +158,8 @@ def check_times(t: Any, per_sample: bool = False) -> tuple[Any, float]:
 
 def is_finite(y: Any) -> bool:
     """Whether a tensor (or tuple of them) holds only finite values: one pass of the fused
-    kernel where it can read the tensor, else one reduction (NaN and inf propagate into a sum)
-    and an element-wise check only where that is not finite."""
+    kernel where it can read the tensor, else one reduction (NaN and inf propagate into a sum),
+    element-wise only where that is not finite."""
     if y is None:
         return True
     for x in (y,) if isinstance(y, torch.Tensor) else y:
@@ -288,8 +288,7 @@ class GradientMethod(abc.ABC):
         """The stacked solution at the plan's times, differentiable by this method."""
 
     def params_of(self, func: Any) -> tuple[torch.Tensor, ...]:
-        """The tensors to differentiate: those of ``func`` (an ``nn.Module``) that require
-        grad."""
+        """The tensors to differentiate: ``func``'s (an ``nn.Module``) that require grad."""
         if not self.needs_params:
             return ()
         if not isinstance(func, nn.Module):
@@ -329,10 +328,7 @@ def register_gradient_method(method: type[GradientMethod] | GradientMethod, *,
         raise InvalidTypeError(
             f"register_gradient_method takes a GradientMethod subclass, got {method!r}"
         )
-    if isinstance(method, type):
-        entry: Any = method
-    else:  # an instance: the name gives that very object
-        entry = _Instance(method)
+    entry: Any = method if isinstance(method, type) else _Instance(method)  # (that very object)
     GRADIENT_METHODS.register(cls.name, entry, replace=replace)
     return method
 

@@ -12,32 +12,36 @@ import abc
 import dataclasses
 import inspect
 import json
+import math
 import os
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .._registry import Registry
 from ..errors import InvalidArgumentError
+from ..registry import Registry
 from ..regularizers import JacobianFrobenius, KineticEnergy
 from ..solvers import GRADIENT_METHODS, available_backends, get_backend
 
 __all__ = [
     "SOLVER_OPTIONS",
+    "TASKS",
     "ModelRegistry",
     "Step",
     "Task",
     "TrainOptions",
+    "evaluate_batches",
     "get_task",
     "list_tasks",
     "make_options",
     "option",
     "register_task",
     "resolve_device",
+    "with_defaults",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -148,6 +152,10 @@ class TrainOptions:
                         f"unknown {f.name} {value!r}; choose from: {', '.join(allowed)}"
                     )
             check = f.metadata.get("check")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArgumentError(
+                    f"{f.name} must be a finite number, got {value!r} (default: {f.default})"
+                )
             if check and value is not None and (value < 0 or (value == 0 and check == "positive")):
                 word = "a positive" if check == "positive" else "a non-negative"
                 kind = "integer" if option_type(type(self), f.name) is int else "number"
@@ -198,6 +206,32 @@ class TrainOptions:
 
 SOLVER_OPTIONS = ("method", "rtol", "atol", "eval_rtol", "eval_atol", "gradient", "backend")
 REGULARIZER_OPTIONS = ("kinetic", "jacobian")
+
+
+def with_defaults(base: type, help: dict[str, str] | None = None, **defaults: Any) -> type:
+    """``base`` (an options dataclass) with other defaults for some of its options: the fields
+    keep their checks, choices and groups (and their help, unless ``help`` gives a new one). A
+    task's options then declare only what differs::
+
+        class TrajectoryOptions(with_defaults(TrainOptions, epochs=20, lr=1e-2)):
+            window: int = option(50, "time points per training window", check="positive")
+    """
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    unknown = sorted((set(defaults) | set(help or {})) - set(fields))
+    if unknown:
+        raise InvalidArgumentError(f"{base.__name__} has no options {unknown}")
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__annotations__": annotations, "__module__": base.__module__}
+    for name in dict.fromkeys([*defaults, *(help or {})]):
+        f = fields[name]
+        meta = dict(f.metadata)
+        if help and name in help:
+            meta["help"] = help[name]
+        annotations[name] = f.type
+        default = defaults.get(name, f.default)
+        namespace[name] = dataclasses.field(default=default, metadata=meta)
+    namespace["__doc__"] = base.__doc__
+    return dataclasses.dataclass(type(base.__name__, (base,), namespace))
 
 
 def option_type(cls: type, name: str) -> Any:
@@ -344,6 +378,52 @@ class Step:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[Any],
+    measure: Callable[[nn.Module, Any], dict[str, tuple[float, float]]],
+    dist: Any = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` over ``batches`` in evaluation mode, the one evaluation loop of every
+    task: ``measure(model, batch)`` returns each metric's numerator and denominator for the
+    batch (``{"loss": (summed loss, samples), ...}``; a ``"samples"`` entry counts the
+    batch's samples); the sums over the batches — and over the processes of a torchrun, each
+    taking whole batches in turn, so that the result is one process's — give each metric as
+    numerator / denominator. ``nfe_forward`` is the evaluations per batch (from
+    :func:`neuralode.record`); ``samples`` the samples evaluated."""
+    from ..solvers import record
+
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    n_batches = nfe = 0
+    try:
+        for i, batch in enumerate(batches):
+            if i % world != rank:
+                continue
+            with record() as rec:
+                measured = measure(model, batch)
+            nfe += rec.nfe_forward
+            n_batches += 1
+            for key, (num, den) in measured.items():
+                acc = sums.setdefault(key, [0.0, 0.0])
+                acc[0] += float(num)
+                acc[1] += float(den)
+    finally:
+        model.train(was_training)
+    sums["(batches)"] = [n_batches, nfe]
+    if dist is not None:  # (a key a rank lacks counts as zero: it may have seen no batch)
+        sums = dist.sum_dicts(sums)
+    n_batches, nfe = sums.pop("(batches)")
+    out = {k: num / max(den, 1e-300) for k, (num, den) in sorted(sums.items())}
+    if "samples" in sums:
+        out["samples"] = sums["samples"][0]
+    out["nfe_forward"] = nfe / max(n_batches, 1)
+    return out
+
+
 class Task(abc.ABC):
     """A training job: subclass, set the class attributes, implement the methods, and decorate
     with :func:`register_task`.
@@ -355,15 +435,16 @@ class Task(abc.ABC):
             field if the task has several models).
         models: the :class:`ModelRegistry` of the models it can train.
         metric: the validation metric the best checkpoint is chosen by (a key of
-            :meth:`evaluate`'s result for the ``"val"`` split), and ``maximize`` its direction.
+            :meth:`evaluate`'s result for the ``"val"`` split), and ``maximize`` its direction;
+            a task whose metric depends on its options overrides :meth:`choose_metric`.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Options: ClassVar[type[TrainOptions]] = TrainOptions
     models: ClassVar[ModelRegistry]
-    metric: ClassVar[str] = "loss"
-    maximize: ClassVar[bool] = False
+    metric: str = "loss"
+    maximize: bool = False
 
     def __init__(self, options: TrainOptions) -> None:
         if not isinstance(options, self.Options):
@@ -371,6 +452,11 @@ class Task(abc.ABC):
                 f"task {self.name!r} takes {self.Options.__name__}, got {type(options).__name__}"
             )
         self.options = options
+        self.metric, self.maximize = self.choose_metric()
+
+    def choose_metric(self) -> tuple[str, bool]:
+        """``(metric, maximize)``: the class's, unless a task's options decide (override)."""
+        return type(self).metric, type(self).maximize
 
     # -- the model
     @property
@@ -389,7 +475,24 @@ class Task(abc.ABC):
         """Everything the task trains and evaluates on (called once per process)."""
 
     def check_data(self, data: Any, world: int) -> None:  # noqa: B027 - optional, no-op
-        """Refuse a configuration the data cannot serve (override)."""
+        """Refuse a configuration the data cannot serve (override; see
+        :meth:`check_batch_size`)."""
+
+    def check_batch_size(self, available: int, what: str, world: int) -> None:
+        """The global batch must fit the training data (``available`` of ``what``) and split
+        evenly over the ``world`` processes: a larger one would silently train on fewer
+        samples than asked."""
+        size = self.options.batch_size
+        if size > available:
+            raise InvalidArgumentError(
+                f"--batch-size {size} is larger than the {available} {what}, so a batch would "
+                f"hold fewer than asked; use a batch size of at most {available}"
+            )
+        if size % world:
+            raise InvalidArgumentError(
+                f"--batch-size {size} is the global batch, split over {world} processes: it "
+                f"must be a multiple of {world} (e.g. {max(world, size - size % world)})"
+            )
 
     @abc.abstractmethod
     def batches_per_epoch(self, data: Any, world: int) -> int:
@@ -475,9 +578,14 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Options from a JSON or TOML file (keys as in ``config.json``)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise InvalidArgumentError(f"cannot read config file {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise InvalidArgumentError(
+            f"config file {path} is not a text file (it is not UTF-8): a configuration is a "
+            "JSON or TOML table of options, keys as in a run's config.json"
+        ) from None
     if path.suffix == ".toml":
         import tomllib
 
@@ -505,6 +613,10 @@ def make_options(
     validated. A config's ``task`` key, if present, must name ``task``."""
     cls = get_task(task)
     values: dict[str, Any] = {}
+    if config is not None and not isinstance(config, (dict, str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"config must be a file's path or a dict of options, got {type(config).__name__}"
+        )
     if config is not None:
         data = dict(config) if isinstance(config, dict) else read_config_file(config)
         named = data.pop("task", task)

@@ -15,10 +15,18 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
-from ..solvers import record
 from ..toy_densities import TOY_DATASETS, get_toy
-from .base import SCHEDULES, ModelRegistry, Step, Task, TrainOptions, option, register_task
-from .mnist import MNISTDataOptions, mnist_splits
+from .base import (
+    ModelRegistry,
+    Step,
+    Task,
+    TrainOptions,
+    evaluate_batches,
+    option,
+    register_task,
+    with_defaults,
+)
+from .datasets import MNISTDataOptions, mnist_splits
 
 __all__ = ["DensityData", "DensityOptions", "DensityTask", "bits_per_dim"]
 
@@ -84,25 +92,18 @@ _MNIST_ONLY = tuple(f.name for f in dataclasses.fields(MNISTDataOptions))
 
 
 @dataclasses.dataclass
-class DensityOptions(MNISTDataOptions, TrainOptions):
+class DensityOptions(
+    MNISTDataOptions,
+    with_defaults(
+        TrainOptions, epochs=10, lr=3e-3, schedule="cosine", batch_size=512, rtol=1e-5,
+        atol=1e-5, eval_rtol=1e-5, eval_atol=1e-5,
+        help={"batch_size": "samples per batch (global)"},
+    ),
+):  # fmt: skip
     """A recipe for the 2-D data: batches of 512 fresh samples, Adam at 3e-3 decayed to 0 by a
     cosine schedule over 10 epochs of 100 iterations, exact trace, dopri5 at 1e-5. MNIST:
     ``--dataset mnist`` (the model follows)."""
 
-    epochs: int = option(10, "number of epochs", check="positive")
-    lr: float = option(3e-3, "learning rate", check="positive")
-    schedule: str = option(
-        "cosine", "learning-rate schedule over the epochs (cosine: to 0)", choices=SCHEDULES
-    )
-    batch_size: int = option(512, "samples per batch (global)", check="positive")
-    rtol: float = option(1e-5, "training rtol", check="positive", group="ODE solver", model=True)
-    atol: float = option(1e-5, "training atol", check="positive", group="ODE solver", model=True)
-    eval_rtol: float = option(
-        1e-5, "evaluation rtol", check="positive", group="ODE solver", model=True
-    )
-    eval_atol: float = option(
-        1e-5, "evaluation atol", check="positive", group="ODE solver", model=True
-    )
     dataset: str = option(
         "8gaussians", "data to model (2-D toy distributions, or mnist)", choices=DATASETS,
         group="model and data",
@@ -223,12 +224,10 @@ class DensityTask(Task):
     description = "density estimation with continuous normalizing flows (FFJORD, RNODE)"
     Options = DensityOptions
     models = MODELS
-    maximize = False
     options: DensityOptions
 
-    @property
-    def metric(self) -> str:  # type: ignore[override]
-        return "bpd" if self.options.image else "nll"
+    def choose_metric(self) -> tuple[str, bool]:
+        return ("bpd" if self.options.image else "nll"), False
 
     @property
     def model_name(self) -> str:
@@ -258,11 +257,10 @@ class DensityTask(Task):
         )
 
     def check_data(self, data: DensityData, world: int) -> None:
-        if data.train is not None and self.options.batch_size > len(data.train):
-            raise InvalidArgumentError(
-                f"--batch-size {self.options.batch_size} is larger than the training set "
-                f"({len(data.train)} images); use a batch size of at most {len(data.train)}"
-            )
+        if data.train is not None:
+            self.check_batch_size(len(data.train), "training images", world)
+        else:  # fresh samples every batch: any size, split evenly over the processes
+            self.check_batch_size(self.options.batch_size, "samples", world)
 
     def batches_per_epoch(self, data: DensityData, world: int) -> int:
         if data.train is None:
@@ -305,29 +303,18 @@ class DensityTask(Task):
         x_all = data.val if split == "val" else data.test
         if len(x_all) == 0:
             return {}
-        was_training = model.training
-        model.eval()
-        rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-        size = max(1, self.options.batch_size)
-        total, loss_sum, nfe, n_batches = 0, 0.0, 0, 0
-        for i, x in enumerate(x_all.split(size)):
-            if i % world != rank:
-                continue
+
+        def measure(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[float, float]]:
             x = x.to(device)
-            with record() as rec:
-                loss_sum += float(self._loss(model(x), x)) * len(x)
-            total += len(x)
-            nfe += rec.nfe_forward
-            n_batches += 1
-        if dist is not None:
-            total, loss_sum, nfe, n_batches = dist.sum([total, loss_sum, nfe, n_batches])
-        model.train(was_training)
-        value = loss_sum / max(total, 1)
-        out = {self.metric: value, "nfe_forward": nfe / max(n_batches, 1), "samples": total}
+            n = len(x)
+            return {self.metric: (float(self._loss(model(x), x)) * n, n), "samples": (n, 1)}
+
+        size = max(1, self.options.batch_size)
+        out = evaluate_batches(model, x_all.split(size), measure, dist)
         if not self.options.image:
             from ..toy_densities import entropy
 
-            out["entropy_gap"] = value - entropy(self.options.dataset, 20_000)[0]
+            out["entropy_gap"] = out[self.metric] - entropy(self.options.dataset, 20_000)[0]
         return out
 
     # -- pictures

@@ -6,18 +6,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data import TensorData, batches, load_mnist
-from ..errors import InvalidArgumentError
+from ..data import TensorData, batches
 from ..models import create_model
-from ..solvers import record
-from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
+from .base import (
+    ModelRegistry,
+    Step,
+    Task,
+    TrainOptions,
+    evaluate_batches,
+    option,
+    register_task,
+)
+from .datasets import MNISTDataOptions, mnist_splits
 
 __all__ = [
     "MNISTData",
@@ -47,59 +53,6 @@ for _name, _uses, _description in (
 
 
 @dataclasses.dataclass
-class MNISTDataOptions:
-    """The options of MNIST's files and splits, for every task that trains on MNIST (mixed in
-    before :class:`TrainOptions`)."""
-
-    data_dir: str | None = option(
-        None,
-        "folder holding mnist/; none: $NEURALODE_DATA_DIR, then the user cache (downloaded "
-        "there if absent)",
-        group="model and data",
-    )
-    train_subset: int | None = option(
-        None, "use only the first N training images", check="positive", group="model and data"
-    )
-    test_subset: int | None = option(
-        None, "use only the first N test images", check="positive", group="model and data"
-    )
-    val_fraction: float = option(
-        0.1,
-        "the last fraction of the training images held out for validation (the best "
-        "checkpoint is chosen on it); 0: none",
-        check="non-negative",
-        group="model and data",
-    )
-
-    def check(self) -> None:
-        super().check()
-        if self.val_fraction >= 0.5:
-            raise InvalidArgumentError(
-                f"val_fraction must be below 0.5, got {self.val_fraction} (0.1 holds out a "
-                "tenth of the training images)"
-            )
-
-    def normalize(self):
-        if self.data_dir is not None:  # resolvable from any working directory
-            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
-        return super().normalize()
-
-
-def mnist_splits(o: MNISTDataOptions, progress: bool = False, normalize: bool = True):
-    """``(train, val, test)`` as these options ask: the training images' first
-    ``train_subset``, the last ``val_fraction`` of them held out, the test images' first
-    ``test_subset`` (``normalize=False``: pixel values scaled to [0, 1])."""
-    train, test = load_mnist(o.data_dir, progress=progress, normalize=normalize)
-    train = train.subset(o.train_subset)
-    cut = len(train) - round(len(train) * o.val_fraction)
-    return (
-        TensorData(train.x[:cut], train.y[:cut]),
-        TensorData(train.x[cut:], train.y[cut:]),
-        test.subset(o.test_subset),
-    )
-
-
-@dataclasses.dataclass
 class MNISTOptions(MNISTDataOptions, TrainOptions):
     model: str = option("ode", "model to train", choices=MODELS.names, group="model and data")
     hidden: int = option(
@@ -126,7 +79,6 @@ class MNISTData:
     test: TensorData
 
 
-@torch.no_grad()
 def evaluate_classifier(
     model: nn.Module,
     data: TensorData,
@@ -134,31 +86,20 @@ def evaluate_classifier(
     device: torch.device,
     dist: Any = None,
 ) -> dict[str, float]:
-    """Cross entropy, accuracy and NFE per batch of ``model`` on ``data`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    total, correct, loss_sum, nfe, n_batches = 0, 0, 0.0, 0, 0
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    for x, y in batches(data, batch_size * world, None, rank, world):
-        x, y = x.to(device), y.to(device)
-        with record() as rec:
-            out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += len(y)
-        nfe += rec.nfe_forward
-        n_batches += 1
-    if dist is not None:
-        total, correct, loss_sum, nfe, n_batches = dist.sum(
-            [total, correct, loss_sum, nfe, n_batches]
-        )
-    model.train(was_training)
-    return {
-        "loss": loss_sum / max(total, 1),
-        "accuracy": correct / max(total, 1),
-        "nfe_forward": nfe / max(n_batches, 1),
-        "samples": total,
-    }
+    """Cross entropy, accuracy and NFE per batch of ``model`` on ``data`` (eval mode; under
+    torchrun every process evaluates whole batches in turn)."""
+
+    def measure(model: nn.Module, batch: Any) -> dict[str, tuple[float, float]]:
+        x, y = batch[0].to(device), batch[1].to(device)
+        out = model(x)
+        n = len(y)
+        return {
+            "loss": (float(F.cross_entropy(out, y, reduction="sum")), n),
+            "accuracy": (int((out.argmax(1) == y).sum()), n),
+            "samples": (n, 1),
+        }
+
+    return evaluate_batches(model, batches(data, batch_size, None), measure, dist)
 
 
 @register_task
@@ -175,14 +116,8 @@ class MNISTTask(Task):
         return MNISTData(*mnist_splits(self.options, progress))
 
     def check_data(self, data: MNISTData, world: int) -> None:
-        n = len(data.train)
-        if self.options.batch_size > n:
-            held = f", after {len(data.val)} held out for validation" if len(data.val) else ""
-            raise InvalidArgumentError(
-                f"--batch-size {self.options.batch_size} is larger than the training set "
-                f"({n} images{held}), so an epoch would train on nothing; use a batch size "
-                f"of at most {n}"
-            )
+        held = f" (after {len(data.val)} held out for validation)" if len(data.val) else ""
+        self.check_batch_size(len(data.train), f"training images{held}", world)
 
     def batches_per_epoch(self, data: MNISTData, world: int) -> int:
         return len(data.train) // self.options.batch_size

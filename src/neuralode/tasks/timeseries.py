@@ -36,8 +36,17 @@ from ..series import (
     make_spirals,
     split_at,
 )
-from ..solvers import record
-from .base import ModelRegistry, Step, Task, TrainOptions, option, register_task
+from ..series.models import check_per_sample_solver
+from .base import (
+    ModelRegistry,
+    Step,
+    Task,
+    TrainOptions,
+    evaluate_batches,
+    option,
+    register_task,
+    with_defaults,
+)
 
 __all__ = ["DATASETS", "TimeSeriesOptions", "TimeSeriesTask"]
 
@@ -89,15 +98,14 @@ def _grud(dataset, hidden):
 
 
 @dataclasses.dataclass
-class TimeSeriesOptions(TrainOptions):
+class TimeSeriesOptions(
+    with_defaults(
+        TrainOptions, epochs=20, lr=1e-2, schedule="cosine", batch_size=50,
+        help={"batch_size": "series per batch (global)"},
+    )
+):  # fmt: skip
     """Defaults: the latent ODE on the spirals, 20 epochs of Adam at 1e-2 (cosine)."""
 
-    epochs: int = option(20, "number of epochs", check="positive")
-    lr: float = option(1e-2, "learning rate", check="positive")
-    schedule: str = option("cosine", "learning-rate schedule", choices=("none", "cosine", "step"))
-    batch_size: int = option(50, "series per batch (global)", check="positive")
-    rtol: float = option(1e-3, "training rtol", check="positive", group="ODE solver", model=True)
-    atol: float = option(1e-4, "training atol", check="positive", group="ODE solver", model=True)
     model: str = option(
         "latent_ode",
         "the model: latent_ode or gru_dt forecast (spirals, periodic); ncde, odernn, grud or "
@@ -144,6 +152,13 @@ class TimeSeriesOptions(TrainOptions):
     def check(self) -> None:
         if self.drop >= 1.0:
             raise InvalidArgumentError(f"drop must be below 1, got {self.drop}")
+        if DATASETS[self.dataset][1] is None and self.series < 3:
+            raise InvalidArgumentError(
+                f"series must be at least 3 (a training, a validation and a test series), got "
+                f"{self.series}; the default is 600"
+            )
+        if self.model == "odernn" or self.model == "latent_ode":
+            check_per_sample_solver(self.method, self.backend, self.gradient)
         kind = DATASETS[self.dataset][1]
         allowed = FORECASTERS if kind is None else CLASSIFIERS
         if self.model not in allowed:
@@ -179,14 +194,10 @@ class TimeSeriesTask(Task):
     def forecasting(self) -> bool:
         return DATASETS[self.options.dataset][1] is None
 
-    # the metric the best checkpoint is chosen by depends on the dataset
-    @property
-    def metric(self) -> str:  # type: ignore[override]
-        return "extrap_mse" if self.forecasting else "accuracy"
-
-    @property
-    def maximize(self) -> bool:  # type: ignore[override]
-        return not self.forecasting
+    def choose_metric(self) -> tuple[str, bool]:
+        """The metric the best checkpoint is chosen by depends on the dataset."""
+        forecasting = DATASETS[self.options.dataset][1] is None
+        return ("extrap_mse", False) if forecasting else ("accuracy", True)
 
     # ------------------------------------------------------------------ data
     def load_data(self, progress: bool = False) -> dict[str, Any]:
@@ -265,55 +276,46 @@ class TimeSeriesTask(Task):
         correct = float((logits.argmax(-1) == series.labels).sum())
         return Step(loss, len(series), {"accuracy": correct})
 
-    @torch.no_grad()
     def evaluate(self, model, data, split, device, dist=None) -> dict[str, float]:
         model = getattr(model, "module", model)
-        was_training = model.training
-        model.eval()
         start = time.perf_counter()
-        batches, nfe = 0, 0
-        try:
-            if self.forecasting:
-                inputs, _, past, future = (s.to(device) for s in data[split])
-                if len(inputs) == 0:
-                    return {}
-                sums = {"interp": 0.0, "extrap": 0.0, "n_interp": 0.0, "n_extrap": 0.0}
-                for rows in torch.arange(len(inputs)).split(self.options.batch_size):
-                    x = inputs[rows]
-                    batches += 1
-                    for key, tgt in (("interp", past[rows]), ("extrap", future[rows])):
-                        with record() as rec:
-                            pred = model.predict(x, tgt.times)
-                        nfe += rec.nfe_forward
-                        m = tgt.mask * tgt.valid().unsqueeze(-1)
-                        sums[key] += float((((pred - tgt.values) ** 2) * m).sum())
-                        sums["n_" + key] += float(m.sum())
-                return {
-                    "interp_mse": sums["interp"] / max(sums["n_interp"], 1.0),
-                    "extrap_mse": sums["extrap"] / max(sums["n_extrap"], 1.0),
-                    "nfe_forward": nfe / max(batches, 1),
-                    "seconds": time.perf_counter() - start,
-                }
+        size = self.options.batch_size
+        if self.forecasting:
+            inputs, _, past, future = (s.to(device) for s in data[split])
+            if len(inputs) == 0:
+                return {}
+
+            def forecast(model: nn.Module, rows: torch.Tensor) -> dict[str, tuple[float, float]]:
+                out = {"samples": (len(rows), 1)}
+                for key, tgt in (("interp_mse", past[rows]), ("extrap_mse", future[rows])):
+                    pred = model.predict(inputs[rows], tgt.times)
+                    m = tgt.mask * tgt.valid().unsqueeze(-1)
+                    out[key] = (float((((pred - tgt.values) ** 2) * m).sum()), float(m.sum()))
+                return out
+
+            metrics = evaluate_batches(model, torch.arange(len(inputs)).split(size), forecast,
+                                       dist)  # fmt: skip
+        else:
             series = data[split].to(device)
             if len(series) == 0:
                 return {}
-            correct, loss = 0.0, 0.0
-            for rows in torch.arange(len(series)).split(self.options.batch_size):
+
+            def classify(model: nn.Module, rows: torch.Tensor) -> dict[str, tuple[float, float]]:
                 part = series[rows]
-                with record() as rec:
-                    logits = model(part)
-                nfe += rec.nfe_forward
-                batches += 1
-                loss += float(nn.functional.cross_entropy(logits, part.labels, reduction="sum"))
-                correct += float((logits.argmax(-1) == part.labels).sum())
-            return {
-                "accuracy": correct / len(series),
-                "loss": loss / len(series),
-                "nfe_forward": nfe / max(batches, 1),
-                "seconds": time.perf_counter() - start,
-            }
-        finally:
-            model.train(was_training)
+                logits = model(part)
+                n = len(part)
+                loss = float(nn.functional.cross_entropy(logits, part.labels, reduction="sum"))
+                correct = float((logits.argmax(-1) == part.labels).sum())
+                return {"accuracy": (correct, n), "loss": (loss, n), "samples": (n, 1)}
+
+            metrics = evaluate_batches(model, torch.arange(len(series)).split(size), classify,
+                                       dist)  # fmt: skip
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
+    def check_data(self, data: dict[str, Any], world: int) -> None:
+        train = data["train"][0] if self.forecasting else data["train"]
+        self.check_batch_size(len(train), "training series", world)
 
     # ------------------------------------------------------------------ pictures
     def plots(self, model, data, out: Path, device) -> list[str]:

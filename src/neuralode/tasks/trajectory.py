@@ -18,8 +18,16 @@ from ..blocks import NeuralODEBlock
 from ..data import TrajectoryData, make_cubic_trajectory, make_spiral_trajectory
 from ..dynamics import ODEFunc
 from ..errors import InvalidArgumentError
-from ..solvers import record
-from .base import SCHEDULES, ModelRegistry, Step, Task, TrainOptions, option, register_task
+from .base import (
+    ModelRegistry,
+    Step,
+    Task,
+    TrainOptions,
+    evaluate_batches,
+    option,
+    register_task,
+    with_defaults,
+)
 
 __all__ = ["CubicTask", "SpiralTask", "TrajectoryODE", "TrajectoryOptions"]
 
@@ -66,16 +74,15 @@ class _Window(nn.Module):
 
 
 @dataclasses.dataclass
-class TrajectoryOptions(TrainOptions):
+class TrajectoryOptions(
+    with_defaults(
+        TrainOptions, epochs=20, lr=1e-2, schedule="cosine", batch_size=32,
+        help={"batch_size": "windows per batch (global)"},
+    )
+):  # fmt: skip
     """A recipe that converges on both trajectories: windows of 50 points, 32 per batch, Adam
     at 1e-2 decayed to 0 by a cosine schedule over 20 epochs of 100 iterations."""
 
-    epochs: int = option(20, "number of epochs", check="positive")
-    lr: float = option(1e-2, "learning rate", check="positive")
-    schedule: str = option(
-        "cosine", "learning-rate schedule over the epochs (cosine: to 0)", choices=SCHEDULES
-    )
-    batch_size: int = option(32, "windows per batch (global)", check="positive")
     hidden: int = option(
         64, "hidden size of the dynamics MLP", check="positive", group="model and data",
         model=True,
@@ -118,6 +125,8 @@ class _TrajectoryTask(Task):
                 f"window {self.options.window} does not fit the {data.split} training points; "
                 f"use a window of at most {data.split - 1}"
             )
+        windows = data.split - self.options.window
+        self.check_batch_size(windows, f"training windows of {self.options.window} points", world)
 
     def batches_per_epoch(self, data: TrajectoryData, world: int) -> int:
         return self.options.iters
@@ -139,17 +148,12 @@ class _TrajectoryTask(Task):
         pred = model(target[0], t)
         return Step((pred - target).pow(2).mean(), target.shape[1])
 
-    @torch.no_grad()
     def evaluate(self, model, data: TrajectoryData, split, device, dist=None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        with record() as rec:
+        def measure(model: nn.Module, split: str) -> dict[str, tuple[float, float]]:
             pred, target = self._forecast(model, data, split, device)
-        model.train(was_training)
-        return {
-            "mse": float((pred - target.to(device)).pow(2).mean()),
-            "nfe_forward": rec.nfe_forward,
-        }
+            return {"mse": (float((pred - target.to(device)).pow(2).sum()), target.numel())}
+
+        return evaluate_batches(model, [split], measure, dist)  # one forecast, one "batch"
 
     @staticmethod
     def _forecast(model, data: TrajectoryData, split, device):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..tasks import Task, get_task, make_options
-from ..tasks.base import RESUMABLE
-from .loop import Callback
+from .callbacks import Callback
 from .loop import train as _train
-from .run_folder import CHECKPOINT, read_json, read_run_checkpoint, upgrade_config
+from .run_folder import RunFolder
 
 __all__ = ["resume", "train"]
 
@@ -27,7 +25,7 @@ def train(
     out: str | os.PathLike,
     *,
     config: str | os.PathLike | dict[str, Any] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     **options: Any,
@@ -38,8 +36,16 @@ def train(
     :func:`neuralode.tasks.list_tasks`) with its options as keywords, in the names
     ``neuralode train TASK --help`` lists (``batch_size`` for ``--batch-size``), optionally on
     top of a ``config`` file or mapping; or a :class:`~neuralode.tasks.Task` built already.
-    ``resume=True`` continues the run in ``out`` (the options must match the run's).
+    ``resume=True`` continues the run in ``out`` (the options must match the run's);
+    ``resume="auto"`` continues it if there is one and starts it otherwise.
+    ``callbacks``: :class:`~neuralode.training.Callback` objects, called after the loop's own.
     """
+    RunFolder(out)  # a path, checked before any other work
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise InvalidArgumentError(
+                f"callbacks must be neuralode.training.Callback objects, got {type(cb).__name__}"
+            )
     if isinstance(task, Task):
         if options or config is not None:
             raise InvalidArgumentError(
@@ -60,27 +66,5 @@ def resume(
     """Continue the interrupted run in ``run_dir`` exactly where its last checkpoint left it,
     with its own options; ``changes`` may set only ``epochs`` (to extend a run without a
     schedule), ``device``, ``threads`` or ``data_dir``."""
-    bad = sorted(set(changes) - set(RESUMABLE))
-    if bad:
-        raise InvalidArgumentError(
-            f"a resumed run keeps its options; only {', '.join(RESUMABLE)} may change, not "
-            f"{', '.join(bad)}"
-        )
-    return _train(_stored_task(run_dir, **changes), run_dir, True, progress, callbacks)
-
-
-def _stored_task(run_dir: str | os.PathLike, **changes: Any) -> Task:
-    """The task of the run in ``run_dir`` as its ``config.json`` (or checkpoint) records it,
-    with ``changes`` applied."""
-    run = Path(run_dir)
-    config = read_json(run / "config.json")
-    if config is None:
-        if not (run / CHECKPOINT).is_file():
-            raise CheckpointError(
-                f"no run to resume in {run} (no config.json or {CHECKPOINT}); start it with "
-                "neuralode train TASK --out ..."
-            )
-        config = read_run_checkpoint(run / CHECKPOINT)["config"]
-    config = dict(upgrade_config(config))
-    name = config.pop("task", None)
-    return get_task(name)(make_options(name, config, **changes))
+    task = RunFolder(run_dir).stored_task(**changes)
+    return _train(task, run_dir, True, progress, callbacks)

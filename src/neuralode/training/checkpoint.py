@@ -14,9 +14,16 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .files import atomic_write
+from ..files import atomic_write
 
-__all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "capture_rng",
+    "has_digest",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
+def has_digest(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` starts with the digest header (checkpoints written before
+    it existed do not)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs), after verifying
     the SHA-256 of its bytes against the one stored with it.
@@ -106,8 +123,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
                 f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored "
                 f"with it (the file was altered or damaged after it was written); {fix}"
             )
-    else:  # written before checkpoints carried a digest: nothing to verify
-        logger.warning("checkpoint %s has no digest to verify (an older format)", path)
+    else:  # written before checkpoints carried a digest: its reader checks it another way
+        logger.debug("checkpoint %s has no digest to verify (an older format)", path)
         payload = raw
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)

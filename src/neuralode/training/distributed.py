@@ -109,6 +109,26 @@ class Distributed:
             round(x) if isinstance(v, int) else x for x, v in zip(t.tolist(), values, strict=True)
         ]
 
+    def sum_dicts(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Sum dictionaries of numbers (or lists of numbers) over the ranks, key by key; a key
+        one rank lacks counts as zero there (a rank may have seen no batch)."""
+        if not self.initialized:
+            return dict(values)
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, dict(values))
+        out: dict[str, Any] = {}
+        for part in gathered:
+            for key, value in part.items():
+                if key not in out:
+                    out[key] = value
+                elif isinstance(value, list):
+                    out[key] = [a + b for a, b in zip(out[key], value, strict=True)]
+                else:
+                    out[key] = out[key] + value
+        return out
+
     def barrier(self) -> None:
         if self.initialized:
             import torch.distributed as dist

@@ -1,5 +1,15 @@
-"""A run folder read back: its configuration (``config.json``), its checkpoint (verified), its
-model with the trained weights; ``evaluate`` and ``diagnose`` of a finished or interrupted run."""
+"""The run folder: its layout, and :class:`RunFolder`, the one object that creates, locks,
+opens and resumes one.
+
+A run folder holds ``config.json`` (the run's options), ``checkpoint.pt`` (a
+:class:`~.state.RunState`, written after every epoch), ``best.pt`` (the best validation epoch's
+weights), ``metrics.csv`` (a row per epoch), ``summary.json`` (written at the end), pictures
+and ``.lock`` (the lock a writing process holds). Nothing a user saved is touched: a folder
+that is not a neuralode run, or holds another task's run, is refused before anything is
+written; a run is continued only where the user asks for it; no file is written through a
+symbolic link; and a checkpoint without a digest is checked against what the folder still
+records before it is trusted.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +18,28 @@ import hashlib
 import json
 import logging
 import os
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..errors import CheckpointError, InvalidArgumentError
+from ..errors import CheckpointError, InvalidArgumentError, InvalidTypeError
+from ..files import RunLock, atomic_write, check_folder, remove_stale_temporaries, write_json
 from ..tasks import Task, get_task
 from ..tasks.base import RESUMABLE
-from .checkpoint import load_checkpoint
-from .files import write_json
+from .checkpoint import load_checkpoint, save_checkpoint
+from .state import RunState
 
 __all__ = [
+    "BEST",
     "CHECKPOINT",
-    "diagnose_run",
-    "evaluate_run",
-    "load_run",
-    "read_run_checkpoint",
+    "CONFIG",
+    "METRICS",
+    "SUMMARY",
+    "RunFolder",
+    "differing",
+    "read_json",
     "run_config",
     "task_from_config",
     "upgrade_config",
@@ -35,8 +48,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# the layout: every file a run folder holds, named once
+CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+DIAGNOSIS = "diagnosis.txt"
 
 # neuralode 0.1's flat configuration (one dataclass for every dataset) → the task's options
 _RENAMED = {"spiral_window": "window", "spiral_noise": "noise", "spiral_iters": "iters"}
@@ -90,67 +108,14 @@ def task_from_config(config: dict[str, Any], where: str) -> Task:
     return cls(options)
 
 
-def weights_digest(model: nn.Module) -> str:
+def weights_digest(model: nn.Module | dict) -> str:
+    """The SHA-256 of a model's weights (or of a state dict), as ``summary.json`` records it."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-_CHECKPOINT_KEYS = {
-    "model": dict,
-    "optimizer": dict,
-    "rng": dict,
-    "epoch": int,
-    "rows": list,
-    "train_seconds": (int, float),
-    "config": dict,
-}
-
-
-def read_run_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A training checkpoint, verified (digest) and checked to have a run checkpoint's fields;
-    its configuration upgraded to this version's form."""
-    saved = load_checkpoint(path, map_location=map_location)
-    for key, kind in _CHECKPOINT_KEYS.items():
-        if not isinstance(saved.get(key), kind) or isinstance(saved.get(key), bool):
-            raise CheckpointError(
-                f"{path} is not a neuralode training checkpoint: its {key!r} entry is "
-                f"{type(saved.get(key)).__name__ if key in saved else 'missing'}"
-            )
-    if not all(isinstance(v, torch.Tensor) for v in saved["model"].values()):
-        raise CheckpointError(f"{path}: its model entry is not a state_dict of tensors")
-    best = saved.get("best")
-    if best is not None and not (
-        isinstance(best, dict)
-        and isinstance(best.get("model"), dict)
-        and isinstance(best.get("epoch"), int)
-    ):
-        raise CheckpointError(f"{path}: its 'best' entry is not a best-checkpoint record")
-    saved["config"] = upgrade_config(saved["config"])
-    task_from_config(saved["config"], str(path))
-    return saved
-
-
-def load_weights(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """Load weights into ``model``: every tensor present, of the right shape, and finite."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"{path} does not hold weights of this run's model "
-            f"({first[0] if first else type(err).__name__} ...); the checkpoint belongs to "
-            "another model or was altered"
-        ) from err
-    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise CheckpointError(
-            f"{path}: the weights {bad[:3]} hold NaN or infinite values, so the model cannot "
-            "be used; the run diverged before this checkpoint was written — retrain with a "
-            "smaller --lr, or restore an earlier checkpoint"
-        )
 
 
 def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -170,111 +135,242 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _check_same_run(run: Path, saved: dict[str, Any]) -> None:
-    """The checkpoint must be this run's: its configuration is the one in config.json (up to
-    the options that may change on resume)."""
-    cfg = read_json(run / "config.json")
-    if cfg is None:
-        return
-    cfg = upgrade_config(cfg)
-    old = saved["config"]
-    diff = differing(cfg, old)
-    if diff:
-        details = ", ".join(f"{k}: {old.get(k)!r} vs {cfg.get(k)!r}" for k in diff[:4])
-        raise CheckpointError(
-            f"{run / CHECKPOINT} does not belong to the run in {run}: its configuration differs "
-            f"from config.json ({details}); it was copied from another run"
-        )
+# ---------------------------------------------------------------------------- the folder
 
 
-def _check_summary_digest(run: Path, saved: dict[str, Any], model: nn.Module) -> None:
-    """A finished run's summary.json records the SHA-256 of its final weights: check it."""
-    summary = read_json(run / "summary.json")
-    if summary is None or summary.get("epochs") != saved["epoch"]:
-        return  # not finished, or resumed since: the summary describes another checkpoint
-    recorded = summary.get("weights_sha256")
-    if recorded is not None and recorded != weights_digest(model):
-        raise CheckpointError(
-            f"the weights in {run / CHECKPOINT} are not the ones summary.json records "
-            "(weights_sha256 differs): the checkpoint was replaced or altered after training"
-        )
+class RunFolder:
+    """One run folder. :meth:`start` decides, in one place, what a training command does with
+    it: a new run (the folder is new or empty), the continuation of its run (``resume``
+    asked, a checkpoint there), the restart of a run stopped in its first epoch (``resume``
+    asked, only its ``config.json`` there), or a refusal with the reason and the fix; it holds
+    the folder's lock from then until :meth:`close`."""
 
-
-def load_run(
-    run_dir: str | os.PathLike, data_dir: str | None = None, best: bool = False
-) -> tuple[nn.Module, Task]:
-    """The model of a run folder with its trained weights (the last epoch's, or with
-    ``best=True`` those of the best validation epoch), and its task."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise CheckpointError(f"{run} is not a run folder (no such folder)")
-    if not (run / "config.json").is_file() and not (run / CHECKPOINT).is_file():
-        raise CheckpointError(f"{run} is not a run folder (no config.json or {CHECKPOINT})")
-    saved = read_run_checkpoint(run / CHECKPOINT)
-    task = task_from_config(saved["config"], str(run / CHECKPOINT))
-    _check_same_run(run, saved)
-    if data_dir is not None:
-        if not hasattr(task.options, "data_dir"):
-            raise InvalidArgumentError(f"task {task.name!r} reads no data folder (--data-dir)")
-        task.options.data_dir = data_dir
-        task.options.normalize()
-    model = task.build_model()
-    load_weights(model, saved["model"], run / CHECKPOINT)
-    _check_summary_digest(run, saved, model)
-    if best:
-        record = saved.get("best")
-        if record is None:
-            raise CheckpointError(
-                f"{run} has no best checkpoint: the run has no validation data (e.g. "
-                "--val-fraction 0) or has not finished an epoch"
+    def __init__(self, path: str | os.PathLike) -> None:
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(
+                f"the run folder must be a path (a str or os.PathLike, e.g. 'runs/x'), got "
+                f"{type(path).__name__}"
             )
-        load_weights(model, record["model"], run / CHECKPOINT)
-    return model, task
+        self.path = check_folder(path)
+        self._lock = RunLock(self.path)
+        self.created = False  # this process made the folder (a failed start removes it)
+        self.started = False  # the run's first epoch began (from then on the folder is kept)
+        self.checkpointed = False  # a checkpoint was written by this process
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ what is there
+    def stored_config(self, task: str | None = None) -> dict[str, Any] | None:
+        """The run's configuration (``config.json``, else the checkpoint's), upgraded; ``None``
+        where the folder holds no run of ours. ``task``: refuse a run of another task."""
+        config = read_json(self.file(CONFIG)) if self.path.is_dir() else None
+        if config is None and self.file(CHECKPOINT).is_file():
+            config = RunState.load(self.file(CHECKPOINT)).config
+        if config is None:
+            return None
+        if not _is_run_config(config):
+            raise self._foreign(f"its {CONFIG} is not a neuralode run's configuration")
+        config = upgrade_config(config)
+        if task is not None and config["task"] != task:
+            raise InvalidArgumentError(
+                f"{self.path} holds a run of the task {config['task']!r}, not {task!r}; "
+                f"nothing in it was touched. Choose another --out, or continue that run with "
+                f"neuralode resume {self.path}"
+            )
+        return config
+
+    def stored_task(self, **changes: Any) -> Task:
+        """The task of the run here, with ``changes`` (only what a resume may change)."""
+        from ..tasks import make_options
+
+        bad = sorted(set(changes) - set(RESUMABLE))
+        if bad:
+            raise InvalidArgumentError(
+                f"a resumed run keeps its options; only {', '.join(RESUMABLE)} may change, not "
+                f"{', '.join(bad)}"
+            )
+        config = self.stored_config()
+        if config is None:
+            raise CheckpointError(
+                f"no run to resume in {self.path} (no {CONFIG} or {CHECKPOINT}); start it with "
+                "neuralode train TASK --out ..."
+            )
+        config = dict(config)
+        name = config.pop("task")
+        return get_task(name)(make_options(name, config, **changes))
+
+    def _foreign(self, why: str) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"{self.path} is not a neuralode run folder ({why}); nothing in it was touched. "
+            "Choose another --out (a new or empty folder)"
+        )
+
+    def _inspect(self, task: Task) -> str:
+        """``"new"`` (no folder, or an empty one), ``"run"`` (a checkpoint of this task's run),
+        ``"unstarted"`` (this task's ``config.json`` without a checkpoint); anything else is
+        refused before a file is written."""
+        if not self.path.exists():
+            return "new"
+        entries = [p.name for p in self.path.iterdir() if p.name != RunLock.NAME]
+        if not entries:
+            return "new"
+        config = read_json(self.file(CONFIG)) if self.file(CONFIG).is_file() else None
+        if config is None and not self.file(CHECKPOINT).is_file():
+            shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
+            raise self._foreign(f"it holds {shown} and no {CONFIG} or {CHECKPOINT} of a run")
+        self.stored_config(task.name)
+        return "run" if self.file(CHECKPOINT).is_file() else "unstarted"
+
+    # ------------------------------------------------------------------ starting
+    def start(self, task: Task, resume: bool | str, lock: bool = True) -> RunState | None:
+        """Take the folder for ``task``: the state to continue from, or ``None`` for a run
+        from its beginning. ``resume``: continue the run here (``True``), start a new one
+        (``False``), or whichever the folder holds (``"auto"``: an interrupted run continues).
+        ``lock``: hold the folder's lock (the writing process)."""
+        if resume not in (True, False, "auto"):
+            raise InvalidArgumentError(
+                f"resume must be True, False or 'auto' (continue whatever run the folder holds), "
+                f"got {resume!r}"
+            )
+        kind = self._inspect(task)
+        if resume == "auto":
+            resume = kind != "new"
+        if kind == "run" and not resume:
+            raise CheckpointError(
+                f"{self.path} already holds a run; pass --resume to continue it, or choose "
+                "another --out"
+            )
+        if kind == "unstarted" and not resume:
+            raise CheckpointError(
+                f"{self.path} holds a run stopped in its first epoch (no {CHECKPOINT}); pass "
+                "--resume to start it again, or choose another --out"
+            )
+        if kind == "new" and resume:
+            raise CheckpointError(
+                f"--resume: no run to resume in {self.path} (no {CHECKPOINT}); start it without "
+                "--resume"
+            )
+        self.created = not self.path.exists()
+        if lock:
+            self._lock.acquire()  # (refuses a link; held until close, released if killed)
+            stale = remove_stale_temporaries(self.path)
+            if stale:
+                logger.info("removed temporary files of an interrupted write: %s", stale)
+        if kind == "new":
+            return None
+        self._check_config(task)
+        if kind == "unstarted":
+            # nothing was trained, so the same run starts again from its beginning (its seed
+            # makes it the run it would have been)
+            logger.info("%s: no epoch had finished; starting the run from its beginning", self.path)
+            return None
+        return self.load_state(task)
+
+    def _check_config(self, task: Task) -> None:
+        old, new = self.stored_config() or {}, run_config(task)
+        diff = differing(new, old)
+        if diff:
+            details = ", ".join(f"{k}: run has {old.get(k)!r}, now {new.get(k)!r}" for k in diff)
+            raise CheckpointError(
+                f"--resume: the run in {self.path} was made with a different configuration "
+                f"({details}); resume with the same options, or start a new run with another --out"
+            )
+
+    def load_state(self, task: Task | None = None, map_location: Any = "cpu") -> RunState:
+        """The checkpoint, verified: by its digest, or (a file from before digests) against
+        the weights ``summary.json`` records; its configuration must be ``config.json``'s."""
+        path = self.file(CHECKPOINT)
+        state = RunState.load(path, map_location=map_location)
+        state.config = upgrade_config(state.config)
+        task_from_config(state.config, str(path))
+        config = read_json(self.file(CONFIG))
+        if config is not None and differing(upgrade_config(config), state.config):
+            details = ", ".join(differing(upgrade_config(config), state.config)[:4])
+            raise CheckpointError(
+                f"{path} does not belong to the run in {self.path}: its configuration differs "
+                f"from {CONFIG} ({details}); it was copied from another run"
+            )
+        if not state.verified:
+            self._check_unverified(state)
+        return state
+
+    def _check_unverified(self, state: RunState) -> None:
+        """A checkpoint without a digest: the weights must be those ``summary.json`` records
+        for its epoch, where it records them."""
+        summary = read_json(self.file(SUMMARY))
+        recorded = summary.get("weights_sha256") if summary else None
+        if recorded is None or summary.get("epochs") != state.epoch:
+            logger.warning(
+                "%s has no digest (an older format) and the folder records no weights of its "
+                "epoch to check it against; it is used as it is",
+                self.file(CHECKPOINT),
+            )
+            return
+        if recorded != weights_digest(state.model):
+            raise CheckpointError(
+                f"{self.file(CHECKPOINT)} has no digest (an older format), and its weights are not "
+                f"the ones {SUMMARY} records for its epoch (weights_sha256 differs): it was "
+                "altered or replaced after training. Restore the checkpoint from a backup, or "
+                "start a new run; to use the altered file anyway, delete summary.json"
+            )
+
+    # ------------------------------------------------------------------ writing
+    def write_config(self, task: Task) -> None:
+        write_json(self.file(CONFIG), run_config(task))
+
+    def save_state(self, state: RunState) -> None:
+        state.save(self.file(CHECKPOINT))
+        self.checkpointed = True
+
+    def save_best(self, state: RunState) -> None:
+        """``best.pt``: the best epoch's weights, as a checkpoint of their own."""
+        best = state.best
+        save_checkpoint(
+            self.file(BEST),
+            {
+                "model": best.model,
+                "epoch": best.epoch,
+                "metric": best.metric,
+                "value": best.value,
+                "config": state.config,
+            },
+        )
+
+    def sync_best(self, state: RunState) -> None:
+        """On resume: rewrite ``best.pt`` from the checkpoint's record (the authority) if a
+        kill between the two writes left it behind, or it is missing or damaged."""
+        if state.best is None:
+            return
+        try:
+            if load_checkpoint(self.file(BEST)).get("epoch") == state.best.epoch:
+                return
+        except CheckpointError:
+            pass  # missing or damaged: rewritten below
+        self.save_best(state)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.file(name), lambda fh: fh.write(text.encode()))
+
+    # ------------------------------------------------------------------ ending
+    def close(self, failed: bool = False, interrupted: bool = False) -> None:
+        """Release the lock. A start that failed (not an interruption) in a folder this process
+        made, before its first epoch began, leaves nothing behind."""
+        try:
+            if failed and not interrupted and self.created and not self.started:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._lock.release()
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    data_dir: str | None = None,
-    batch_size: int | None = None,
-    best: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a run's model on its test data with its evaluation tolerances; writes
-    ``evaluation.json`` (``evaluation_best.json`` with ``best=True``) and returns the metrics."""
-    run = Path(run_dir)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-    model, task = load_run(run, data_dir, best)
-    if batch_size is not None:
-        task.options.batch_size = batch_size
-    device = task.options.resolved_device()
-    model.to(device)
-    data = task.load_data()
-    t0 = time.perf_counter()
-    res: dict[str, Any] = dict(task.evaluate(model, data, "test", device))
-    res["seconds"] = round(time.perf_counter() - t0, 3)
-    res["checkpoint"] = "best" if best else "last"
-    res["eval_rtol"], res["eval_atol"] = task.options.eval_rtol, task.options.eval_atol
-    name = "evaluation_best.json" if best else "evaluation.json"
+def _is_run_config(config: dict[str, Any]) -> bool:
+    """A configuration neuralode wrote: it names a registered task (or, from before tasks, a
+    dataset)."""
+    name = config.get("task", config.get("dataset"))
+    if not isinstance(name, str):
+        return False
     try:
-        write_json(run / name, res)
-    except OSError as err:  # a read-only run folder: the results are still returned
-        logger.warning("could not save %s in %s: %s", name, run, err.strerror or err)
-    return res
-
-
-def diagnose_run(
-    run_dir: str | os.PathLike, data_dir: str | None = None, batch_size: int = 64, best=False
-):
-    """The :func:`neuralode.diagnose` report of a run's model on a batch of its data."""
-    from ..diagnostics import diagnose
-
-    model, task = load_run(run_dir, data_dir, best)
-    device = task.options.resolved_device()
-    model.to(device)
-    data = task.load_data()
-    module, batch, *loss_fn = task.diagnosis_view(
-        model, task.diagnosis_batch(data, batch_size), device
-    )
-    return diagnose(module, batch, *loss_fn)
+        get_task(name)
+    except InvalidArgumentError:
+        return False
+    return True
