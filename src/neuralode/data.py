@@ -238,6 +238,7 @@ def load_mnist(
         raw = _decompress(folder / name)
         _verify(name, raw, str(folder / name))
         arrays[name] = _parse_idx(raw, str(folder / name))
+    logger.info("MNIST from %s (checksums verified)", folder.resolve())
 
     def images(key: str) -> torch.Tensor:
         x = arrays[key].to(torch.float32).div_(255.0).unsqueeze(1)
