@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +24,14 @@ from neuralode.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "run_2c5f785_spiral"
-LEGACY_RESUMED_SHA = "d5a64cebb9fa7c0ea2bdfe4445bb9c3969c29d1c895327b424daa7a18804b369"
+# what 2c5f785 itself resumed each of its run folders to (tests/data/README.md)
+LEGACY_RESUMED_SHA = {
+    "spiral": "d5a64cebb9fa7c0ea2bdfe4445bb9c3969c29d1c895327b424daa7a18804b369",
+    "cubic": "7e30fd278760f509382db4abdf589d3455676c79aa75b4732fd84b184f4bb3b5",
+    "mnist": "027e4ca9a90104109c489e7cf4ba44c87fcf9e75ed99c1756d0cd0c56a8cf369",
+    "density": "a6f4841e402a6d6ea151d41a8dbd9ac7bc8e68327adf7187b27becd312e632bb",
+    "timeseries": "656183c2d9e393afd58359e57d139b60d7f9f72340fa2b2c5acc0cfa405636c1",
+}
 FAST = ["--epochs", "1", "--no-progress", "--max-train-batches", "2", "--threads", "1"]
 
 
@@ -45,21 +53,31 @@ def _digest(folder: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------- RunState
 
 
-def test_a_run_folder_of_2c5f785_evaluates_diagnoses_and_resumes_bit_identically(tmp_path, capsys):
+@pytest.mark.parametrize("task", sorted(LEGACY_RESUMED_SHA))
+def test_a_run_folder_of_2c5f785_evaluates_diagnoses_and_resumes_bit_identically(
+    task, tmp_path, capsys, request
+):
     run = tmp_path / "legacy"
-    shutil.copytree(LEGACY, run)
+    shutil.copytree(ROOT / "tests" / "data" / f"run_2c5f785_{task}", run)
+    # MNIST's folder recorded where its data was then; here it may be elsewhere (--data-dir)
+    moved = ["--data-dir", str(request.getfixturevalue("data_dir"))] if task == "mnist" else []
     state = RunState.load(run / "checkpoint.pt")
     assert state.format == 1 and state.step == 0 and state.verified and state.epoch == 1
     assert state.best is not None and state.best.epoch == 1
-    assert main(["-q", "evaluate", str(run)]) == 0
-    assert json.loads((run / "evaluation.json").read_text())["mse"] > 0
-    assert main(["diagnose", str(run)]) == 0
+    assert main(["-q", "evaluate", str(run), *moved]) == 0
+    metric = state.best.metric.removeprefix("val_")
+    assert math.isfinite(json.loads((run / "evaluation.json").read_text())[metric])
+    assert main(["diagnose", str(run), *moved]) == 0
     assert "forward pass:      ok" in capsys.readouterr().out
-    assert main(["-q", "resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["-q", "resume", str(run), "--epochs", "2", "--no-progress", *moved]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["weights_sha256"] == LEGACY_RESUMED_SHA  # what 2c5f785 itself resumed to
+    assert summary["weights_sha256"] == LEGACY_RESUMED_SHA[task]  # what 2c5f785 resumed to
     resumed = RunState.load(run / "checkpoint.pt")
     assert resumed.format == 2 and resumed.epoch == 2 and resumed.step > 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    header = rows[0].split(",")  # (the timeseries task's test_nfe of then is test_nfe_forward)
+    assert "test_nfe_forward" in header and "test_nfe" not in header
 
 
 def _strip_digest(path: Path) -> None:

@@ -134,9 +134,9 @@ class RunState:
             rng=raw["rng"],
             epoch=raw["epoch"],
             step=step,
-            rows=list(raw["rows"]),
+            rows=[_renamed(row) for row in raw["rows"]] if fmt < 2 else list(raw["rows"]),
             train_seconds=float(raw["train_seconds"]),
-            best=_best(raw.get("best"), path),
+            best=_best(raw.get("best"), path, fmt),
             warnings=list(raw.get("warnings", [])),
             config=raw["config"],
             format=fmt,
@@ -155,7 +155,17 @@ _FIELDS = {
 }
 
 
-def _best(raw: Any, path: Path) -> BestRecord | None:
+def _renamed(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metric names of format 0/1 in today's: the timeseries task's ``val_nfe``/``test_nfe``
+    (evaluations per batch) are every task's ``val_nfe_forward``/``test_nfe_forward`` now."""
+    out = {}
+    for key, value in metrics.items():
+        new = key + "_forward" if key in ("val_nfe", "test_nfe") else key
+        out[new if new not in metrics else key] = value
+    return out
+
+
+def _best(raw: Any, path: Path, fmt: int = FORMAT) -> BestRecord | None:
     if raw is None:
         return None
     if not (
@@ -168,6 +178,6 @@ def _best(raw: Any, path: Path) -> BestRecord | None:
         epoch=raw["epoch"],
         metric=raw.get("metric", ""),
         value=raw.get("value", float("nan")),
-        metrics=dict(raw.get("metrics", {})),
+        metrics=_renamed(raw.get("metrics", {})) if fmt < 2 else dict(raw.get("metrics", {})),
         model=raw["model"],
     )
