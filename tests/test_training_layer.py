@@ -415,3 +415,22 @@ def test_every_task_s_test_metrics_on_two_ranks_equal_one_process_s(data_dir):
         assert {k: v for k, v in ranks[task].items() if k != "seconds"} == pytest.approx(
             metrics, rel=1e-9
         ), task
+
+
+def test_the_epoch_s_length_is_known_when_it_starts(tmp_path):
+    """The progress bar's total is read at on_epoch_start: it was the previous epoch's (so the
+    first epoch's bar had none)."""
+
+    class Totals(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_start(self, trainer, epoch):
+            self.seen.append(trainer.batches_per_epoch)
+
+        def on_batch_end(self, batch):
+            self.seen.append(batch.step)
+
+    cb = Totals()
+    neuralode.train("spiral", tmp_path / "r", epochs=2, iters=3, progress=False, callbacks=[cb])
+    assert cb.seen == [3, 1, 2, 3, 3, 1, 2, 3]

@@ -204,6 +204,9 @@ class Trainer:
     # ------------------------------------------------------------------ one epoch
     def _epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
+        n = self.task.batches_per_epoch(self.data, self.dist.world)
+        limit = self.options.max_train_batches
+        self.batches_per_epoch = n if limit is None else min(n, limit)  # (the progress bar's)
         self.emit("on_epoch_start", self, epoch)
         self._train_epoch(epoch)
         self.emit("on_validation_start", self, epoch)
@@ -218,8 +221,6 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         task, o, dist = self.task, self.options, self.dist
         gen = torch.Generator().manual_seed(o.seed * 100003 + epoch)
-        n = task.batches_per_epoch(self.data, dist.world)
-        self.batches_per_epoch = n if o.max_train_batches is None else min(n, o.max_train_batches)
         self.totals = EpochTotals()
         self.model.train()
         for step, batch in enumerate(task.train_batches(self.data, gen, dist.rank, dist.world), 1):
