@@ -43,6 +43,7 @@ from ._controller import (
 from ._dense import DenseOutput
 from ._extras import odeint_dense, odeint_event
 from ._implicit import ESDIRK, TRBDF2, DIRKTableau, Kvaerno3, Kvaerno5
+from ._implicit_per_sample import PerSampleESDIRKStepper as _PerSampleESDIRKStepper  # noqa: F401 (registers)
 from ._loops import LANES, Joint, Lane, PerSample
 from ._messages import STIFF_REMEDIES
 from ._methods import (

@@ -411,7 +411,8 @@ class Joint(Lane):
 class PerSample(Lane):
     """Every sample (first dimension) its own time, step size and error test, so that its
     result and NFE do not depend on the rest of the batch; output times may be a ``(batch, n)``
-    tensor, every sample its own. Explicit adaptive methods, direct gradients."""
+    tensor, every sample its own. Adaptive methods, explicit and implicit (with one Jacobian block
+    per sample), direct gradients."""
 
     name = "per_sample"
 
@@ -446,11 +447,12 @@ class PerSample(Lane):
                 "shared by the batch and a norm of the whole state do not apply. Use "
                 "batch_mode='joint' (the default) with these options"
             )
-        if method.implicit:
+        if method.implicit and getattr(method, "linear_solver", "auto") not in ("auto", "block"):
             raise InvalidArgumentError(
-                f"batch_mode='per_sample' supports explicit methods; {method.name!r} "
-                "is implicit (its Newton iteration couples the batch). Use "
-                "batch_mode='joint' (the default)"
+                f"batch_mode='per_sample' solves Newton's systems with one Jacobian block per "
+                f"sample; linear_solver={method.linear_solver!r} does not apply. Use "
+                "linear_solver='auto' (or 'block'), or batch_mode='joint'",
+                argument="linear_solver",
             )
 
     def run(self, plan, ev, y0, record=None, trajectory=None):

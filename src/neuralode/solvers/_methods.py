@@ -116,10 +116,18 @@ class Method(abc.ABC):
     parameters: ClassVar[frozenset[str]] = frozenset()  # what configured() may change
 
     stepper_class: type[Stepper]
+    # the stepper on the per-sample lane, where it differs (an implicit method's per-sample
+    # Newton iteration); explicit steppers take per-sample step sizes as they are
+    per_sample_stepper_class: type[Stepper] | None = None
 
     def stepper(self, ev, k: kernels.Kernels) -> Stepper:
         """A stepper for one solve with kernels ``k``."""
         return self.stepper_class(self, ev, k)
+
+    def per_sample_stepper(self, ev, k: kernels.Kernels) -> Stepper:
+        """A stepper for one solve on the per-sample lane (``t`` and ``dt`` of shape
+        ``(batch,)``)."""
+        return (self.per_sample_stepper_class or self.stepper_class)(self, ev, k)
 
     def graph_bytes_per_step(self, y0: torch.Tensor) -> int:
         """Roughly what direct backpropagation records per accepted step, besides autograd's

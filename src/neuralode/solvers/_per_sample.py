@@ -112,11 +112,13 @@ class _CountingEvaluator:
 
     def __init__(self, ev: Evaluator, batch: int, device: torch.device) -> None:
         self.ev = ev
+        self.stats = ev.stats
+        self.sign = ev.sign
         self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
         self.mask = torch.ones(batch, dtype=torch.bool, device=device)
 
     def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += self.mask
+        self.nfe = self.nfe + self.mask  # (out of place: also under torch.func transforms)
         return self.ev(s, y)
 
 
@@ -165,7 +167,7 @@ def solve_adaptive_per_sample(
     ctrl = cfg.controller
     k = _PerSampleKernels(cfg.rtol, cfg.atol, y0, tdt)
     counting = _CountingEvaluator(ev, B, dev)
-    stepper = method.stepper(counting, k)
+    stepper = method.per_sample_stepper(counting, k)
     acc = torch.zeros(B, dtype=torch.long, device=dev)
     rej = torch.zeros(B, dtype=torch.long, device=dev)
     active = torch.ones(B, dtype=torch.bool, device=dev)
@@ -186,6 +188,8 @@ def solve_adaptive_per_sample(
     nxt = torch.ones(B, dtype=torch.long, device=dev)  # next output index per sample
     n_iter = 0
     active = nxt < n_out
+    # a method whose dense output is poor on stiff dynamics steps onto every output time
+    landing = method.lands_on_outputs
     go_on = n_out > 1
     # every tenth of the budget: the iterations still needed by the slowest sample at its
     # largest recent step size; a batch that would need far more (a stiff sample) stops early
@@ -203,6 +207,12 @@ def solve_adaptive_per_sample(
             dt_recent = torch.zeros_like(dt_recent)
         counting.mask = active
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
+        t1 = t_now + dt_eff
+        if landing:  # a step that would pass its sample's next output ends on it
+            t_next = times.gather(1, nxt.clamp(max=n_out - 1).unsqueeze(1)).squeeze(1)
+            hit = active & (t1 >= t_next)
+            dt_eff = torch.where(hit, t_next - t_now, dt_eff)
+            t1 = torch.where(hit, t_next, t1)
         y1, ks = stepper.step(t_now, y, f0, dt_eff)
         ratio = stepper.error_ratio(y, y1, ks, dt_eff)
         with torch.no_grad():
@@ -211,9 +221,10 @@ def solve_adaptive_per_sample(
             acc += accept
             rej += (~accept) & active
             dt_recent = torch.maximum(dt_recent, torch.where(accept, dt_eff, 0.0))
-            dt_new = ctrl.next_step(dt, ratio, prev_ratio, method.order)
+            # (from the step taken: shortened where it landed on an output, as the joint lane)
+            dt_new = ctrl.next_step(torch.where(active, dt_eff, dt), ratio, prev_ratio,
+                                    method.order)  # fmt: skip
             prev_ratio = torch.where(accept, ctrl.remember(ratio), prev_ratio)
-            t1 = t_now + dt_eff
             passed = (positions >= nxt.unsqueeze(1)) & (times <= t1.unsqueeze(1))
             passed &= accept.unsqueeze(1)
             n_passed = passed.sum(dim=1)

@@ -1,0 +1,230 @@
+"""Implicit methods on the per-sample lane: every sample its own step size, Newton iteration,
+Jacobian and error test.
+
+The stepper below is :class:`~._implicit._ESDIRKStepper`'s algorithm written for a batch whose
+samples are independent systems: every scalar of the joint stepper (the step size, Newton's
+iteration count, contraction estimate and convergence test, whether the Jacobian is fresh or
+due) is a tensor with one entry per sample, and the Jacobian is one ``n × n`` block per sample,
+factorised as a batch (:func:`~._newton.block_jacobian`, batched LU) — never the dense Jacobian
+of the whole batch. A sample whose iteration has converged stops evaluating (the lane's counting
+evaluator counts evaluations per sample), so every sample takes the evaluations, steps and
+answer it would take solved alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from . import _kernels as kernels
+from ._implicit import ESDIRK, JACOBIAN_RATE, _ImplicitStage
+from ._messages import Status, failure
+from ._methods import Stepper
+from ._newton import block_jacobian
+
+__all__ = ["PerSampleESDIRKStepper"]
+
+
+class _Blocks:
+    """Per-sample Jacobian blocks ``(B, n, n)`` with, per sample, whether a new one is due
+    (``due``) and whether the one at hand was formed in the current step (``fresh``); ``I - g J``
+    factorised as a batch for a per-sample ``g``."""
+
+    def __init__(self, y: torch.Tensor, stats) -> None:
+        B = y.shape[0]
+        self.stats = stats
+        self.n = y[0].numel()
+        self.J = y.new_zeros(B, self.n, self.n)
+        self.due = torch.ones(B, dtype=torch.bool, device=y.device)
+        self.fresh = torch.ones(B, dtype=torch.bool, device=y.device)
+        self._lu: tuple[Any, Any] | None = None
+
+    def prepare(self, ev, t: torch.Tensor, z: torch.Tensor, g: torch.Tensor, who: torch.Tensor):
+        """Form the blocks due among the samples ``who`` at ``(t, z)`` (one evaluation, counted
+        for those samples only), then factorise ``I - g J`` where a block or ``g`` changed."""
+        form = self.due & who
+        if bool(form.any()):
+            mask = ev.mask
+            ev.mask = form
+            try:
+                J = block_jacobian(ev, t, z)
+            finally:
+                ev.mask = mask
+            self.J = torch.where(form.reshape(-1, 1, 1), J, self.J)
+            self.due = self.due & ~form
+            self.fresh = self.fresh | form
+            self.stats.jacobians = (self.stats.jacobians or 0) + 1
+            self._lu = None
+        if self._lu is None or self._lu[0] is not g:
+            eye = torch.eye(self.n, dtype=self.J.dtype, device=self.J.device)
+            self._lu = (g, torch.linalg.lu_factor(eye - g.reshape(-1, 1, 1) * self.J))
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        B = r.shape[0]
+        return torch.linalg.lu_solve(*self._lu[1], r.reshape(B, self.n, 1)).reshape(r.shape)
+
+    def transposed(self, ev, t, z: torch.Tensor, g: torch.Tensor, keep: torch.Tensor):
+        """``v ↦ (I - g J(z))⁻ᵀ v`` per sample at converged stages (the implicit function
+        theorem's solve for :class:`~._implicit._ImplicitStage`); zero for the samples not in
+        ``keep`` (whose stage did not converge and whose step is discarded)."""
+
+        def solve(v: torch.Tensor) -> torch.Tensor:
+            B = v.shape[0]
+            J = block_jacobian(ev, t, z)
+            eye = torch.eye(self.n, dtype=J.dtype, device=J.device)
+            A = (eye - g.reshape(-1, 1, 1) * J).transpose(1, 2)
+            x = torch.linalg.solve(A, v.reshape(B, self.n, 1)).reshape(v.shape)
+            return torch.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), x, 0.0)
+
+        return solve
+
+
+class PerSampleESDIRKStepper(Stepper):
+    """:class:`~._implicit.ESDIRK` on the per-sample lane (``t`` and ``dt`` of shape
+    ``(batch,)``; ``ev`` the lane's counting evaluator, whose ``mask`` says which samples an
+    evaluation counts for)."""
+
+    def __init__(self, method: ESDIRK, ev, k) -> None:
+        super().__init__(method, ev, k)
+        self.rtol, self.atol = k.rtol, k.atol
+        self.blocks: _Blocks | None = None
+        self.eta: torch.Tensor | None = None  # Newton's convergence estimate, per sample
+        self.failed: torch.Tensor | None = None
+        self.slowest: torch.Tensor | None = None
+
+    def _weights(self, z: torch.Tensor) -> torch.Tensor:
+        return z.abs().mul_(self.rtol).add_(self.atol)
+
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt()
+
+    def _newton(self, t, rhs, guess, g, g_state, who):
+        """Every sample's stage fixed point (``who``: the samples that solve it), and which
+        samples converged. Per sample as :meth:`~._implicit._ESDIRKStepper._newton`: with the
+        Jacobian at hand, then once with a fresh one; a sample stops evaluating when it has
+        converged or failed."""
+        ev, blocks = self.ev, self.blocks
+        kappa = self.method.newton_tol
+        max_it = self.method.max_newton_iters
+        B = rhs.shape[0]
+        view = (B,) + (1,) * (rhs.ndim - 1)
+        dev = rhs.device
+        mask = ev.mask
+        z = guess.clone()
+        running = who.clone()
+        converged = torch.zeros(B, dtype=torch.bool, device=dev)
+        it = torch.zeros(B, dtype=torch.long, device=dev)
+        prev = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+        eta = self.eta.clone()
+        blocks.prepare(ev, t, z, g, running)
+        go_on = True
+        try:
+            while go_on:
+                ev.mask = mask & running
+                fz = ev(t, z)
+                delta = blocks.solve(z - rhs - g_state * fz)
+                z = torch.where(running.reshape(view), z - delta, z)
+                size = self._rms(delta / self._weights(z)).double()
+                finite = torch.isfinite(size)
+                # the dynamics themselves are NaN/inf here: no step size helps
+                broken = running & ~finite & (it == 0)
+                broken &= ~torch.isfinite(fz.reshape(B, -1)).all(dim=1)
+                rate = size / prev
+                later = it > 0
+                give_up = running & (~finite | (later & (rate >= 0.9)))
+                going = running & ~give_up
+                moved = going & later
+                self.slowest = torch.where(moved, torch.maximum(self.slowest, rate), self.slowest)
+                eta = torch.where(moved, rate / (1.0 - rate), eta)
+                done = going & ((eta * size <= kappa) | (size <= 1e-10))
+                self.eta = torch.where(done, eta.clamp(min=1e-8) ** 0.8, self.eta)
+                converged |= done
+                prev = torch.where(going, size, prev)
+                it = it + going
+                give_up |= going & ~done & (it >= max_it)
+                # with a fresh Jacobian where the one at hand is not (else the sample failed)
+                self.eta = torch.where(give_up, 1.0, self.eta)
+                retry = give_up & ~blocks.fresh
+                blocks.due |= retry
+                z = torch.where(retry.reshape(view), guess, z)
+                it = torch.where(retry, 0, it)
+                prev = torch.where(retry, math.inf, prev)
+                eta = torch.where(retry, 1.0, eta)
+                running = (going & ~done) | retry
+                # one read from the device per iteration
+                any_broken, any_retry, go_on = torch.stack(
+                    (broken.any(), retry.any(), running.any())
+                ).tolist()
+                if any_broken:
+                    b = int(broken.nonzero()[0])
+                    raise failure(Status.NONFINITE, time=float(ev.sign * t[b]))
+                if any_retry:
+                    ev.mask = mask
+                    blocks.prepare(ev, t, z, g, retry)
+        finally:
+            ev.mask = mask
+        return z, converged
+
+    def step(self, t, y, f0, dt, last_node=None):
+        tab, ev, k = self.tab, self.ev, self.kernels
+        B = y.shape[0]
+        if self.blocks is None:
+            self.blocks = _Blocks(y, ev.stats)
+            self.eta = torch.ones(B, dtype=torch.float64, device=y.device)
+        self.slowest = torch.zeros(B, dtype=torch.float64, device=y.device)
+        h = k.state_dt(dt)
+        g = (dt * tab.gamma).to(y.dtype)
+        g_state = h * tab.gamma
+        # a sample with no step to take (it has reached its last output) solves nothing
+        g_safe = torch.where(g_state == 0, 1.0, g_state)
+        ok = ev.mask & (dt != 0)
+        ks = [f0]
+        z = y
+        differentiable = torch.is_grad_enabled()
+        for i in range(1, tab.stages):
+            rhs = kernels.combine(y, ks, tab.a_terms[i], h)
+            ti = t + tab.c[i] * dt
+            with torch.no_grad():
+                guess = (rhs + g_state * ks[-1]).detach()
+                z_star, converged = self._newton(ti, rhs.detach(), guess, g, g_state, ok)
+            ok = ok & converged
+            z = z_star
+            if differentiable:  # the gradient of the fixed point, per sample
+                mask = ev.mask
+                ev.mask = ok
+                try:
+                    phi = rhs + g_state * ev(ti, z_star)
+                finally:
+                    ev.mask = mask
+                if phi.requires_grad:
+                    solve_t = self.blocks.transposed(ev, ti, z_star, g, ok)
+                    z = _ImplicitStage.apply(phi, z_star, solve_t)
+            ks.append((z - rhs) / g_safe)
+        self.failed = ev.mask & (dt != 0) & ~ok
+        return z, ks
+
+    def error_ratio(self, y, y1, ks, dt):
+        with torch.no_grad():
+            err = kernels.combine(torch.zeros_like(y), ks, self.tab.b_err_terms,
+                                  self.kernels.state_dt(dt))  # fmt: skip
+            ratio = self.kernels.scaled_norm(err, y, y1)
+            ratio = torch.where(self.failed, math.inf, ratio)
+            accepted = (ratio <= 1.0) & self.ev.mask & (dt != 0)
+            # an accepted step ages the Jacobian; one that converged slowly asks for a new one
+            self.blocks.fresh = self.blocks.fresh & ~accepted
+            self.blocks.due = self.blocks.due | (accepted & (self.slowest > JACOBIAN_RATE))
+        return ratio
+
+    def dense(self, y0, y1, ks, f1, dt, theta):
+        """Hermite interpolation per sample; ``y1`` itself where ``theta`` is 1 (steps land on
+        the output times)."""
+        h = dt.to(y0.dtype).reshape((1, -1) + (1,) * (y0.ndim - 1))
+        x = theta.to(y0.dtype).reshape((theta.shape[0], -1) + (1,) * (y0.ndim - 1))
+        val = kernels.hermite(y0.unsqueeze(0), y1.unsqueeze(0), ks[0].unsqueeze(0),
+                              f1.unsqueeze(0), h, x)  # fmt: skip
+        return torch.where(x >= 1.0, y1.unsqueeze(0), val)
+
+
+ESDIRK.per_sample_stepper_class = PerSampleESDIRKStepper

@@ -1,0 +1,356 @@
+"""Newton's linear systems for the implicit methods: ``(I - g J) x = r`` with ``J = ∂f/∂y``.
+
+* :class:`DenseNewton` forms ``J`` once (``torch.func.jacfwd``, or finite differences where
+  the dynamics cannot be traced), LU-factorises ``I - g J`` and reuses the Jacobian across
+  stages and steps until the iteration converges too slowly with it;
+* :class:`BlockNewton` does the same per sample of a batch whose samples do not interact (a
+  parameter sweep, a batch of independent small systems): the Jacobian is block diagonal, one
+  ``n × n`` block per sample, formed with ``n`` Jacobian-vector products for the whole batch and
+  factorised as a batch — never the dense Jacobian of the whole batch. ``g`` may be one number
+  or one per sample (the per-sample lane);
+* :class:`KrylovNewton` never forms ``J``: it solves each system by GMRES with finite-difference
+  Jacobian-vector products (one evaluation each), in the variables scaled by the error weights
+  ``atol + rtol |z|`` (so that a component of size 1e-5 under atol 1e-10 counts as much as one
+  of size 1), for large states whose samples are coupled.
+
+:func:`choose` picks one for ``linear_solver="auto"``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+__all__ = [
+    "DENSE_MAX",
+    "LINEAR_SOLVERS",
+    "BlockNewton",
+    "DenseNewton",
+    "KrylovNewton",
+    "LinearSolver",
+    "block_jacobian",
+    "choose",
+    "gmres",
+    "jacobian",
+]
+
+DENSE_MAX = 1024
+"""``linear_solver='auto'`` forms a dense Jacobian (of the whole state, or of each sample's
+block) up to this many elements."""
+
+
+LINEAR_SOLVERS = ("auto", "dense", "block", "krylov")
+
+
+@contextlib.contextmanager
+def _quiet_torch_func() -> Iterator[None]:
+    """``torch.func``'s first use imports modules that raise a ``DeprecationWarning`` (about
+    ``torch.jit.script``); where warnings are errors (pytest's ``-W error``) that would make
+    every Jacobian fall back to finite differences, so it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _flat_call(ev, t: Any, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda z: ev(t, z.reshape(shape)).reshape(-1)
+
+
+def _fd_jacobian(fn, z: torch.Tensor, f0: torch.Tensor, m: int) -> torch.Tensor:
+    """``∂fn/∂z`` restricted to the first ``m`` rows and columns, by forward differences."""
+    eps = math.sqrt(torch.finfo(z.dtype).eps)
+    cols = []
+    for j in range(m):
+        step = eps * max(1.0, abs(float(z[j])))
+        zj = z.clone()
+        zj[j] += step
+        cols.append((fn(zj)[:m] - f0[:m]) / step)
+    return torch.stack(cols, dim=1)
+
+
+def jacobian(ev, t: Any, z: torch.Tensor, m: int) -> torch.Tensor:
+    """``∂f/∂y`` at ``(t, z)`` on the first ``m`` elements of the flat state: by
+    ``torch.func.jacfwd`` where the dynamics can be traced, else by finite differences."""
+    fn = _flat_call(ev, t, z.shape)
+    flat = z.detach().reshape(-1)
+    with torch.no_grad():
+        if m == flat.numel():
+            try:
+                with _quiet_torch_func():
+                    return torch.func.jacfwd(fn)(flat)
+            except Exception:  # untraceable dynamics (in-place ops, .item(), autograd inside)
+                pass
+        return _fd_jacobian(fn, flat, fn(flat), m)
+
+
+def block_jacobian(ev, t: Any, z: torch.Tensor) -> torch.Tensor:
+    """The diagonal blocks ``∂f_b/∂y_b`` of a batch ``z`` of shape ``(B, ...)`` whose samples do
+    not interact, shape ``(B, n, n)``: the derivative along element ``j`` of every sample at
+    once, ``n`` products in all (``torch.func.jacfwd``; finite differences where the dynamics
+    cannot be traced)."""
+    B = z.shape[0]
+    base = z.detach().reshape(B, -1)
+    n = base.shape[1]
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        return ev(t, (base + v).reshape(z.shape)).reshape(B, n)
+
+    with torch.no_grad():
+        zero = base.new_zeros(n)
+        try:
+            with _quiet_torch_func():
+                return torch.func.jacfwd(fn)(zero)
+        except Exception:  # untraceable dynamics
+            f0 = fn(zero)
+            eps = math.sqrt(torch.finfo(z.dtype).eps)
+            step = eps * base.abs().clamp(min=1.0)  # (B, n)
+            cols = []
+            for j in range(n):
+                v = torch.zeros_like(base)
+                v[:, j] = step[:, j]
+                cols.append(
+                    (ev(t, (base + v).reshape(z.shape)).reshape(B, n) - f0) / step[:, j : j + 1]
+                )
+            return torch.stack(cols, dim=2)
+
+
+def is_block_diagonal(ev, t: Any, z: torch.Tensor, blocks: torch.Tensor) -> bool:
+    """Whether the batch's Jacobian is the block diagonal ``blocks``: one product of the full
+    Jacobian with a random direction against the blocks' (a coupling between samples shows as
+    a difference far above rounding)."""
+    B = z.shape[0]
+    gen = torch.Generator(device=z.device).manual_seed(0)
+    u = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
+    with torch.no_grad():
+        try:
+            with _quiet_torch_func():
+                _, full = torch.func.jvp(lambda y: ev(t, y), (z.detach(),), (u,))
+        except Exception:
+            return False
+    blocked = (blocks @ u.reshape(B, -1, 1)).reshape(z.shape)
+    scale = float(full.abs().max()) + float(blocked.abs().max()) + 1e-300
+    return float((full - blocked).abs().max()) <= 1e-8 * scale
+
+
+class LinearSolver(abc.ABC):
+    """Solves Newton's systems ``(I - g J) x = r`` of one solve, on the first ``m`` (coupled)
+    elements; the rest pass through (their derivative does not depend on them)."""
+
+    fresh = True  # whether the current Jacobian was formed at the current step
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+
+    @abc.abstractmethod
+    def prepare(self, ev, t: Any, z: torch.Tensor, g: Any, weights: torch.Tensor) -> None:
+        """Set up the solves of one stage at ``(t, z)`` with ``g = h γ``; ``weights`` are the
+        error weights ``atol + rtol |z|`` (a solver may scale its systems by them)."""
+
+    @abc.abstractmethod
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        """``(I - g J)⁻¹ r`` on the coupled elements (flat vectors)."""
+
+    def refresh(self) -> bool:
+        """Form a new Jacobian at the next :meth:`prepare`; ``False`` where that cannot help."""
+        return False
+
+    def step_done(self, slow: bool = False) -> None:  # noqa: B027 (matrix-free: no Jacobian)
+        """A step was accepted (``slow``: its Newton iterations converged slowly, so a new
+        Jacobian is due): the Jacobian at hand is no longer fresh."""
+
+    def state(self) -> Any:
+        """What reproduces the solver's next solves exactly (``None``: nothing to keep)."""
+        return None
+
+    def restore(self, state: Any) -> None:  # noqa: B027 (matrix-free solvers keep nothing)
+        """Put back what :meth:`state` returned."""
+
+
+class DenseNewton(LinearSolver):
+    """``J`` as a dense matrix, LU-factorised per step size and reused across steps."""
+
+    def __init__(self, m: int, stats) -> None:
+        super().__init__(m)
+        self.stats = stats
+        self.J: torch.Tensor | None = None
+        self._lu: tuple[Any, Any] | None = None
+
+    def _form(self, ev, t, z) -> torch.Tensor:
+        return jacobian(ev, t, z, self.m)
+
+    def _factor(self, g: Any) -> Any:
+        eye = torch.eye(self.m, dtype=self.J.dtype, device=self.J.device)
+        return torch.linalg.lu_factor(eye - g * self.J)
+
+    def prepare(self, ev, t, z, g, weights):
+        if self.J is None:
+            self.J = self._form(ev, t, z)
+            self.fresh = True
+            self.stats.jacobians = (self.stats.jacobians or 0) + 1
+            self._lu = None
+        if self._lu is None or self._lu[0] != g:
+            self._lu = (g, self._factor(g))
+
+    def solve(self, r):
+        m = self.m
+        x = torch.linalg.lu_solve(*self._lu[1], r[:m].unsqueeze(1)).squeeze(1)
+        return x if m == r.numel() else torch.cat([x, r[m:]])
+
+    def refresh(self) -> bool:
+        if self.fresh:
+            return False
+        self.J = None
+        return True
+
+    def step_done(self, slow: bool = False) -> None:
+        self.fresh = False
+        if slow:
+            self.J = None
+
+    def state(self):
+        return self.J, self.fresh
+
+    def restore(self, state):
+        (self.J, self.fresh), self._lu = state, None
+
+
+class BlockNewton(DenseNewton):
+    """One Jacobian block per sample of a batch of independent samples, factorised as a
+    batch; ``g`` is a number or a tensor of one value per sample."""
+
+    def __init__(self, shape: torch.Size, stats) -> None:
+        super().__init__(math.prod(shape), stats)
+        self.shape = shape
+        self.batch = shape[0]
+        self.n = self.m // self.batch
+
+    def _form(self, ev, t, z):
+        return block_jacobian(ev, t, z)
+
+    def _factor(self, g: Any) -> Any:
+        eye = torch.eye(self.n, dtype=self.J.dtype, device=self.J.device)
+        scale = g.reshape(-1, 1, 1) if isinstance(g, torch.Tensor) else g
+        return torch.linalg.lu_factor(eye - scale * self.J)
+
+    def prepare(self, ev, t, z, g, weights):
+        if self.J is None:
+            self.J = self._form(ev, t, z)
+            self.fresh = True
+            self.stats.jacobians = (self.stats.jacobians or 0) + 1
+            self._lu = None
+        if self._lu is None or not _same(self._lu[0], g):
+            self._lu = (g, self._factor(g))
+
+    def solve(self, r):
+        x = torch.linalg.lu_solve(*self._lu[1], r.reshape(self.batch, self.n, 1))
+        return x.reshape(-1)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return a == b
+
+
+class KrylovNewton(LinearSolver):
+    """Matrix-free: GMRES with Jacobian-vector products by finite differences around the
+    current Newton iterate (one evaluation each), on the system scaled by the error weights
+    ``w``: ``W⁻¹ (I - g J) W x̃ = W⁻¹ r``, ``x = W x̃`` (as CVODE does)."""
+
+    def __init__(self, m: int, restart: int = 30, rel_tol: float = 1e-3) -> None:
+        super().__init__(m)
+        self.restart, self.rel_tol = restart, rel_tol
+
+    def prepare(self, ev, t, z, g, weights):
+        self._fn = _flat_call(ev, t, z.shape)
+        self._g = g
+        self._z = z.reshape(-1)
+        self._f = self._fn(self._z)
+        self._w = weights.reshape(-1)[: self.m]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``W⁻¹ (I - g J) W v``, ``J W v`` by a forward difference of size one error weight
+        along ``W v`` (a perturbation at the tolerance's scale)."""
+        nv = float(torch.linalg.vector_norm(v)) / math.sqrt(max(v.numel(), 1))
+        if nv == 0.0:
+            return v.clone()
+        u = self._w * v
+        eps = 1.0 / nv  # a perturbation of one error weight in the RMS norm (CVODE's choice)
+        z = self._z.clone()
+        z[: self.m] += eps * u
+        ju = (self._fn(z)[: self.m] - self._f[: self.m]) / eps
+        return v - self._g * ju / self._w
+
+    def solve(self, r):
+        m = self.m
+        x = gmres(self.matvec, r[:m] / self._w, self.restart, self.rel_tol) * self._w
+        return x if m == r.numel() else torch.cat([x, r[m:]])
+
+
+def gmres(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, restart: int, rel_tol: float
+) -> torch.Tensor:
+    """GMRES from a zero guess, one cycle of at most ``restart`` iterations (an inexact
+    Newton step), stopping when the residual falls below ``rel_tol`` times ``|b|``."""
+    beta = float(torch.linalg.vector_norm(b))
+    if beta == 0.0:
+        return torch.zeros_like(b)
+    basis = [b / beta]
+    h = torch.zeros(restart + 1, restart, dtype=torch.float64)
+    k = 0
+    for k in range(restart):
+        w = matvec(basis[k])
+        for i, q in enumerate(basis):
+            h[i, k] = float(torch.dot(w, q))
+            w = w - h[i, k].item() * q
+        h[k + 1, k] = float(torch.linalg.vector_norm(w))
+        e1 = torch.zeros(k + 2, dtype=torch.float64)
+        e1[0] = beta
+        sol = torch.linalg.lstsq(h[: k + 2, : k + 1], e1.unsqueeze(1)).solution.squeeze(1)
+        res = float(torch.linalg.vector_norm(h[: k + 2, : k + 1] @ sol - e1))
+        if res <= rel_tol * beta or h[k + 1, k] <= 1e-14 * beta:
+            break
+        basis.append(w / h[k + 1, k].item())
+    coeffs = sol.to(b.dtype).tolist()
+    x = torch.zeros_like(b)
+    for c, q in zip(coeffs, basis, strict=False):
+        x = x + c * q
+    return x
+
+
+def choose(kind: str, y: torch.Tensor, coupled: int | None, stats, ev=None, t=None) -> LinearSolver:
+    """The linear solver for ``linear_solver=kind`` on the state ``y`` (the first ``coupled``
+    elements coupled, all where ``None``). ``"auto"``: dense up to :data:`DENSE_MAX` elements;
+    beyond, per-sample blocks where the batch's samples do not interact (checked once, with
+    one Jacobian-vector product) and each has at most :data:`DENSE_MAX` elements; Krylov
+    otherwise."""
+    n = y.numel()
+    m = coupled or n
+    if kind == "dense" or (kind == "auto" and m <= DENSE_MAX):
+        return DenseNewton(m, stats)
+    if kind in ("auto", "block"):
+        batched = y.ndim >= 2 and y.shape[0] > 1 and m == n
+        if batched and n // y.shape[0] <= DENSE_MAX:
+            block = BlockNewton(y.shape, stats)
+            if kind == "block":
+                return block
+            block.J = block_jacobian(ev, t, y)
+            if is_block_diagonal(ev, t, y, block.J):
+                stats.jacobians = (stats.jacobians or 0) + 1
+                return block
+        if kind == "block":
+            raise InvalidArgumentError(
+                f"linear_solver='block' needs a batch of samples in the state's first dimension, "
+                f"each of at most {DENSE_MAX} elements, and no coupled-state tail; got a state "
+                f"of shape {tuple(y.shape)}. Use linear_solver='dense' or 'krylov'",
+                argument="linear_solver",
+            )
+    return KrylovNewton(m)
