@@ -143,3 +143,52 @@ def test_regularizer_argument_errors():
     with pytest.raises(TypeError, match="AbstractRegularizer"):
         NeuralODEBlock(ODEFunc(2), regularizers=["kinetic"])
     assert isinstance(RegularizedDynamics(ODEFunc(2), [KineticEnergy()]), nn.Module)
+
+
+def test_rnode_scale_is_the_papers_terms_on_a_cnf():
+    """RNODE's code (Finlay et al., ``ffjord-rnode``) integrates ``½ mean_i f_i²`` and
+    ``mean_i (εᵀJ)_i²`` per sample; with ``scale="rnode"`` a CNF's terms are exactly those, here
+    on ``f(x) = A x`` against the matrix exponential (kinetic) and ``T ‖A‖²_F / D`` (exact
+    Frobenius), for a 6-dimensional state so that a sum and a mean differ."""
+    from neuralode.flows import CNF
+
+    D, T, B = 6, 0.7, 5
+    gen = torch.Generator().manual_seed(3)
+    A = 0.4 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(B, D, generator=gen, dtype=torch.float64)
+
+    class Linear(nn.Module):
+        def forward(self, t, x):
+            return x @ A.T
+
+    regs = [KineticEnergy(1.0, scale="rnode"), JacobianFrobenius(1.0, "exact", scale="rnode")]
+    flow = CNF(Linear(), T, divergence="exact", regularizers=regs, rtol=1e-10, atol=1e-12)
+    flow(x0)
+    terms = {k: v.detach() for k, v in flow.last_regularization_terms.items()}
+    # the kinetic energy by the trapezoid rule on x(t) = exp(At) x0 at 4,001 times
+    ts = torch.linspace(0.0, T, 4001, dtype=torch.float64)
+    xs = torch.stack([x0 @ torch.linalg.matrix_exp(A * s).T for s in ts])  # (times, B, D)
+    integrand = 0.5 * (xs @ A.T).pow(2).mean(dim=2)  # ½ mean_i f_i², (times, B)
+    kinetic = torch.trapezoid(integrand, ts, dim=0).mean()
+    assert float(terms["kinetic"]) == pytest.approx(float(kinetic), rel=1e-6)
+    # (T is held as a float32 buffer: 0.7 to 1.7e-8)
+    assert float(terms["jacobian"]) == pytest.approx(T * float(A.pow(2).sum()) / D, rel=1e-7)
+    # and "sum" (the default) is 2D and D times larger
+    summed = [KineticEnergy(1.0), JacobianFrobenius(1.0, "exact")]
+    flow = CNF(Linear(), T, divergence="exact", regularizers=summed, rtol=1e-10, atol=1e-12)
+    flow(x0)
+    terms = {k: v.detach() for k, v in flow.last_regularization_terms.items()}
+    assert float(terms["kinetic"]) == pytest.approx(2 * D * float(kinetic), rel=1e-6)
+    assert float(terms["jacobian"]) == pytest.approx(T * float(A.pow(2).sum()), rel=1e-7)
+
+
+def test_the_density_task_takes_rnodes_terms_and_old_runs_keep_theirs():
+    from neuralode.tasks import make_options
+
+    options = make_options("density", {"kinetic": 0.01, "jacobian": 0.01})
+    assert [r.scale for r in options.regularizers()] == ["rnode", "rnode"]
+    from neuralode.tasks.density import DensityTask
+
+    assert DensityTask.legacy_options == {"regularizer_scale": "sum"}
+    with pytest.raises(ValueError, match="scale must be 'sum' or 'rnode'"):
+        KineticEnergy(0.1, scale="mean")

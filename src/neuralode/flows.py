@@ -145,12 +145,19 @@ def _flow_norm(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
 class _FlowDynamics(nn.Module):
     """``f`` and what is integrated beside it: the state is ``(x, logdet, *regularizers)``."""
 
-    def __init__(self, func: nn.Module, divergence: str, kinetic: bool, frobenius: bool) -> None:
+    def __init__(
+        self,
+        func: nn.Module,
+        divergence: str,
+        kinetic: KineticEnergy | None,
+        frobenius: JacobianFrobenius | None,
+    ) -> None:
         super().__init__()
         self.func = func
         self.divergence = divergence
-        self.kinetic = kinetic
-        self.frobenius = frobenius
+        # (plain attributes: the regularizers are the CNF's modules, not these dynamics')
+        object.__setattr__(self, "kinetic", kinetic)
+        object.__setattr__(self, "frobenius", frobenius)
         self.noise: torch.Tensor | None = None
         self.with_logdet = True
 
@@ -170,12 +177,13 @@ class _FlowDynamics(nn.Module):
             else:
                 (vjp,) = torch.autograd.grad(dx, x, self.noise, create_graph=outer_grad)
                 div = _sum(vjp * self.noise)
-                frob = _sum(vjp * vjp) if self.frobenius else None
+                frob = _sum(vjp * vjp) if self.frobenius is not None else None
         out = [dx, div]
-        if self.kinetic:
-            out.append(_sum(dx * dx))
-        if self.frobenius:
-            out.append(frob)
+        numel = x[0].numel()
+        if self.kinetic is not None:
+            out.append(_sum(dx * dx) * self.kinetic.factor(numel))
+        if self.frobenius is not None:
+            out.append(frob * self.frobenius.factor(numel))
         if not outer_grad:
             return tuple(o.detach() for o in out)
         return tuple(out)
@@ -185,7 +193,7 @@ class _FlowDynamics(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         flat = dx.reshape(dx.shape[0], -1)
         div = x.new_zeros(x.shape[0])
-        frob = x.new_zeros(x.shape[0]) if self.frobenius else None
+        frob = x.new_zeros(x.shape[0]) if self.frobenius is not None else None
         for i in range(flat.shape[1]):
             (row,) = torch.autograd.grad(
                 flat[:, i].sum(), x, create_graph=create_graph, retain_graph=True
@@ -295,8 +303,8 @@ class CNF(nn.Module):
         self.flow_regularizers = nn.ModuleList(
             sorted(regs, key=lambda r: isinstance(r, JacobianFrobenius))
         )
-        kinetic = any(isinstance(r, KineticEnergy) for r in regs)
-        frobenius = any(isinstance(r, JacobianFrobenius) for r in regs)
+        kinetic = next((r for r in regs if isinstance(r, KineticEnergy)), None)
+        frobenius = next((r for r in regs if isinstance(r, JacobianFrobenius)), None)
         flow = _FlowDynamics(func, divergence, kinetic, frobenius)
         # composed, not registered: its only parameters are func's, which are the CNF's
         object.__setattr__(self, "ode_block", NeuralODEBlock(flow, t1=float(T), **block_kwargs))
@@ -598,4 +606,4 @@ class MultiscaleCNF(nn.Module):
 
 
 def _copy_reg(r: AbstractRegularizer) -> AbstractRegularizer:
-    return type(r)(r.weight)
+    return type(r)(r.weight, scale=r.scale)

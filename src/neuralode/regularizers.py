@@ -16,6 +16,7 @@ from torch import nn
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "SCALES",
     "AbstractRegularizer",
     "JacobianFrobenius",
     "KineticEnergy",
@@ -51,16 +52,45 @@ class AbstractRegularizer(nn.Module, abc.ABC):
         """The per-sample integrand, shape ``(batch,)``."""
 
 
+SCALES = ("sum", "rnode")
+"""How :class:`KineticEnergy` and :class:`JacobianFrobenius` reduce a sample's state:
+``"sum"`` over its elements (the tutorial's ``∫ ‖f‖² dt``), or ``"rnode"`` as Finlay et al.'s
+code (``ffjord-rnode``): the mean over the elements, and half of it for the kinetic energy, so
+that a weight means the same for a 2-D point and a 784-pixel image."""
+
+
+def _check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise InvalidArgumentError(f"scale must be 'sum' or 'rnode', got {scale!r}")
+    return scale
+
+
 class KineticEnergy(AbstractRegularizer):
     """Kinetic energy ``∫ ‖f(t, h)‖² dt`` (Finlay et al., 2020): favours straight, slow paths
-    that need few solver steps."""
+    that need few solver steps.
+
+    Args:
+        weight: multiplier of the term in the loss.
+        scale: ``"sum"`` — ``∫ ‖f‖² dt`` (the default); ``"rnode"`` — ``∫ ½ mean_i f_i² dt``,
+            the term of RNODE's code, with which its published weights (0.01) were tuned."""
 
     name = "kinetic"
+
+    def __init__(self, weight: float = 0.01, scale: str = "sum") -> None:
+        super().__init__(weight)
+        self.scale = _check_scale(scale)
+
+    def factor(self, numel: int) -> float:
+        """What the per-sample sum ``‖f‖²`` is multiplied by (``numel``: a sample's size)."""
+        return 0.5 / numel if self.scale == "rnode" else 1.0
 
     def integrand(
         self, t: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, create_graph: bool
     ) -> torch.Tensor:
-        return _per_sample_sum(dh * dh)
+        return _per_sample_sum(dh * dh) * self.factor(h[0].numel())
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, scale={self.scale!r}"
 
 
 class JacobianFrobenius(AbstractRegularizer):
@@ -73,6 +103,8 @@ class JacobianFrobenius(AbstractRegularizer):
             ``"exact"`` — the full Jacobian row by row, one product per state element (small
             dimensions only).
         probe: ``"gaussian"`` or ``"rademacher"`` (Hutchinson only).
+        scale: ``"sum"`` — ``∫ ‖J‖²_F dt`` (the default); ``"rnode"`` — divided by the sample's
+            size, the term of RNODE's code (``mean_i (εᵀJ)_i²``).
 
     Samples must be independent under ``f`` (no batch statistics inside the dynamics).
     """
@@ -81,10 +113,15 @@ class JacobianFrobenius(AbstractRegularizer):
     needs_jacobian = True
 
     def __init__(
-        self, weight: float = 0.01, estimator: str = "hutchinson", probe: str = "gaussian"
+        self,
+        weight: float = 0.01,
+        estimator: str = "hutchinson",
+        probe: str = "gaussian",
+        scale: str = "sum",
     ) -> None:
         super().__init__(weight)
-        if estimator not in ("hutchinson", "exact"):
+        self.scale = _check_scale(scale)
+        if estimator not in ("hutchinson", "exact"):  # (checked after the weight)
             raise InvalidArgumentError(
                 f"estimator must be 'hutchinson' or 'exact', got {estimator!r}"
             )
@@ -93,6 +130,16 @@ class JacobianFrobenius(AbstractRegularizer):
         self.estimator = estimator
         self.probe = probe
         self._eps: torch.Tensor | None = None
+
+    def factor(self, numel: int) -> float:
+        """What the per-sample sum ``‖εᵀJ‖²`` is multiplied by (``numel``: a sample's size)."""
+        return 1.0 / numel if self.scale == "rnode" else 1.0
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight}, estimator={self.estimator!r}, probe={self.probe!r}, "
+            f"scale={self.scale!r}"
+        )
 
     def begin_solve(self, h0: torch.Tensor) -> None:
         if self.estimator == "exact":
@@ -105,6 +152,9 @@ class JacobianFrobenius(AbstractRegularizer):
     def integrand(
         self, t: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, create_graph: bool
     ) -> torch.Tensor:
+        return self._sum(h, dh, create_graph) * self.factor(h[0].numel())
+
+    def _sum(self, h: torch.Tensor, dh: torch.Tensor, create_graph: bool) -> torch.Tensor:
         if self.estimator == "exact":
             return self._exact(h, dh, create_graph)
         eps = self._eps

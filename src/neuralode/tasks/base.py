@@ -443,6 +443,9 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     Options: ClassVar[type[TrainOptions]] = TrainOptions
     models: ClassVar[ModelRegistry]
+    # what an option added later means for a run whose config.json predates it (a resumed or
+    # evaluated run keeps the behaviour it was trained with)
+    legacy_options: ClassVar[dict[str, Any]] = {}
     metric: str = "loss"
     maximize: bool = False
 

@@ -198,7 +198,9 @@ class RunFolder:
             )
         config = dict(config)
         name = config.pop("task")
-        return get_task(name)(make_options(name, config, **changes))
+        task = get_task(name)
+        config = {**task.legacy_options, **config}
+        return task(make_options(name, config, **changes))
 
     def _foreign(self, why: str) -> InvalidArgumentError:
         return InvalidArgumentError(
