@@ -344,3 +344,101 @@ def test_basic_motions_from_aeons_wheel():
     # the archive's published shape: 40 + 40 cases, 6 channels, length 100, 4 classes
     assert (len(train), len(test), train.channels, len(classes)) == (40, 40, 6, 4)
     assert set(torch.cat((train.lengths, test.lengths)).tolist()) == {100}
+
+
+def _series_with_gaps(batch=4, n=10, channels=3, seed=0, ragged=False):
+    """Irregular times, some values missing inside points; full-length rows unless ragged."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.sort(torch.rand(batch, n, generator=g, dtype=torch.float64) * 5, 1).values
+    x = torch.randn(batch, n, channels, generator=g, dtype=torch.float64).cumsum(1)
+    mask = (torch.rand(batch, n, channels, generator=g) > 0.3).double()
+    mask[:, 0] = 1.0
+    lengths = torch.full((batch,), n)
+    if ragged:
+        lengths = torch.randint(3, n + 1, (batch,), generator=g)
+        for b in range(batch):
+            k = int(lengths[b])
+            t[b, k:], x[b, k:], mask[b, k:] = t[b, k - 1], x[b, k - 1], 0.0
+    return IrregularSeries(t, x * mask, mask, lengths, torch.zeros(batch, dtype=torch.long))
+
+
+def test_neural_cde_matches_torchcde():
+    """Kidger et al.'s own library on the same path data and the same weights: the natural
+    cubic spline's values and derivatives, and the model's output (torchcde's ``cdeint``)."""
+    torchcde = pytest.importorskip("torchcde")
+    series = _series_with_gaps()
+    B, n, C = series.values.shape
+    model = NeuralCDE(C, 5, hidden=8, width=16, observed="counts", **TIGHT).double().eval()
+    # the path's data built by hand: time since the start, values carried forward, counts
+    filled = series.values.clone()
+    for i in range(1, n):
+        filled[:, i] = torch.where(series.mask[:, i] > 0, filled[:, i], filled[:, i - 1])
+    x = torch.cat((
+        (series.times - series.times[:, :1]).unsqueeze(-1), filled, series.mask.cumsum(1)
+    ), -1)  # fmt: skip
+    index = torch.arange(n, dtype=torch.float64)
+    X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x, t=index), t=index)
+    ours = model.path(series)
+    for s in (0.0, 0.37, 1.0, 4.5, 7.99, 9.0):
+        at = torch.tensor(s, dtype=torch.float64)
+        close = dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.evaluate(s), X.evaluate(at), **close)
+        torch.testing.assert_close(ours.derivative(at), X.derivative(at), **close)
+
+    class Field(torch.nn.Module):
+        def forward(self, t, z):
+            return model.field.g(z).view(B, 8, 1 + 2 * C)
+
+    with torch.no_grad():
+        z0 = model.initial(X.evaluate(X.interval[0]))
+        zT = torchcde.cdeint(X=X, func=Field(), z0=z0, t=X.interval, adjoint=False,
+                             method="dopri5", rtol=1e-10, atol=1e-12)[:, -1]  # fmt: skip
+        torch.testing.assert_close(model(series), model.readout(zT), rtol=1e-6, atol=1e-7)
+
+
+def test_neural_cde_observed_channels():
+    """``none`` drops the observation channels (fewer parameters), ``fraction`` keeps the
+    earlier layout (counts over points so far), ``counts`` Kidger et al.'s."""
+    series = _series_with_gaps()
+    sizes = {o: sum(p.numel() for p in NeuralCDE(3, 5, observed=o).parameters())
+             for o in ("none", "counts", "fraction")}  # fmt: skip
+    assert sizes["none"] < sizes["counts"] == sizes["fraction"]
+    frac = NeuralCDE(3, 5, observed="fraction").double().path(series)
+    counts = NeuralCDE(3, 5, observed="counts").double().path(series)
+    idx = torch.arange(10, dtype=torch.float64)
+    torch.testing.assert_close(frac.evaluate(9.0)[:, 4:], counts.evaluate(9.0)[:, 4:] / 10.0)
+    torch.testing.assert_close(counts.evaluate(idx[4].item())[:, 4:], series.mask[:, :5].sum(1))
+    with pytest.raises(InvalidArgumentError, match="observed must be one of"):
+        NeuralCDE(3, 5, observed="mask")
+
+
+def test_neural_cde_evaluations_against_torchdiffeq():
+    """A batch of series of different lengths: the solve over the index takes no more
+    evaluations than torchdiffeq's dopri5 on the same field at the same tolerances (the
+    series' ends, where the path's derivative drops to zero, are jump_t), and agrees with a
+    tight solve at least as well."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    import neuralode
+
+    series = _series_with_gaps(batch=32, n=20, ragged=True, seed=1)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    model = NeuralCDE(3, 4, hidden=16, width=32, observed="none", eval_rtol=1e-5,
+                      eval_atol=1e-6).double().eval()  # fmt: skip
+    with torch.no_grad(), neuralode.record() as rec:
+        ours = model(series)
+    count = [0]
+
+    def f(t, z):
+        count[0] += 1
+        return model.field(t, z)
+
+    with torch.no_grad():
+        path = model.path(series)
+        model.field.path = path
+        z0 = model.initial(path.evaluate(0.0))
+        span = torch.tensor([0.0, 19.0], dtype=torch.float64)
+        theirs = model.readout(torchdiffeq.odeint(f, z0, span, method="dopri5", **tol)[-1])
+        tight = model.readout(torchdiffeq.odeint(f, z0, span, rtol=1e-11, atol=1e-12)[-1])
+    assert rec.nfe_forward <= 1.2 * count[0], (rec.nfe_forward, count[0])
+    err, err_theirs = (ours - tight).abs().max(), (theirs - tight).abs().max()
+    assert err <= max(2 * err_theirs, 1e-6), (err, err_theirs)

@@ -444,20 +444,34 @@ class _ControlledField(nn.Module):
         return (g @ self.path.derivative(s).unsqueeze(-1)).squeeze(-1)
 
 
+OBSERVED_CHANNELS = ("counts", "none", "fraction")
+"""The choices of :class:`NeuralCDE`'s ``observed`` channels."""
+
+
 class NeuralCDE(nn.Module):
     """The neural CDE of Kidger et al. (2020): ``z(s) = z0 + ∫ g(z) dX``, with ``X`` an
     interpolation of the observations and ``z0`` a linear map of ``X`` at the start; a linear
     readout of ``z`` at each series' end classifies it.
 
     The path's channels are the time since the series' start, the values (an unobserved value
-    is the channel's last observation) and each channel's cumulative count of observations
-    divided by the points so far (its observational intensity, which Kidger et al. recommend
-    for missing data, scaled to [0, 1] so that the path's increments stay of order one). Its
-    parameter is the observation index ``0 … n − 1`` (as torchcde's default), so every series
-    ends at its own length and its state stays unchanged afterwards.
+    is the channel's last observation) and, by ``observed``, channels of where values were
+    observed:
+
+    * ``"counts"`` — each channel's cumulative count of observations (Kidger et al.'s
+      observational intensity for missing values);
+    * ``"none"`` — no such channels: where whole points are missing (every channel of a point
+      observed or none, as when points are dropped) the counts equal the index and carry
+      nothing, and they only add parameters to ``z0`` and the field;
+    * ``"fraction"`` — each channel's count divided by the points so far (this model's layout
+      before ``observed`` existed, kept for its runs).
+
+    The path's parameter is the observation index ``0 … n − 1`` (as torchcde's default), so
+    every series ends at its own length and its state stays unchanged afterwards; the ends of
+    a batch's series, where the path's derivative drops to zero, are given to adaptive solvers
+    as ``jump_t`` (stepping over them cost about twice the evaluations).
 
     ``interpolation``: ``"cubic"`` (the natural cubic spline, the paper's) or ``"linear"``
-    (its knots are then given to adaptive solvers as ``jump_t``)."""
+    (its knots are then ``jump_t`` too)."""
 
     def __init__(
         self,
@@ -466,6 +480,7 @@ class NeuralCDE(nn.Module):
         hidden: int = 32,
         width: int = 64,
         interpolation: str = "cubic",
+        observed: str = "counts",
         **solver: Any,
     ) -> None:
         super().__init__()
@@ -474,23 +489,33 @@ class NeuralCDE(nn.Module):
             raise InvalidArgumentError(
                 f"interpolation must be 'cubic' or 'linear', got {interpolation!r}"
             )
+        if observed not in OBSERVED_CHANNELS:
+            raise InvalidArgumentError(
+                f"observed must be one of {', '.join(map(repr, OBSERVED_CHANNELS))}, got "
+                f"{observed!r}"
+            )
         self.path_class = paths[interpolation]
         self.interpolation = interpolation
-        path_channels = 1 + 2 * channels
+        self.observed = observed
+        path_channels = 1 + (channels if observed == "none" else 2 * channels)
         self.initial = nn.Linear(path_channels, hidden)
         self.field = _ControlledField(hidden, path_channels, width)
         self.block = NeuralODEBlock(self.field, **solver)
+        self._options = dict(self.block.options)
         self.readout = nn.Linear(hidden, classes)
 
     def path(self, series: IrregularSeries):
         """The interpolated path of ``series`` over the observation index."""
         n = series.times.shape[1]
         index = torch.arange(n, dtype=series.values.dtype, device=series.values.device)
-        counts = (series.mask * series.valid().unsqueeze(-1)).cumsum(dim=1)
-        seen = counts / (index + 1).view(1, n, 1)  # the fraction of points observed so far
         elapsed = series.times - series.times[:, :1]
-        x = torch.cat((elapsed.unsqueeze(-1), series.filled(), seen), -1)
-        return self.path_class(index, x, series.lengths.clamp(min=2))
+        channels = [elapsed.unsqueeze(-1), series.filled()]
+        if self.observed != "none":
+            counts = (series.mask * series.valid().unsqueeze(-1)).cumsum(dim=1)
+            if self.observed == "fraction":  # the fraction of points observed so far
+                counts = counts / (index + 1).view(1, n, 1)
+            channels.append(counts)
+        return self.path_class(index, torch.cat(channels, -1), series.lengths.clamp(min=2))
 
     def forward(self, series: IrregularSeries) -> torch.Tensor:
         if series.times.shape[1] < 2:
@@ -499,8 +524,13 @@ class NeuralCDE(nn.Module):
         self.field.path = path
         n = series.times.shape[1]
         times = torch.tensor([0.0, n - 1.0], dtype=series.values.dtype)
-        if self.interpolation == "linear" and self.block.method not in ("rk4", "euler", "midpoint"):
-            self.block.options = {**self.block.options, "jump_t": torch.arange(1.0, n - 1.0)}
+        if self.block.method not in ("rk4", "euler", "midpoint"):  # adaptive: kinks as jump_t
+            if self.interpolation == "linear":
+                kinks = torch.arange(1.0, n - 1.0)
+            else:  # the series' ends
+                kinks = torch.unique(series.lengths.clamp(min=2).cpu() - 1.0)
+                kinks = kinks[(kinks > 0) & (kinks < n - 1)]
+            self.block.options = {**self._options, "jump_t": kinks} if len(kinks) else self._options
         z0 = self.initial(path.evaluate(0.0))
         # (the path stays set: the adjoint and checkpointed gradients evaluate the field again
         # during backward, which must follow this forward pass before the next one)

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ from ..series import (
     make_spirals,
     split_at,
 )
-from ..series.models import check_per_sample_solver
+from ..series.models import OBSERVED_CHANNELS, check_per_sample_solver
 from .base import (
     ModelRegistry,
     Step,
@@ -80,9 +80,10 @@ def _gru_dt(dataset, hidden):
 
 
 @MODELS.register("ncde", "neural CDE on a natural cubic spline (Kidger 2020)")
-def _ncde(dataset, hidden, interpolation, solver):
+def _ncde(dataset, hidden, interpolation, observed, solver):
     channels, classes = DATASETS[dataset]
-    return NeuralCDE(channels, classes, hidden=hidden, interpolation=interpolation, **solver)
+    return NeuralCDE(channels, classes, hidden=hidden, interpolation=interpolation,
+                     observed=observed, **solver)  # fmt: skip
 
 
 @MODELS.register("odernn", "ODE-RNN classifier (Rubanova 2019)")
@@ -145,6 +146,12 @@ class TimeSeriesOptions(
         "cubic", "neural CDE: path", choices=("cubic", "linear"), group="model and data",
         model=True,
     )  # fmt: skip
+    observed: str = option(
+        "none", "neural CDE: channels of where values were observed: none (this task drops "
+        "whole points, so per-channel counts would equal the index), counts (Kidger et al., "
+        "for values missing within a point) or fraction (the layout of runs before this option)",
+        choices=OBSERVED_CHANNELS, group="model and data", model=True,
+    )  # fmt: skip
     data_dir: str | None = option(
         None, "folder of the UEA .ts files (default: aeon's wheel)", group="run"
     )
@@ -189,6 +196,8 @@ class TimeSeriesTask(Task):
     Options = TimeSeriesOptions
     models = MODELS
     options: TimeSeriesOptions
+    # runs started before the neural CDE's observed option had the fraction channels
+    legacy_options: ClassVar[dict[str, Any]] = {"observed": "fraction"}
 
     @property
     def forecasting(self) -> bool:
