@@ -46,3 +46,39 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"## Test\n.*?```bash\n(.*?)\n```", readme, flags=re.S).group(1).strip()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command in ci
+
+
+def test_the_package_ships_its_type_hints():
+    """PEP 561: ``py.typed`` beside the package and in its package data, so that a type
+    checker in a user's project reads neuralode's annotations."""
+    import tomllib
+
+    import neuralode
+
+    assert (Path(neuralode.__file__).parent / "py.typed").is_file()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["neuralode"]
+
+
+def test_every_public_name_has_a_docstring():
+    """Every class and function in a public module's ``__all__`` says what it is (the API
+    reference is generated from these)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import neuralode
+
+    missing = []
+    for info in pkgutil.walk_packages(neuralode.__path__, "neuralode."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]):
+            continue
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            # (its own docstring: a class does not inherit one on the site)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and not (
+                obj.__doc__ or ""
+            ).strip():
+                missing.append(f"{info.name}.{name}")
+    assert not missing, missing

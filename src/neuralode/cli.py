@@ -243,6 +243,8 @@ def _add_run_dir_parser(sub, name: str, help: str, func, batch_default: int | No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``neuralode`` command line: its subcommands (``train``, ``evaluate``, ``diagnose``, the
+    experiments) and every registered task's options."""
     from . import __version__
     from .tasks import get_task, list_tasks
 

@@ -195,11 +195,15 @@ def _umask() -> int:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (values JSON cannot hold as
+    strings)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts; the columns are every key, in order of first appearance) as CSV to
+    ``path``, atomically."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]

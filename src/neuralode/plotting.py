@@ -22,6 +22,7 @@ __all__ = [
 
 
 def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (pictures go to files)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -303,6 +303,7 @@ TOY_DATASETS: dict[str, type[ToyDistribution]] = {
 
 
 def get_toy(name: str) -> ToyDistribution:
+    """The 2-D toy distribution of this name (one of :data:`TOY_DATASETS`)."""
     try:
         return TOY_DATASETS[name]()
     except KeyError:

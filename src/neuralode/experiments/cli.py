@@ -51,6 +51,7 @@ def _run(args, callbacks=()) -> int:
 
 
 def register(sub) -> None:
+    """Add the ``compare`` subcommand to the command line's subparsers ``sub``."""
     p = sub.add_parser("compare", help="Neural ODE against the ResNet of the same stem and head")
     _common(p)
     p.set_defaults(func=_run)

@@ -49,6 +49,9 @@ def run_compare(
     progress: bool = False,
     command: Sequence[str] | None = None,
 ) -> Experiment:
+    """``neuralode compare``: the MNIST Neural ODE and its ResNet twin (same stem and head)
+    trained on the same batches under ``budget``, into the experiment folder ``out_dir``
+    (parameters, accuracy, time and memory of each, a table and pictures)."""
     b = BUDGETS[budget]
     dev = resolve_device(device)
     exp = Experiment(

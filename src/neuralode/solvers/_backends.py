@@ -118,10 +118,12 @@ def register_backend(backend: AbstractBackend, *, replace: bool = False) -> None
 
 
 def available_backends() -> list[str]:
+    """The names of the registered solver backends (``native``, ``torchdiffeq`` where installed)."""
     return sorted(BACKENDS.names())
 
 
 def get_backend(name: str | AbstractBackend | None) -> AbstractBackend:
+    """The backend of this name (an instance passes through; ``None``: the default backend)."""
     if isinstance(name, AbstractBackend):
         return name
     if name is None:
@@ -135,6 +137,7 @@ def get_backend(name: str | AbstractBackend | None) -> AbstractBackend:
 
 
 def get_default_backend() -> str:
+    """The name of the backend used where none is given."""
     return _DEFAULT[0]
 
 

@@ -568,11 +568,13 @@ def _load_plugins() -> None:
 
 
 def list_tasks() -> list[str]:
+    """The names of the registered tasks (plug-ins from entry points included)."""
     _load_plugins()
     return TASKS.names()
 
 
 def get_task(name: str) -> type[Task]:
+    """The task class registered under ``name`` (plug-ins from entry points included)."""
     _load_plugins()
     return TASKS.get(name)
 

@@ -237,6 +237,9 @@ def _mean_loss(output: torch.Tensor, target: Any) -> torch.Tensor:
 
 @register_task
 class DensityTask(Task):
+    """``neuralode train density``: continuous normalizing flows on the 2-D toy distributions
+    (NLL in nats against the data's entropy) or MNIST (bits per dimension)."""
+
     name = "density"
     description = "density estimation with continuous normalizing flows (FFJORD, RNODE)"
     Options = DensityOptions

@@ -104,6 +104,9 @@ def evaluate_classifier(
 
 @register_task
 class MNISTTask(Task):
+    """``neuralode train mnist``: the tutorial's MNIST classifier (or its ResNet twin), with
+    training and evaluation tolerances."""
+
     name = "mnist"
     description = "MNIST classification (the tutorial's Neural ODE classifier, ResNet twins)"
     Options = MNISTOptions

@@ -191,6 +191,9 @@ def _as_float(series: IrregularSeries) -> IrregularSeries:
 
 @register_task
 class TimeSeriesTask(Task):
+    """``neuralode train timeseries``: irregularly sampled series — the latent ODE forecasts,
+    the neural CDE, ODE-RNN and GRU baselines classify."""
+
     name = "timeseries"
     description = "irregularly sampled series: latent ODE, ODE-RNN, neural CDE and GRU baselines"
     Options = TimeSeriesOptions

@@ -205,6 +205,9 @@ def _spiral_ode(hidden, solver, regularizers):
 
 @register_task
 class SpiralTask(_TrajectoryTask):
+    """``neuralode train spiral``: learn the dynamics of the tutorial's spiral arm from
+    trajectories of it."""
+
     name = "spiral"
     description = "the tutorial's spiral arm (t cos t, t sin t): learn its dynamics"
     models = SPIRAL_MODELS
@@ -223,6 +226,9 @@ def _cubic_ode(hidden, solver, regularizers):
 
 @register_task
 class CubicTask(_TrajectoryTask):
+    """``neuralode train cubic``: learn ``dy/dt = y³A`` (torchdiffeq's ``ode_demo``) from
+    trajectories of it."""
+
     name = "cubic"
     description = "dy/dt = y³A, torchdiffeq's ode_demo system: learn its dynamics"
     models = CUBIC_MODELS

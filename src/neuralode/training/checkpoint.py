@@ -49,6 +49,8 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the random generators' states (torch, Python, NumPy and CUDA where saved) that
+    a checkpoint recorded, so that a resumed run draws what the uninterrupted one would."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))

@@ -124,6 +124,7 @@ def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` where there is no such file."""
     if not path.is_file():
         return None
     try:
