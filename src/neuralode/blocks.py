@@ -42,13 +42,17 @@ class NeuralODEBlock(nn.Module):
         output_times: if given, the block returns the whole trajectory at these times (first
             dimension indexes time) instead of only ``h(T)``; overrides ``t0``/``t1``.
         method: solver name (``"dopri5"``, ``"rk4"``, ...).
-        rtol, atol: tolerances in training mode.
-        eval_rtol, eval_atol: (tighter) tolerances in evaluation mode, after ``.eval()``.
+        rtol: relative tolerance in training mode.
+        atol: absolute tolerance in training mode.
+        eval_rtol: (tighter) relative tolerance in evaluation mode, after ``.eval()``.
+        eval_atol: (tighter) absolute tolerance in evaluation mode.
         adjoint: gradients by the adjoint method (O(1) memory) instead of backpropagation.
         gradient: ``"direct"`` (default), ``"adjoint"`` (same as ``adjoint=True``) or
             ``"checkpoint"`` (native engine: exact gradient of the discrete solve with memory
             proportional to steps × state).
-        options, adjoint_options: solver options, as for :func:`neuralode.odeint`.
+        options: solver options, as for :func:`neuralode.odeint`.
+        adjoint_options: the adjoint's backward solve's options, as for
+            :func:`neuralode.odeint_adjoint`.
         regularizers: e.g. ``[KineticEnergy(0.01), JacobianFrobenius(0.01)]``; integrated in the
             same solve. With regularizers the block returns ``(h, reg)`` where ``reg`` is the sum
             of the weighted terms; the terms by name are in ``last_regularization_terms``.

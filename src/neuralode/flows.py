@@ -233,8 +233,9 @@ class CNF(nn.Module):
             norm is that of ``x`` and ``logdet``), unless ``options`` names a ``norm``.
         steer: STEER — in training mode the end time is drawn uniformly from
             ``[T - steer, T + steer]`` for each solve (``0 <= steer < T``).
-        method, rtol, atol, eval_rtol, eval_atol, gradient, options, adjoint_options, backend:
-            as for :class:`~neuralode.NeuralODEBlock`; every gradient method and backend works.
+        **block_kwargs: ``method``, ``rtol``, ``atol``, ``eval_rtol``, ``eval_atol``,
+            ``gradient``, ``options``, ``adjoint_options``, ``backend``, as for
+            :class:`~neuralode.NeuralODEBlock`; every gradient method and backend works.
 
     After a forward pass ``stats`` holds the solve's counters.
     """

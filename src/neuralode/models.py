@@ -132,13 +132,15 @@ class NeuralODEClassifier(nn.Module):
 
     Args:
         hidden: size of the hidden vector the ODE evolves.
-        ode_hidden, ode_depth: width and number of hidden layers of the dynamics MLP.
+        ode_hidden: width of the dynamics MLP's hidden layers.
+        ode_depth: number of hidden layers of the dynamics MLP.
         dynamics: ``"mlp"`` (autonomous), ``"time"`` (time-concatenated) or ``"hypernet"``.
         activation: activation of the dynamics.
         small_init: near-identity initialisation of the dynamics (ours; off in the tutorial).
         augment_dim: ANODE — zero dimensions appended to the state.
         stem: ``"tutorial"`` or ``"strided"`` (:class:`StridedStem`, neuralode's earlier one).
-        num_classes, in_channels: output classes and input image channels.
+        num_classes: output classes.
+        in_channels: input image channels.
         **block_kwargs: method, rtol, atol, eval_rtol, eval_atol, adjoint, regularizers, ... of
             :class:`NeuralODEBlock`.
     """

@@ -173,7 +173,8 @@ class LatentODE(nn.Module):
 
     Args:
         channels: observed channels.
-        latent, hidden: sizes of ``z`` and of the dynamics' and decoder's hidden layers.
+        latent: the size of ``z``.
+        hidden: the size of the dynamics' and decoder's hidden layers.
         encoder: ``"odernn"`` (Rubanova) or ``"rnn"`` (Chen 2018: a GRU with time gaps).
         encoder_hidden: the encoder's state size.
         obs_std: the observation noise of the likelihood.

@@ -250,8 +250,8 @@ def odeint(
         t: 1-D strictly increasing or decreasing tensor of output times; ``t[0]`` is the start.
             With ``options={"batch_mode": "per_sample"}`` also ``(batch, n)``: every sample its
             own times.
-        rtol, atol: relative and absolute tolerances (floats or tensors), used by adaptive
-            methods.
+        rtol: relative tolerance (a float or a tensor), used by adaptive methods.
+        atol: absolute tolerance (a float or a tensor), used by adaptive methods.
         method: ``"dopri5"`` (default), ``"rk4"``, ``"euler"``, ... — any method name of
             torchdiffeq, neuralode's ``"tsit5"`` and the implicit ``"kvaerno3"``,
             ``"kvaerno5"``, ``"trbdf2"``, a name registered with ``register_method``, or a

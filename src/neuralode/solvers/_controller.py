@@ -319,13 +319,15 @@ class StepSizeController(AbstractStepSizeController):
     and tensors (the per-sample lane) alike.
 
     Args:
-        rtol, atol: the tolerances (floats, or tensors broadcasting to the state: one per
-            element); torchdiffeq's defaults.
+        rtol: the relative tolerance (a float, or a tensor broadcasting to the state: one per
+            element); torchdiffeq's default.
+        atol: the absolute tolerance, likewise.
         norm: the error norm, a function of the scaled error in the state's form (a tuple for a
             tuple state); ``None``: the root mean square (for a tuple state, the largest over
             its parts, as torchdiffeq).
         first_step: the first step's size (``None``: Hairer's heuristic, as torchdiffeq).
-        min_step, max_step: bounds of every step; a step at ``min_step`` is always accepted.
+        min_step: the smallest step; a step at ``min_step`` is always accepted.
+        max_step: the largest step.
         max_num_steps: the step budget; a solve that needs more fails with the likely causes.
         step_t: times every step ends on (where the dynamics change quickly).
         jump_t: times of discontinuities: steps end just before them and restart after.
