@@ -36,7 +36,7 @@ from ._newton import (
     BlockNewton,
     DenseNewton,
     LinearSolver,
-    block_jacobian,
+    block_transposed_solve,
     choose,
     gmres,
     jacobian,
@@ -201,11 +201,7 @@ def _transposed_solve(ev, t, z: torch.Tensor, g: Any, solver: LinearSolver):
     def solve(v: torch.Tensor) -> torch.Tensor:
         flat = v.reshape(-1)
         if isinstance(solver, BlockNewton):
-            J = block_jacobian(ev, t, z)
-            eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
-            scale = g.reshape(-1, 1, 1) if isinstance(g, torch.Tensor) else g
-            A = (eye - scale * J).transpose(1, 2)
-            return torch.linalg.solve(A, flat.reshape(J.shape[0], -1)).reshape(v.shape)
+            return block_transposed_solve(ev, t, z, g, v)
         if isinstance(solver, DenseNewton):
             J = jacobian(ev, t, z, flat.numel())
             eye = torch.eye(flat.numel(), dtype=J.dtype, device=J.device)

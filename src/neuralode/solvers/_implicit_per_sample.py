@@ -22,7 +22,7 @@ from . import _kernels as kernels
 from ._implicit import ESDIRK, JACOBIAN_RATE, _ImplicitStage
 from ._messages import Status, failure
 from ._methods import Stepper
-from ._newton import block_jacobian
+from ._newton import block_jacobian, block_transposed_solve, shifted_blocks
 
 __all__ = ["PerSampleESDIRKStepper"]
 
@@ -58,8 +58,7 @@ class _Blocks:
             self.stats.jacobians = (self.stats.jacobians or 0) + 1
             self._lu = None
         if self._lu is None or self._lu[0] is not g:
-            eye = torch.eye(self.n, dtype=self.J.dtype, device=self.J.device)
-            self._lu = (g, torch.linalg.lu_factor(eye - g.reshape(-1, 1, 1) * self.J))
+            self._lu = (g, torch.linalg.lu_factor(shifted_blocks(self.J, g)))
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         B = r.shape[0]
@@ -71,11 +70,7 @@ class _Blocks:
         ``keep`` (whose stage did not converge and whose step is discarded)."""
 
         def solve(v: torch.Tensor) -> torch.Tensor:
-            B = v.shape[0]
-            J = block_jacobian(ev, t, z)
-            eye = torch.eye(self.n, dtype=J.dtype, device=J.device)
-            A = (eye - g.reshape(-1, 1, 1) * J).transpose(1, 2)
-            x = torch.linalg.solve(A, v.reshape(B, self.n, 1)).reshape(v.shape)
+            x = block_transposed_solve(ev, t, z, g, v)
             return torch.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), x, 0.0)
 
         return solve

@@ -37,9 +37,11 @@ __all__ = [
     "KrylovNewton",
     "LinearSolver",
     "block_jacobian",
+    "block_transposed_solve",
     "choose",
     "gmres",
     "jacobian",
+    "shifted_blocks",
 ]
 
 DENSE_MAX = 1024
@@ -140,6 +142,22 @@ def is_block_diagonal(ev, t: Any, z: torch.Tensor, blocks: torch.Tensor) -> bool
     return float((full - blocked).abs().max()) <= 1e-8 * scale
 
 
+def shifted_blocks(J: torch.Tensor, g: Any) -> torch.Tensor:
+    """``I - g J`` for Jacobian blocks ``J`` of shape ``(B, n, n)``; ``g`` a number or one value
+    per sample."""
+    eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
+    scale = g.reshape(-1, 1, 1) if isinstance(g, torch.Tensor) else g
+    return eye - scale * J
+
+
+def block_transposed_solve(ev, t: Any, z: torch.Tensor, g: Any, v: torch.Tensor) -> torch.Tensor:
+    """``(I - g J(z))⁻ᵀ v`` per sample, with the Jacobian blocks at ``z`` formed afresh (the
+    implicit function theorem's solve in the backward pass of a converged stage)."""
+    J = block_jacobian(ev, t, z)
+    A = shifted_blocks(J, g).transpose(1, 2)
+    return torch.linalg.solve(A, v.reshape(J.shape[0], -1, 1)).reshape(v.shape)
+
+
 class LinearSolver(abc.ABC):
     """Solves Newton's systems ``(I - g J) x = r`` of one solve, on the first ``m`` (coupled)
     elements; the rest pass through (their derivative does not depend on them)."""
@@ -196,7 +214,7 @@ class DenseNewton(LinearSolver):
             self.fresh = True
             self.stats.jacobians = (self.stats.jacobians or 0) + 1
             self._lu = None
-        if self._lu is None or self._lu[0] != g:
+        if self._lu is None or not _same(self._lu[0], g):
             self._lu = (g, self._factor(g))
 
     def solve(self, r):
@@ -236,18 +254,7 @@ class BlockNewton(DenseNewton):
         return block_jacobian(ev, t, z)
 
     def _factor(self, g: Any) -> Any:
-        eye = torch.eye(self.n, dtype=self.J.dtype, device=self.J.device)
-        scale = g.reshape(-1, 1, 1) if isinstance(g, torch.Tensor) else g
-        return torch.linalg.lu_factor(eye - scale * self.J)
-
-    def prepare(self, ev, t, z, g, weights):
-        if self.J is None:
-            self.J = self._form(ev, t, z)
-            self.fresh = True
-            self.stats.jacobians = (self.stats.jacobians or 0) + 1
-            self._lu = None
-        if self._lu is None or not _same(self._lu[0], g):
-            self._lu = (g, self._factor(g))
+        return torch.linalg.lu_factor(shifted_blocks(self.J, g))
 
     def solve(self, r):
         x = torch.linalg.lu_solve(*self._lu[1], r.reshape(self.batch, self.n, 1))

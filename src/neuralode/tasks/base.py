@@ -192,12 +192,14 @@ class TrainOptions:
         """The :class:`~neuralode.NeuralODEBlock` arguments these options set."""
         return {name: getattr(self, name) for name in SOLVER_OPTIONS}
 
-    def regularizers(self) -> list[nn.Module]:
+    def regularizers(self, scale: str = "sum") -> list[nn.Module]:
+        """The regularizers ``kinetic`` and ``jacobian`` ask for, reducing a sample's state
+        by ``scale`` (see :data:`neuralode.regularizers.SCALES`)."""
         regs: list[nn.Module] = []
         if self.kinetic:
-            regs.append(KineticEnergy(self.kinetic))
+            regs.append(KineticEnergy(self.kinetic, scale=scale))
         if self.jacobian:
-            regs.append(JacobianFrobenius(self.jacobian))
+            regs.append(JacobianFrobenius(self.jacobian, scale=scale))
         return regs
 
     def resolved_device(self) -> torch.device:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
-from ..regularizers import SCALES, JacobianFrobenius, KineticEnergy
+from ..regularizers import SCALES
 from ..toy_densities import TOY_DATASETS, get_toy
 from .base import (
     ModelRegistry,
@@ -158,13 +158,8 @@ class DensityOptions(
         "tuned) or sum (over its elements)", choices=SCALES, group="ODE solver",
     )  # fmt: skip
 
-    def regularizers(self) -> list[nn.Module]:
-        regs: list[nn.Module] = []
-        if self.kinetic:
-            regs.append(KineticEnergy(self.kinetic, scale=self.regularizer_scale))
-        if self.jacobian:
-            regs.append(JacobianFrobenius(self.jacobian, scale=self.regularizer_scale))
-        return regs
+    def regularizers(self, scale: str | None = None) -> list[nn.Module]:
+        return super().regularizers(self.regularizer_scale if scale is None else scale)
 
     @property
     def image(self) -> bool:
