@@ -21,7 +21,8 @@ the dynamics with their exact trace, and the backward pass through them, with no
     pip install zuko    # (or: pip install -e ".[bench]")
     python benchmarks/density_peers.py [--repeats 8] [--chunk 5] [--pretrain 300]
 
-torchdyn (its CNF) is included when it imports; with torch 2.13.0 it does not (see README).
+torchdyn (its CNF) is included when it imports; with torch 2.13.0 it does not (see
+docs/benchmarks.md).
 Goal (issue 14): ≥ 2× zuko and ≥ 2× the same flow on the torchdiffeq backend.
 """
 
