@@ -4,7 +4,7 @@ residual stack they generalise."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -64,6 +64,10 @@ class NeuralODEBlock(nn.Module):
     After each forward pass ``stats`` holds the solve's counters; its backward counters fill in
     when gradients are computed.
     """
+
+    func: nn.Module
+    integration_times: torch.Tensor
+    _regularized: RegularizedDynamics | None
 
     def __init__(
         self,
@@ -192,20 +196,20 @@ class NeuralODEBlock(nn.Module):
             h = torch.cat([h, pad], dim=1)
         whole = self.return_trajectory or times is not None
         times = (self.integration_times if times is None else times).to(dtype=h.dtype)
-        if self.has_regularizers:
-            self.dynamics.begin_solve(h)
-            y0: Any = (h, *(h.new_zeros(h.shape[0]) for _ in self.dynamics.regularizers))
+        regularized = self._regularized
+        if regularized is not None:
+            regularized.begin_solve(h)
+            y0: Any = (h, *(h.new_zeros(h.shape[0]) for _ in regularized.regularizers))
         else:
             y0 = h
         sol = self.solve(y0, times)
-        if not self.has_regularizers:
+        if regularized is None:
             self.last_regularization = None
             self.last_regularization_terms = {}
             return (sol if whole else sol[-1]), None
         traj, *accumulated = sol
         terms = {
-            r.name: r.weight * acc[-1].mean()
-            for r, acc in zip(self.dynamics.regularizers, accumulated)
+            r.name: r.weight * acc[-1].mean() for r, acc in zip(regularized.terms, accumulated)
         }
         publish_regularization(terms)
         reg = torch.stack(list(terms.values())).sum()
@@ -424,5 +428,5 @@ def regularization_loss(module: nn.Module) -> torch.Tensor | None:
         if isinstance(m, NeuralODEBlock) or isinstance(
             getattr(m, "ode_block", None), NeuralODEBlock
         ):
-            total = _sum_reg(total, m.last_regularization)
+            total = _sum_reg(total, cast("torch.Tensor | None", m.last_regularization))
     return total

@@ -14,8 +14,11 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 __all__ = ["build_parser", "main"]
 
@@ -34,10 +37,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
-def _typed(kind: type):
+def _typed(kind: type) -> Callable[[str], Any]:
     names = {int: "an integer", float: "a number", str: "a string"}
 
-    def convert(text: str):
+    def convert(text: str) -> Any:
         try:
             return kind(text)
         except ValueError:
@@ -60,7 +63,7 @@ def _positive_int(text: str) -> int:
 # ---------------------------------------------------------------------------- train
 
 
-def _add_task_parser(sub, task_cls) -> None:
+def _add_task_parser(sub: Any, task_cls: type[Task]) -> None:
     from .tasks.base import option_type
 
     models = task_cls.models
@@ -104,7 +107,7 @@ def _add_task_parser(sub, task_cls) -> None:
     p.set_defaults(func=_cmd_train, task=task_cls.name)
 
 
-def _add_run_flags(g) -> None:
+def _add_run_flags(g: Any) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument(
         "--tensorboard",
@@ -114,11 +117,11 @@ def _add_run_flags(g) -> None:
     g.add_argument(
         "--no-allocator-tuning",
         action="store_true",
-        help="keep the C library's default malloc thresholds (see README)",
+        help="keep the C library's default malloc thresholds (see docs/guide/training.md)",
     )
 
 
-def _explicit_options(args: argparse.Namespace, options_cls) -> dict[str, Any]:
+def _explicit_options(args: argparse.Namespace, options_cls: type) -> dict[str, Any]:
     return {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(options_cls)
@@ -215,7 +218,13 @@ def _cmd_diagnose(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
     return 0 if report.ok else 1
 
 
-def _add_run_dir_parser(sub, name: str, help: str, func, batch_default: int | None) -> None:
+def _add_run_dir_parser(
+    sub: Any,
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace, Sequence[Any]], int],
+    batch_default: int | None,
+) -> None:
     p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (as given to --out)")
     p.add_argument(

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,7 +88,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "neuralode"
 
 
-def _candidates(data_dir: str | os.PathLike | None) -> list[Path]:
+def _candidates(data_dir: str | os.PathLike[str] | None) -> list[Path]:
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir))
@@ -102,7 +103,7 @@ def _holds_mnist(folder: Path) -> bool:
     return all((folder / name).is_file() for name in MNIST_FILES)
 
 
-def find_mnist(data_dir: str | os.PathLike | None = None) -> Path | None:
+def find_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The first folder holding all four MNIST files: ``DATA_DIR/mnist``, then ``DATA_DIR``
     itself (a data folder given as the ``mnist`` folder), then ``$NEURALODE_DATA_DIR/mnist``,
     then the user cache directory."""
@@ -184,14 +185,14 @@ def _download(name: str, folder: Path, retries: int, progress: bool) -> None:
     )
 
 
-def _progress_bar(total: int, name: str):
+def _progress_bar(total: int, name: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total or None, unit="B", unit_scale=True, desc=name, leave=False)
 
 
 def load_mnist(
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
     retries: int = 3,
     progress: bool = False,

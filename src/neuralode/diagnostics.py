@@ -200,18 +200,31 @@ def _diagnose(
             p.grad = saved_grads[n]
 
 
-def _passes(model, inputs, target, loss_fn, named, report: DiagnosticReport) -> None:
+def _passes(
+    model: nn.Module,
+    inputs: Any,
+    target: Any,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None,
+    named: list[tuple[str, nn.Parameter]],
+    report: DiagnosticReport,
+) -> None:
     """The forward and backward passes and what they show."""
     entries: dict[NeuralODEBlock, torch.Tensor] = {}  # the state each block starts from
     blocks = ode_blocks(model)
     for block in blocks:  # every solve goes through block.solve: wrap it on the instance
 
-        def solve(y0, *args, _block=block, _solve=block.solve, **kwargs):
+        def solve(
+            y0: Any,
+            *args: Any,
+            _block: NeuralODEBlock = block,
+            _solve: Callable[..., Any] = block.solve,
+            **kwargs: Any,
+        ) -> Any:
             h = y0 if isinstance(y0, torch.Tensor) else y0[0]  # (a tuple: h and integrals)
             entries.setdefault(_block, h.detach())
             return _solve(y0, *args, **kwargs)
 
-        block.solve = solve
+        block.solve = solve  # type: ignore[method-assign]  # (on this instance, undone below)
     try:
         output = model(inputs)
         if isinstance(output, tuple):  # a block with regularizers returns (h, reg)
@@ -326,13 +339,13 @@ def _cost_report(fwd: SolveStats, report: DiagnosticReport) -> None:
         and (report.steps_per_solve or 0) >= MANY_STEPS
     )
     if stiff:
-        rejected = (
+        rejected_text = (
             ""
             if report.rejected_ratio is None
             else f", {100 * report.rejected_ratio:.0f}% of them rejected"
         )
         report.warnings.append(
-            f"stiff dynamics: {report.steps_per_solve:.0f} steps per solve{rejected}, each "
+            f"stiff dynamics: {report.steps_per_solve:.0f} steps per solve{rejected_text}, each "
             f"bounded by stability (mean step × |Jacobian eigenvalue| ≈ "
             f"{report.step_times_jacobian:.2g}), {report.nfe_per_solve:.0f} evaluations per "
             f"solve. What works: {STIFF_REMEDIES}"

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ __all__ = [
 _TMP_SUFFIX = ".tmp"  # temporaries are named .NAME.XXXXXX.tmp beside their target
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``writer(fh)`` atomically: all of it or, on any failure, nothing
     (the previous version stays). A full disk or a file-size limit is an ``OSError`` that says
     so and names the file."""
@@ -70,10 +71,10 @@ def _explain_write_error(err: OSError, path: Path) -> OSError:
     return OSError(err.errno, f"{why} while writing {path}; {kept}. {fix}")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
     """Delete the temporary files of atomic writes that a killed process left in ``folder``
     (call it only while holding the folder's :class:`RunLock`); return their names."""
-    removed = []
+    removed: list[str] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
@@ -84,7 +85,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     return sorted(removed)
 
 
-def check_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+def check_folder(path: str | os.PathLike[str], what: str = "--out") -> Path:
     """``path`` as a folder that is or can be created: a clear ``ValueError`` when it (or a
     parent) is a file."""
     path = Path(path)
@@ -107,7 +108,7 @@ class RunLock:
 
     NAME = ".lock"
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.path = self.folder / self.NAME
         self._fd: int | None = None
@@ -166,9 +167,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _lock_fd(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":
         import msvcrt
 
         try:
@@ -176,6 +175,8 @@ def _lock_fd(fd: int) -> None:
         except OSError:
             raise BlockingIOError from None
         return
+    import fcntl
+
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
@@ -194,14 +195,14 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as indented JSON to ``path``, atomically (values JSON cannot hold as
     strings)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` (dicts; the columns are every key, in order of first appearance) as CSV to
     ``path``, atomically."""
     columns: list[str] = []

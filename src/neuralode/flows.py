@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -76,7 +76,8 @@ class ConcatSquashLinear(nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(1, 1)
-        return self.layer(x) * torch.sigmoid(self.hyper_gate(tt)) + self.hyper_bias(tt)
+        out: torch.Tensor = self.layer(x) * torch.sigmoid(self.hyper_gate(tt)) + self.hyper_bias(tt)
+        return out
 
 
 def _activation(name: str) -> nn.Module:
@@ -145,6 +146,9 @@ def _flow_norm(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
 class _FlowDynamics(nn.Module):
     """``f`` and what is integrated beside it: the state is ``(x, logdet, *regularizers)``."""
 
+    kinetic: KineticEnergy | None
+    frobenius: JacobianFrobenius | None
+
     def __init__(
         self,
         func: nn.Module,
@@ -175,14 +179,17 @@ class _FlowDynamics(nn.Module):
             if self.divergence == "exact":
                 div, frob = self._exact(x, dx, outer_grad)
             else:
-                (vjp,) = torch.autograd.grad(dx, x, self.noise, create_graph=outer_grad)
-                div = _sum(vjp * self.noise)
+                noise = self.noise
+                if noise is None:
+                    raise RuntimeError("Hutchinson's estimator needs the CNF to draw its noise")
+                (vjp,) = torch.autograd.grad(dx, x, noise, create_graph=outer_grad)
+                div = _sum(vjp * noise)
                 frob = _sum(vjp * vjp) if self.frobenius is not None else None
         out = [dx, div]
         numel = x[0].numel()
         if self.kinetic is not None:
             out.append(_sum(dx * dx) * self.kinetic.factor(numel))
-        if self.frobenius is not None:
+        if self.frobenius is not None and frob is not None:
             out.append(frob * self.frobenius.factor(numel))
         if not outer_grad:
             return tuple(o.detach() for o in out)
@@ -239,6 +246,8 @@ class CNF(nn.Module):
 
     After a forward pass ``stats`` holds the solve's counters.
     """
+
+    ode_block: NeuralODEBlock
 
     def __init__(
         self,
@@ -319,9 +328,9 @@ class CNF(nn.Module):
         return self
 
     @property
-    def dynamics(self) -> nn.Module:
+    def dynamics(self) -> _FlowDynamics:
         """What is integrated: ``func`` with the log-determinant and the regularizers."""
-        return self.ode_block.func
+        return cast(_FlowDynamics, self.ode_block.func)
 
     def _draw_noise(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.dynamics.divergence == "exact":
@@ -335,7 +344,7 @@ class CNF(nn.Module):
             return self.T + self.steer * (2 * float(torch.rand(())) - 1)
         return self.T
 
-    def _solve(self, y0: tuple[torch.Tensor, ...], times: torch.Tensor) -> tuple:
+    def _solve(self, y0: tuple[torch.Tensor, ...], times: torch.Tensor) -> tuple[torch.Tensor, ...]:
         block = self.ode_block
         options = None
         if (
@@ -344,7 +353,8 @@ class CNF(nn.Module):
             and get_backend(block.backend).is_adaptive(block.method)
         ):
             options = {"norm": _flow_norm}
-        return block.solve(y0, times, options)
+        solution: tuple[torch.Tensor, ...] = block.solve(y0, times, options)
+        return solution
 
     def integrate(
         self, h: torch.Tensor, times: torch.Tensor | None = None
@@ -363,9 +373,8 @@ class CNF(nn.Module):
         y0 = (h, h.new_zeros(h.shape[0]), *(h.new_zeros(h.shape[0]) for _ in range(n_reg)))
         sol = self._solve(y0, times)
         traj, logdet, *accumulated = sol
-        terms = {
-            r.name: r.weight * acc[-1].mean() for r, acc in zip(self.flow_regularizers, accumulated)
-        }
+        regularizers = cast("list[AbstractRegularizer]", list(self.flow_regularizers))
+        terms = {r.name: r.weight * acc[-1].mean() for r, acc in zip(regularizers, accumulated)}
         publish_regularization(terms)
         self.last_regularization_terms = terms
         self.last_regularization = torch.stack(list(terms.values())).sum() if terms else None
@@ -390,6 +399,11 @@ class CNF(nn.Module):
         self.last_regularization, self.last_regularization_terms = None, {}
         return x if whole else x[-1]
 
+    @property
+    def tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` in force for the current mode."""
+        return self.ode_block.tolerances
+
     def extra_repr(self) -> str:
         return (
             f"T={self.T}, divergence={self.divergence!r}, "
@@ -411,8 +425,6 @@ def _block_setting(name: str) -> property:
 for _name in ("method", "rtol", "atol", "eval_rtol", "eval_atol", "gradient", "adjoint",
               "options", "adjoint_options", "backend", "stats"):  # fmt: skip
     setattr(CNF, _name, _block_setting(_name))
-CNF.tolerances = property(lambda self: self.ode_block.tolerances,  # type: ignore[attr-defined]
-                          doc="``(rtol, atol)`` in force for the current mode.")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ other layers
@@ -441,7 +453,7 @@ class SequentialFlow(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         for layer in reversed(self.layers):
-            z = layer.inverse(z)
+            z = cast(Any, layer).inverse(z)  # (checked on construction: every layer has one)
         return z
 
 
@@ -500,7 +512,8 @@ class FlowDensity(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self.flow(x)
-        return standard_normal_log_prob(z) + logdet
+        log_prob: torch.Tensor = standard_normal_log_prob(z) + logdet
+        return log_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
@@ -570,7 +583,7 @@ class MultiscaleCNF(nn.Module):
         h, logdet = self.logit(x)
         out = []
         for s, blocks in enumerate(self.scales):
-            for cnf in blocks:
+            for cnf in cast(nn.ModuleList, blocks):
                 h, ld = cnf(h)
                 logdet = logdet + ld
             if s < len(self.scales) - 1:
@@ -580,7 +593,8 @@ class MultiscaleCNF(nn.Module):
                 h = h[:, half:]
         out.append(h)
         z = torch.cat([o.reshape(o.shape[0], -1) for o in out], 1)
-        return standard_normal_log_prob(z) + logdet
+        log_prob: torch.Tensor = standard_normal_log_prob(z) + logdet
+        return log_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
@@ -596,8 +610,8 @@ class MultiscaleCNF(nn.Module):
         for s in range(len(self.scales) - 1, -1, -1):
             if s < len(self.scales) - 1:
                 x = self.squeeze.inverse(torch.cat([parts[s], x], 1))
-            for cnf in reversed(self.scales[s]):
-                x = cnf.inverse(x)
+            for cnf in reversed(cast(nn.ModuleList, self.scales[s])):
+                x = cast(CNF, cnf).inverse(x)
         return self.logit.inverse(x)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -606,5 +620,5 @@ class MultiscaleCNF(nn.Module):
         return self.inverse(torch.randn((n, dim), generator=generator).to(p.device, p.dtype))
 
 
-def _copy_reg(r: AbstractRegularizer) -> AbstractRegularizer:
+def _copy_reg(r: KineticEnergy | JacobianFrobenius) -> KineticEnergy | JacobianFrobenius:
     return type(r)(r.weight, scale=r.scale)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-def pyplot():
+def pyplot() -> Any:
     """``matplotlib.pyplot`` with the non-interactive Agg backend (pictures go to files)."""
     import matplotlib
 
@@ -31,11 +31,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Write a figure as a PNG file atomically and close it."""
     from .files import atomic_write
 
-    def write(fh):
+    def write(fh: IO[bytes]) -> None:
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
 
     atomic_write(path, write)
@@ -110,7 +110,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) ->
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 
-    def curve(ax, key: str, label: str, style: str = "o-") -> None:
+    def curve(ax: Any, key: str, label: str, style: str = "o-") -> None:
         values = [r.get(key) for r in rows]
         if any(isinstance(v, (int, float)) for v in values):
             ax.plot(epochs, [v if isinstance(v, (int, float)) else float("nan") for v in values],
@@ -136,7 +136,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric: str) ->
     return save_figure(fig, path)
 
 
-def _hist2d(ax, pts: torch.Tensor, lim: float, title: str) -> None:
+def _hist2d(ax: Any, pts: torch.Tensor, lim: float, title: str) -> None:
     ax.hist2d(pts[:, 0].numpy(), pts[:, 1].numpy(), bins=120, range=[[-lim, lim], [-lim, lim]],
               cmap="inferno")  # fmt: skip
     ax.set_title(title)
@@ -170,7 +170,7 @@ def plot_density(model: Any, data: Any, path: Path, device: Any, n: int = 20_000
     return save_figure(fig, path)
 
 
-def _scatter_frame(ax, pts: torch.Tensor, lim: float, title: str) -> None:
+def _scatter_frame(ax: Any, pts: torch.Tensor, lim: float, title: str) -> None:
     ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, alpha=0.5, color="C0")
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
@@ -221,7 +221,7 @@ def save_flow_gif(path_xy: torch.Tensor, path: Path, ms_per_frame: int = 120) ->
         images.append(Image.open(buf).convert("P"))
     images += [images[-1]] * 8  # rest on the data
 
-    def write(fh):
+    def write(fh: IO[bytes]) -> None:
         images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
                        duration=ms_per_frame, loop=0)  # fmt: skip
 

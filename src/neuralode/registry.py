@@ -45,7 +45,9 @@ class Registry(Generic[T]):
         self, name: str, obj: None = None, *, replace: bool = False
     ) -> Callable[[T], T]: ...
 
-    def register(self, name: str, obj: T | None = None, *, replace: bool = False):
+    def register(
+        self, name: str, obj: T | None = None, *, replace: bool = False
+    ) -> T | Callable[[T], T]:
         """Register ``obj`` under ``name`` and return it; without ``obj``, a decorator.
 
         A name registered already is replaced, with a ``UserWarning`` unless ``replace`` says

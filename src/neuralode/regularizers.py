@@ -8,7 +8,8 @@ This works with direct backpropagation and with the adjoint (the integrand is di
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from collections.abc import Iterator
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -192,8 +193,13 @@ class RegularizedDynamics(nn.Module):
         self.regularizers = nn.ModuleList(regularizers)
         self._jacobian = any(r.needs_jacobian for r in regularizers)
 
+    @property
+    def terms(self) -> Iterator[AbstractRegularizer]:
+        """The regularizers, in order (``regularizers`` is their ``nn.ModuleList``)."""
+        return cast("Iterator[AbstractRegularizer]", iter(self.regularizers))
+
     def begin_solve(self, h0: torch.Tensor) -> None:
-        for r in self.regularizers:
+        for r in self.terms:
             r.begin_solve(h0)
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -201,12 +207,12 @@ class RegularizedDynamics(nn.Module):
         outer_grad = torch.is_grad_enabled()
         if not self._jacobian:
             dh = self.func(t, h)
-            return (dh, *(r.integrand(t, h, dh, outer_grad) for r in self.regularizers))
+            return (dh, *(r.integrand(t, h, dh, outer_grad) for r in self.terms))
         with torch.enable_grad():
             if not h.requires_grad:
                 h = h.detach().requires_grad_(True)
             dh = self.func(t, h)
-            terms = [r.integrand(t, h, dh, outer_grad) for r in self.regularizers]
+            terms = [r.integrand(t, h, dh, outer_grad) for r in self.terms]
         if not outer_grad:
             return (dh.detach(), *(x.detach() for x in terms))
         return (dh, *terms)

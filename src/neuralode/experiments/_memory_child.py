@@ -20,7 +20,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec.get("device", "cpu"))
     batch = int(spec.get("batch", 128))
     task = str(spec.get("task", "mnist"))
-    model = get_task(task)(make_options(task, **spec["options"])).build_model().to(device)
+    model: Any = get_task(task)(make_options(task, **spec["options"])).build_model().to(device)
 
     block_only = bool(spec.get("block_only", False))
     feats = {}

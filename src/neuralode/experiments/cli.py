@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .runner import Experiment
 
 __all__ = ["register"]
 
@@ -27,18 +31,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _report(exp) -> int:
+def _report(exp: Experiment) -> int:
     print((exp.out / "report.md").read_text())
     print(f"results: {exp.out}/results.csv, {exp.out}/results.json, {exp.out}/report.md")
     return 0
 
 
-def _run(args, callbacks=()) -> int:
+def _run(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     from . import run_compare, run_depth_study, run_tolerance_study
 
-    runner = {"compare": run_compare, "tolerance": run_tolerance_study, "depth": run_depth_study}[
-        getattr(args, "study", None) or args.command
-    ]
+    runners: dict[str, Callable[..., Experiment]] = {
+        "compare": run_compare,
+        "tolerance": run_tolerance_study,
+        "depth": run_depth_study,
+    }
+    runner = runners[getattr(args, "study", None) or args.command]
     exp = runner(
         args.out,
         args.budget,
@@ -50,7 +57,7 @@ def _run(args, callbacks=()) -> int:
     return _report(exp)
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     """Add the ``compare`` subcommand to the command line's subparsers ``sub``."""
     p = sub.add_parser("compare", help="Neural ODE against the ResNet of the same stem and head")
     _common(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,10 @@ __all__ = ["run_compare"]
 
 logger = logging.getLogger(__name__)
 
-MODELS = {"ode": {"model": "ode"}, "resnet": {"model": "resnet", "num_blocks": 6}}
+MODELS: dict[str, dict[str, Any]] = {
+    "ode": {"model": "ode"},
+    "resnet": {"model": "resnet", "num_blocks": 6},
+}
 
 
 def _forward_ms(
@@ -66,7 +69,11 @@ def run_compare(
             exp, name, b, data_dir, progress, device=str(dev), **kw
         )
 
-        def measure(name: str = name, kw: dict[str, Any] = kw, train_it=train_it) -> dict:
+        def measure(
+            name: str = name,
+            kw: dict[str, Any] = kw,
+            train_it: Callable[[], dict[str, Any]] = train_it,
+        ) -> dict[str, Any]:
             s = train_it()
             mem = measure_training_step({"options": kw}, str(dev))
             return {
@@ -93,7 +100,9 @@ def run_compare(
                 "batch": 1024,
             }
 
-            def mem_row(gradient: str = gradient, t1: float = t1, spec=spec) -> dict[str, Any]:
+            def mem_row(
+                gradient: str = gradient, t1: float = t1, spec: dict[str, Any] = spec
+            ) -> dict[str, Any]:
                 m = measure_training_step(spec, str(dev))
                 return {
                     "model": f"ode ({gradient})",
@@ -173,7 +182,7 @@ def _plots(exp: Experiment) -> list[str]:
     return ["comparison.png", "memory_vs_time.png"]
 
 
-def _save(fig, exp: Experiment, name: str) -> None:
+def _save(fig: Any, exp: Experiment, name: str) -> None:
     from ..plotting import save_figure as save_png
 
     save_png(fig, exp.out / name)

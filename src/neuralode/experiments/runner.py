@@ -11,7 +11,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..tasks.base import TrainOptions
 
 from ..errors import ExperimentMismatch, InvalidArgumentError
 from ..files import atomic_write, write_csv, write_json
@@ -49,11 +52,11 @@ class Experiment:
 
     def __init__(
         self,
-        out_dir: str | os.PathLike,
+        out_dir: str | os.PathLike[str],
         title: str,
         command: Sequence[str] | None,
         settings: dict[str, Any] | None = None,
-    ):
+    ) -> None:
         self.out = Path(out_dir)
         self.title = title
         self.settings = dict(settings or {})
@@ -163,7 +166,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def run_options(budget: Budget, data_dir: str | None, **overrides: Any):
+def run_options(budget: Budget, data_dir: str | None, **overrides: Any) -> TrainOptions:
     """The MNIST task's options of one configuration under ``budget``."""
     return make_options(
         "mnist",
@@ -177,7 +180,12 @@ def run_options(budget: Budget, data_dir: str | None, **overrides: Any):
 
 
 def train_configuration(
-    exp: Experiment, key: str, budget: Budget, data_dir: str | None, progress: bool, **overrides
+    exp: Experiment,
+    key: str,
+    budget: Budget,
+    data_dir: str | None,
+    progress: bool,
+    **overrides: Any,
 ) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:
     """The options of one configuration, and a function training it into ``OUT/runs/KEY``
     (resuming it if it was interrupted) and returning its summary."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..plotting import pyplot, save_figure
@@ -44,7 +44,9 @@ def run_tolerance_study(
             device=_device(device),
         )  # fmt: skip
 
-        def one(tol: float = tol, train_it=train_it) -> dict[str, Any]:
+        def one(
+            tol: float = tol, train_it: Callable[[], dict[str, Any]] = train_it
+        ) -> dict[str, Any]:
             s = train_it()
             return {
                 "rtol": tol,
@@ -120,7 +122,9 @@ def run_depth_study(
             device=_device(device),
         )  # fmt: skip
 
-        def one(depth: int = depth, train_it=train_it) -> dict[str, Any]:
+        def one(
+            depth: int = depth, train_it: Callable[[], dict[str, Any]] = train_it
+        ) -> dict[str, Any]:
             s = train_it()
             return {
                 "model": "resnet",

@@ -73,7 +73,11 @@ class IrregularSeries:
 
     def to(self, device: Any) -> IrregularSeries:
         return IrregularSeries(
-            *(None if v is None else v.to(device) for v in dataclasses.astuple(self))
+            self.times.to(device),
+            self.values.to(device),
+            self.mask.to(device),
+            self.lengths.to(device),
+            None if self.labels is None else self.labels.to(device),
         )
 
     def observed(self) -> torch.Tensor:
@@ -98,7 +102,10 @@ class IrregularSeries:
         return torch.where((last >= 0) | (first < n), out, torch.zeros_like(out))
 
 
-def _pack(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], labels=None):
+def _pack(
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    labels: torch.Tensor | None = None,
+) -> IrregularSeries:
     """Series of different lengths → an :class:`IrregularSeries` (padding as the module says)."""
     n = max(len(t) for t, _, _ in rows)
     c = rows[0][1].shape[-1]
@@ -211,7 +218,7 @@ _NO_DATA = (
 )
 
 
-def _uea_file(name: str, split: str, data_dir: str | os.PathLike | None) -> Path:
+def _uea_file(name: str, split: str, data_dir: str | os.PathLike[str] | None) -> Path:
     file = f"{name}_{split.upper()}.ts"
     candidates = []
     if data_dir is not None:
@@ -256,7 +263,7 @@ def read_ts(path: Path) -> tuple[list[torch.Tensor], list[str]]:
 def load_uea(
     name: str,
     split: str,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     classes: list[str] | None = None,
 ) -> tuple[IrregularSeries, list[str]]:
     """A UEA dataset's ``"train"`` or ``"test"`` split as an :class:`IrregularSeries` (times

@@ -123,7 +123,7 @@ class NaturalCubicSpline(_Path):
         self.c = second[:, :-1] / 2
         self.d = (second[:, 1:] - second[:, :-1]) / (6 * hh)
 
-    def _coefficients(self, t: Any):
+    def _coefficients(self, t: Any) -> tuple[torch.Tensor, ...]:
         seg, s, inside = self._locate(t)
         idx = seg.reshape(-1, 1, 1).expand(-1, 1, self.a.shape[-1])
         a, b, c, d = (z.gather(1, idx).squeeze(1) for z in (self.a, self.b, self.c, self.d))

@@ -12,7 +12,8 @@ every gradient method.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -104,14 +105,18 @@ class ODERNN(nn.Module):
     update and after every point, ``(batch, n, hidden)``. With ``reverse=True`` the series is
     read from its last observation back to its first (the latent ODE's encoder)."""
 
-    def __init__(self, channels: int, hidden: int = 32, ode_hidden: int = 64, **solver: Any):
+    def __init__(
+        self, channels: int, hidden: int = 32, ode_hidden: int = 64, **solver: Any
+    ) -> None:
         super().__init__()
         self.hidden = hidden
         self.func = ODEFunc(hidden, ode_hidden, depth=1, activation="tanh")
         self.block = _per_sample_block(self.func, solver)
         self.cell = nn.GRUCell(2 * channels, hidden)
 
-    def forward(self, series: IrregularSeries, reverse: bool = False):
+    def forward(
+        self, series: IrregularSeries, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         times, values, mask = series.times, series.values, series.mask
         batch, n = times.shape
         rows = torch.arange(batch, device=times.device)
@@ -119,7 +124,7 @@ class ODERNN(nn.Module):
         observed = series.observed()
         order = range(n - 1, -1, -1) if reverse else range(n)
         t_prev = times[rows, series.lengths - 1] if reverse else times[:, 0]
-        hs = [None] * n
+        hs: list[torch.Tensor] = [h] * n  # (every entry is set below)
         for i in order:
             t_i = times[:, i]
             if bool((t_i != t_prev).any()):  # padding repeats a time: nothing to integrate
@@ -134,7 +139,7 @@ class ODERNN(nn.Module):
 class ODERNNClassifier(nn.Module):
     """An :class:`ODERNN` read out by a linear layer after its last observation."""
 
-    def __init__(self, channels: int, classes: int, hidden: int = 32, **solver: Any):
+    def __init__(self, channels: int, classes: int, hidden: int = 32, **solver: Any) -> None:
         super().__init__()
         self.rnn = ODERNN(channels, hidden, **solver)
         self.readout = nn.Linear(hidden, classes)
@@ -224,11 +229,13 @@ class LatentODE(nn.Module):
         if isinstance(self.encoder, ODERNN):
             h, _ = self.encoder(series, reverse=True)
         else:
-            h = self.encoder.encode(series, reverse=True)
+            h = cast(GRUDeltaT, self.encoder).encode(series, reverse=True)
         mu, raw = self.to_posterior(h).chunk(2, dim=-1)
         return mu, nn.functional.softplus(raw) + 1e-4
 
-    def latent_path(self, z0: torch.Tensor, start: torch.Tensor, times: torch.Tensor):
+    def latent_path(
+        self, z0: torch.Tensor, start: torch.Tensor, times: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``z`` at ``times`` ``(batch, m)`` from ``z0`` at ``start`` ``(batch,)``: shape
         ``(batch, m, latent)``, and with a Poisson process the integrated intensity from
         ``start`` to each time ``(batch, m)`` (else ``None``)."""
@@ -287,7 +294,7 @@ class LatentODE(nn.Module):
         var = self.obs_std**2
         log_px = -0.5 * ((target.values - mean) ** 2 / var + math.log(2 * math.pi * var))
         log_px = (log_px * m).sum(dim=(2, 3))  # (k, batch)
-        if self.poisson:
+        if self.poisson and intensity_integral is not None:
             z = path.reshape(k, b, *path.shape[1:])
             rate = self.func.intensity(z)  # (k, batch, m)
             seen = target.observed()
@@ -396,12 +403,14 @@ class GRUD(nn.Module):
         self.readout = nn.Linear(hidden, classes)
         self.register_buffer("means", torch.zeros(channels) if means is None else means.clone())
 
-    def _steps(self, series: IrregularSeries):
+    def _steps(
+        self, series: IrregularSeries
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(i, x̂_i, m_i, δ_i)`` for every point ``i``."""
         times, values = series.times, series.values
         mask = series.mask * series.valid().unsqueeze(-1)
         batch, n, c = values.shape
-        means = self.means.to(values.dtype)
+        means = cast(torch.Tensor, self.means).to(values.dtype)
         last = means.expand(batch, c)
         delta = values.new_zeros(batch, c)
         for i in range(n):
@@ -485,7 +494,10 @@ class NeuralCDE(nn.Module):
         **solver: Any,
     ) -> None:
         super().__init__()
-        paths = {"cubic": NaturalCubicSpline, "linear": LinearInterpolation}
+        paths: dict[str, type[NaturalCubicSpline] | type[LinearInterpolation]] = {
+            "cubic": NaturalCubicSpline,
+            "linear": LinearInterpolation,
+        }
         if interpolation not in paths:
             raise InvalidArgumentError(
                 f"interpolation must be 'cubic' or 'linear', got {interpolation!r}"
@@ -505,7 +517,7 @@ class NeuralCDE(nn.Module):
         self._options = dict(self.block.options)
         self.readout = nn.Linear(hidden, classes)
 
-    def path(self, series: IrregularSeries):
+    def path(self, series: IrregularSeries) -> NaturalCubicSpline | LinearInterpolation:
         """The interpolated path of ``series`` over the observation index."""
         n = series.times.shape[1]
         index = torch.arange(n, dtype=series.values.dtype, device=series.values.device)

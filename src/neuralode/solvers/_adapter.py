@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -174,6 +174,7 @@ def translate(
                     f"got {value!r}"
                 )
             lane = LANES.get(value)()
+    ctrl: AbstractStepSizeController
     try:
         if on_method:
             method = method.configured(**on_method)
@@ -206,7 +207,7 @@ def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> Ste
             f"{name}['controller'] replaces the options {both}: give them to the controller "
             f"object instead (e.g. PIController({both[0]}=...))"
         )
-    return own.replace(rtol=rtol, atol=atol, **on_controller)
+    return cast(StepSizeController, own.replace(rtol=rtol, atol=atol, **on_controller))
 
 
 def _gradient(gradient: Any) -> GradientMethod:
@@ -278,7 +279,9 @@ def odeint(
         NonFiniteStateError: if the state becomes NaN or infinite.
         SolverError: if the solver cannot proceed (step size underflow, too many steps).
     """
-    engine = _NATIVE if backend is None and _backends._DEFAULT[0] == "native" else None
+    engine: AbstractBackend | None = (
+        _NATIVE if backend is None and _backends._DEFAULT[0] == "native" else None
+    )
     if engine is None:
         engine = _backends.get_backend(backend)
     check_func(func)
@@ -289,7 +292,7 @@ def odeint(
     grad = _gradient(gradient)
     native = _method(method) if engine is _NATIVE else None
     reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn, grad)
-    if engine is not _NATIVE or reason is not None:
+    if engine is not _NATIVE or reason is not None or native is None:
         d = _delegation()
         call = d.Call(func, y0, t, times, rtol, atol, method, options, event_fn, stats, grad)
         if engine is not _NATIVE:
@@ -362,7 +365,7 @@ def odeint_adjoint(
     reason = _not_native(native, method, y0, t, options, rtol, atol, event_fn, None)
     if reason is None and a_native is None:
         reason = f"adjoint method {a_method!r} is not native"
-    if engine is not _NATIVE or reason is not None:
+    if engine is not _NATIVE or reason is not None or native is None:
         d = _delegation()
         request = AdjointRequest(a_rtol, a_atol, _name(a_method), adjoint_options, adjoint_params)
         call = d.Call(func, y0, t, times, rtol, atol, method, options, event_fn, stats, Direct(),
@@ -479,7 +482,7 @@ class NativeBackend(AbstractBackend):
     def is_adaptive(self, method: str | Method) -> bool:
         native = _method(method)
         if native is None:
-            return _TORCHDIFFEQ.is_adaptive(method)
+            return _TORCHDIFFEQ.is_adaptive(str(method))
         return native.adaptive
 
     def solve(self, request: SolveRequest, stats: SolveStats) -> Any:

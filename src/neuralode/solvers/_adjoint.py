@@ -90,7 +90,7 @@ class Adjoint(GradientMethod):
             return tuple(p for p in self.params if p.requires_grad)
         return super().params_of(func)
 
-    def solve(self, plan, y0, params):
+    def solve(self, plan: Plan, y0: torch.Tensor, params: tuple[torch.Tensor, ...]) -> Any:
         return _ContinuousAdjoint.apply(plan, self, params, y0, *params)
 
     def __repr__(self) -> str:
@@ -190,7 +190,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
         # stiff dynamics (an implicit method) cannot be solved backwards in time: a decaying
         # mode grows there as fast as it decays here. The state then comes from the forward
         # steps kept (memory ∝ steps × state) and only the adjoints are solved backwards.
-        records = [] if plan.method.implicit else None
+        records: list[Any] | None = [] if plan.method.implicit else None
         with torch.no_grad():
             sol = torch.stack(plan.run(plan.evaluator(), y0, records))
         ctx.plan, ctx.spec, ctx.params = plan, spec, params
@@ -243,7 +243,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                 y_ = y.detach().requires_grad_(True)
                 fy = user_ev(s * sign, y_)
                 if fy.requires_grad:
-                    vjps = torch.autograd.grad(
+                    vjps: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
                         fy, (y_, *params), a if sign < 0 else -a, allow_unused=True
                     )
                 else:  # f depends on neither y nor a parameter (dy/dt = g(t)): zero products
@@ -264,13 +264,15 @@ class _ContinuousAdjoint(torch.autograd.Function):
 
         acc_p = [torch.zeros_like(p) for p in params]  # quadrature sums, one per parameter
         augmented = _augmented_parts(n, plan.shapes, params, sol, acc_p)
+        norm: Any
         if user_norm is not None:
             flat_view = _augmented_parts(n, None, params, sol, acc_p)
             view = augmented if spec.norm is user_norm and not spec.flat_norm else flat_view
 
-            def norm(z: torch.Tensor) -> Any:  # called as torchdiffeq calls it
+            def user_view_norm(z: torch.Tensor) -> Any:  # called as torchdiffeq calls it
                 return user_norm(view(z))
 
+            norm = user_view_norm
         elif (
             ctx.seminorm and plan.shapes is None and getattr(plan.controller, "norm", None) is None
         ):
@@ -366,7 +368,7 @@ def _segment(cfg, ctrl, sign, internal, quadrature, trajectory, plan_sign) -> Ad
         step_t.append(hi)
     if trajectory is not None:
         step_t += [sign * plan_sign * k for k in trajectory.knots]
-    step_t = tuple(s for s in step_t if lo < s <= hi)
+    kept = tuple(s for s in step_t if lo < s <= hi)
     return AdaptiveConfig(
         rtol=cfg.rtol,
         atol=cfg.atol,
@@ -374,7 +376,7 @@ def _segment(cfg, ctrl, sign, internal, quadrature, trajectory, plan_sign) -> Ad
         controller=cfg.controller,
         first_step=cfg.first_step,
         max_num_steps=cfg.max_num_steps,
-        step_t=step_t,
+        step_t=kept,
         jump_t=jump_t,
     )
 
@@ -441,7 +443,7 @@ class _Trajectory:
                 self.stepper.restore(rec.state)
                 f0 = self.ev(rec.t, rec.y) if rec.f0 is None else rec.f0
                 y, _ = self.stepper.step(rec.t, rec.y, f0, s - rec.t)
-                if self.stepper.failed:  # Newton did not converge: the cubic through the ends
+                if getattr(self.stepper, "failed", False):  # Newton did not converge: the cubic
                     end, f_end = self.states[k + 1], self.ev(rec.t + rec.dt, self.states[k + 1])
                     y = kernels.hermite(rec.y, end, f0, f_end, rec.dt, (s - rec.t) / rec.dt)
             if len(self._cache) >= self._CACHE:

@@ -175,7 +175,8 @@ def _torchdiffeq_option_keys(method: str) -> frozenset[str]:
 
 def torchdiffeq_callbacks(method: str) -> frozenset[str]:
     """The step callbacks torchdiffeq's ``method`` calls."""
-    return frozenset(_torchdiffeq_solvers()[method].valid_callbacks())
+    solver: Any = _torchdiffeq_solvers()[method]
+    return frozenset(solver.valid_callbacks())
 
 
 class TorchdiffeqBackend(AbstractBackend):
@@ -270,7 +271,8 @@ class _GuardedEvent:
 
     def __init__(self, event_fn: Callable, limit: int, rtol: Any) -> None:
         self.event_fn, self.limit, self.rtol, self.calls = event_fn, limit, rtol, 0
-        self.last_t, self.same = None, 0
+        self.last_t: float | None = None
+        self.same = 0
 
     def __call__(self, t: torch.Tensor, y: Any) -> torch.Tensor:
         self.calls += 1

@@ -3,6 +3,8 @@ the backward pass (the exact gradient of the discrete solve, memory ∝ steps ×
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from . import _kernels as kernels
@@ -31,7 +33,7 @@ class Checkpoint(GradientMethod):
 
     name = "checkpoint"
 
-    def solve(self, plan, y0, params):
+    def solve(self, plan: Plan, y0: torch.Tensor, params: tuple[torch.Tensor, ...]) -> Any:
         return _Checkpointed.apply(plan, params, y0, *params)
 
 
@@ -110,7 +112,8 @@ class _Checkpointed(torch.autograd.Function):
                 adj_f0 = torch.zeros_like(f0)
             for i, g in enumerate(grads):
                 if g is not None:
-                    p_grads[i] = g if p_grads[i] is None else p_grads[i] + g
+                    before = p_grads[i]
+                    p_grads[i] = g if before is None else before + g
         adj = adj + grad_sol[0]
         return (None, None, adj, *p_grads)
 

@@ -223,7 +223,9 @@ class _TensorOps:
         return a | b
 
 
-def _ops(x: Any) -> type[_FloatOps] | type[_TensorOps]:
+def _ops(x: Any) -> Any:
+    """The operations for ``x``'s kind: :class:`_TensorOps` for a tensor, else
+    :class:`_FloatOps` (typed ``Any``: the same calls take floats or tensors)."""
     return _TensorOps if isinstance(x, torch.Tensor) else _FloatOps
 
 
@@ -406,12 +408,26 @@ class StepSizeController(AbstractStepSizeController):
             return max(ratio, 1e-4)
         return _ops(ratio).maximum(ratio, 1e-4)
 
-    def decide(self, ratio: float, dt: float, prev_ratio: float, order: int):
+    def decide(
+        self, ratio: float, dt: float, prev_ratio: float, order: int
+    ) -> tuple[bool, float, float]:
         """The joint lane's decision after an attempt, in one call: ``(accepted, next step,
         the ratio kept for the next decision)``."""
         accepted = self.accept(ratio, dt)
         dt_next = self.next_step(dt, ratio, prev_ratio, order)
         return accepted, dt_next, self.remember(ratio) if accepted else prev_ratio
+
+
+def adaptive_controller(controller: AbstractStepSizeController) -> StepSizeController:
+    """``controller``, checked to be what an adaptive solve reads (a :class:`StepSizeController`:
+    its ``rtol``, ``atol`` and step-size rules)."""
+    if not isinstance(controller, StepSizeController):
+        raise InvalidTypeError(
+            f"{type(controller).__name__} is adaptive, so it must be a StepSizeController (an "
+            "adaptive solve reads its rtol, atol and step rules): subclass "
+            "neuralode.solvers.StepSizeController or PIController"
+        )
+    return controller
 
 
 @dataclasses.dataclass(eq=False)
@@ -455,7 +471,9 @@ class PIController(StepSizeController):
         names = ("factor", "accept", "clamp", "next_step", "remember")
         cls._inline = all(getattr(cls, n) is getattr(PIController, n) for n in names)
 
-    def decide(self, ratio: float, dt: float, prev_ratio: float, order: int):
+    def decide(
+        self, ratio: float, dt: float, prev_ratio: float, order: int
+    ) -> tuple[bool, float, float]:
         if not self._inline:  # a subclass with a formula of its own
             return super().decide(ratio, dt, prev_ratio, order)
         # accept, factor, clamp and remember written out for the joint lane's floats

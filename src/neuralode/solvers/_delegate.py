@@ -15,7 +15,13 @@ from ..errors import InvalidArgumentError, InvalidTypeError, NonFiniteStateError
 from . import _backends
 from ._adapter import _ADAPTIVE, _BOTH, _FIXED, OPTIONS, _checked, translate
 from ._backends import AbstractBackend, AdjointRequest, SolveRequest, TorchdiffeqBackend
-from ._controller import ConstantStepSize, PIController, check_tolerance, parameters
+from ._controller import (
+    AbstractStepSizeController,
+    ConstantStepSize,
+    PIController,
+    check_tolerance,
+    parameters,
+)
 from ._messages import explain, first_nonfinite_time
 from ._methods import Method
 from ._solve import Direct, GradientMethod, is_finite
@@ -115,8 +121,8 @@ def solve_on(engine: AbstractBackend, call: Call, checked: bool = False) -> Any:
             f"unknown adjoint_method {adjoint.method!r}; valid methods are: {valid}"
         )
     if adjoint is not None and adjoint.options is not None:
-        valid = engine.valid_adjoint_options(adjoint.method)
-        a_opts = _checked(adjoint.options, adjoint.method, valid, "adjoint_options")
+        a_valid = engine.valid_adjoint_options(adjoint.method)
+        a_opts = _checked(adjoint.options, adjoint.method, a_valid, "adjoint_options")
         norm = a_opts.get("norm")
         if isinstance(norm, str) and norm not in ("seminorm", "full"):
             raise InvalidArgumentError(
@@ -155,7 +161,7 @@ def _check_values(opts: dict[str, Any], adaptive: bool, rtol: Any, atol: Any) ->
     """The values of torchdiffeq options that the engine's controllers also take, checked by
     those controllers (for methods the native engine does not have)."""
     kind = _ADAPTIVE if adaptive else _FIXED
-    cls = PIController if adaptive else ConstantStepSize
+    cls: type[AbstractStepSizeController] = PIController if adaptive else ConstantStepSize
     fields = parameters(cls)
     kw = {
         param: opts[key]
@@ -165,7 +171,7 @@ def _check_values(opts: dict[str, Any], adaptive: bool, rtol: Any, atol: Any) ->
     }  # fmt: skip
     try:
         if adaptive:
-            cls(rtol=rtol, atol=atol, **kw)
+            PIController(rtol=rtol, atol=atol, **kw)
         else:
             check_tolerance(rtol, "rtol")
             check_tolerance(atol, "atol")

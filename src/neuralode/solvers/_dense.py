@@ -24,7 +24,9 @@ class DenseOutput:
     with a time (a float or a one-element tensor) for the state there, or with a 1-D tensor of
     times for the states there (first dimension indexes them). Times in ``[t[0], t[-1]]``."""
 
-    def __init__(self, plan: Plan, ev: Evaluator, y0: torch.Tensor, steps: list[tuple]):
+    def __init__(
+        self, plan: Plan, ev: Evaluator, y0: torch.Tensor, steps: list[tuple[Any, ...]]
+    ) -> None:
         self._plan, self._ev, self._y0, self._steps = plan, ev, y0, steps
         self._starts = [s[0] for s in steps]
         self._stepper: Stepper | None = None

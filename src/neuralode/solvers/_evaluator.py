@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -66,10 +66,10 @@ class Evaluator:
         self.coupled: int | None = None
         # keywords of the time tensor: none where they are the defaults (a little faster)
         default = dtype is torch.get_default_dtype() and device.type == "cpu"
-        self.time_kw = {} if default else {"dtype": dtype, "device": device}
+        self.time_kw: dict[str, Any] = {} if default else {"dtype": dtype, "device": device}
 
     def unflatten(self, y: torch.Tensor) -> Any:
-        if self.shapes is None:
+        if self.shapes is None or self.numels is None:
             return y
         parts = torch.split(y, self.numels, dim=-1)
         return tuple(p.reshape(s) for p, s in zip(parts, self.shapes, strict=True))
@@ -91,7 +91,7 @@ class Evaluator:
         elif type(s) is float:
             t = torch.scalar_tensor(s * self.sign, **self.time_kw)
         else:  # per-sample times
-            t = (s * self.sign).to(self.dtype)
+            t = cast(torch.Tensor, s * self.sign).to(self.dtype)
         return self.after(self.func(t, y if self.shapes is None else self.unflatten(y)), y)
 
     def after(self, dy: Any, y: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,8 @@ class Evaluator:
         if self.shapes is None:
             if not isinstance(dy, torch.Tensor):
                 raise InvalidTypeError(f"func(t, y) must return a tensor, got {type(dy).__name__}")
-            got, want = tuple(dy.shape), tuple(y.shape)
+            got: tuple[Any, ...] = tuple(dy.shape)
+            want: tuple[Any, ...] = tuple(y.shape)
         else:
             if not isinstance(dy, (tuple, list)) or len(dy) != len(self.shapes):
                 raise InvalidArgumentError(

@@ -312,6 +312,9 @@ class ESDIRK(Method):
 
 
 class _ESDIRKStepper(Stepper):
+    method: ESDIRK
+    tab: DIRKTableau
+
     def __init__(self, method: ESDIRK, ev, k: kernels.Kernels) -> None:
         super().__init__(method, ev, k)
         self.rtol, self.atol = k.rtol, k.atol
@@ -392,7 +395,7 @@ class _ESDIRKStepper(Stepper):
             if differentiable:  # the gradient of the fixed point (see _ImplicitStage)
                 phi = rhs + g * ev(ti, z_star)
                 if phi.requires_grad:
-                    solve_t = _transposed_solve(ev, ti, z_star, g, self.solver)
+                    solve_t = _transposed_solve(ev, ti, z_star, g, self._solver(ti, z_star))
                     z = _ImplicitStage.apply(phi, z_star, solve_t)
             ks.append((z - rhs) / g)
         self.failed = False
@@ -404,7 +407,7 @@ class _ESDIRKStepper(Stepper):
         with torch.no_grad():
             err = kernels.combine(torch.zeros_like(y), ks, self.tab.b_err_terms, dt)
             ratio = self.kernels.scaled_norm(err, y, y1)
-        if ratio <= 1.0:
+        if ratio <= 1.0 and self.solver is not None:
             self.solver.step_done(slow=self.slowest > JACOBIAN_RATE)
         return ratio
 
@@ -439,7 +442,9 @@ ESDIRK.stepper_class = _ESDIRKStepper
 class Kvaerno3(ESDIRK):
     """Kværnø's ESDIRK 3(2), L-stable, stiffly accurate (``method="kvaerno3"``)."""
 
-    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+    def __init__(
+        self, linear_solver: str = "auto", newton_tol: float = 0.03, max_newton_iters: int = 10
+    ) -> None:
         super().__init__(_KVAERNO3, linear_solver, newton_tol, max_newton_iters)
 
 
@@ -447,14 +452,18 @@ class Kvaerno5(ESDIRK):
     """Kværnø's ESDIRK 5(4), 7 stages, L-stable, stiffly accurate (``method="kvaerno5"``): the
     one to reach for on stiff dynamics."""
 
-    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+    def __init__(
+        self, linear_solver: str = "auto", newton_tol: float = 0.03, max_newton_iters: int = 10
+    ) -> None:
         super().__init__(_KVAERNO5, linear_solver, newton_tol, max_newton_iters)
 
 
 class TRBDF2(ESDIRK):
     """TR-BDF2 (order 2 with a 3rd-order estimate), L-stable (``method="trbdf2"``)."""
 
-    def __init__(self, linear_solver="auto", newton_tol=0.03, max_newton_iters=10) -> None:
+    def __init__(
+        self, linear_solver: str = "auto", newton_tol: float = 0.03, max_newton_iters: int = 10
+    ) -> None:
         super().__init__(_TRBDF2, linear_solver, newton_tol, max_newton_iters)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import _kernels as kernels
-from ._implicit import ESDIRK, JACOBIAN_RATE, _ImplicitStage
+from ._implicit import ESDIRK, JACOBIAN_RATE, DIRKTableau, _ImplicitStage
 from ._messages import Status, failure
 from ._methods import Stepper
 from ._newton import block_jacobian, block_transposed_solve, shifted_blocks
@@ -61,6 +61,8 @@ class _Blocks:
             self._lu = (g, torch.linalg.lu_factor(shifted_blocks(self.J, g)))
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
+        if self._lu is None:
+            raise RuntimeError("prepare() forms the blocks before solve()")
         B = r.shape[0]
         return torch.linalg.lu_solve(*self._lu[1], r.reshape(B, self.n, 1)).reshape(r.shape)
 
@@ -81,13 +83,22 @@ class PerSampleESDIRKStepper(Stepper):
     ``(batch,)``; ``ev`` the lane's counting evaluator, whose ``mask`` says which samples an
     evaluation counts for)."""
 
+    method: ESDIRK
+    tab: DIRKTableau
+
     def __init__(self, method: ESDIRK, ev, k) -> None:
         super().__init__(method, ev, k)
         self.rtol, self.atol = k.rtol, k.atol
-        self.blocks: _Blocks | None = None
-        self.eta: torch.Tensor | None = None  # Newton's convergence estimate, per sample
-        self.failed: torch.Tensor | None = None
-        self.slowest: torch.Tensor | None = None
+        self.blocks: _Blocks | None = None  # formed at the first step, for its batch
+        empty = torch.empty(0)
+        self.eta = empty  # Newton's convergence estimate, per sample
+        self.failed = empty  # per sample: the step's Newton iterations did not converge
+        self.slowest = empty  # per sample: the step's slowest contraction rate
+
+    def _blocks(self) -> _Blocks:
+        if self.blocks is None:
+            raise RuntimeError("the per-sample implicit stepper forms its blocks in step()")
+        return self.blocks
 
     def _weights(self, z: torch.Tensor) -> torch.Tensor:
         return z.abs().mul_(self.rtol).add_(self.atol)
@@ -100,7 +111,7 @@ class PerSampleESDIRKStepper(Stepper):
         samples converged. Per sample as :meth:`~._implicit._ESDIRKStepper._newton`: with the
         Jacobian at hand, then once with a fresh one; a sample stops evaluating when it has
         converged or failed."""
-        ev, blocks = self.ev, self.blocks
+        ev, blocks = self.ev, self._blocks()
         kappa = self.method.newton_tol
         max_it = self.method.max_newton_iters
         B = rhs.shape[0]
@@ -194,7 +205,7 @@ class PerSampleESDIRKStepper(Stepper):
                 finally:
                     ev.mask = mask
                 if phi.requires_grad:
-                    solve_t = self.blocks.transposed(ev, ti, z_star, g, ok)
+                    solve_t = self._blocks().transposed(ev, ti, z_star, g, ok)
                     z = _ImplicitStage.apply(phi, z_star, solve_t)
             ks.append((z - rhs) / g_safe)
         self.failed = ev.mask & (dt != 0) & ~ok
@@ -208,8 +219,9 @@ class PerSampleESDIRKStepper(Stepper):
             ratio = torch.where(self.failed, math.inf, ratio)
             accepted = (ratio <= 1.0) & self.ev.mask & (dt != 0)
             # an accepted step ages the Jacobian; one that converged slowly asks for a new one
-            self.blocks.fresh = self.blocks.fresh & ~accepted
-            self.blocks.due = self.blocks.due | (accepted & (self.slowest > JACOBIAN_RATE))
+            blocks = self._blocks()
+            blocks.fresh = blocks.fresh & ~accepted
+            blocks.due = blocks.due | (accepted & (self.slowest > JACOBIAN_RATE))
         return ratio
 
     def dense(self, y0, y1, ks, f1, dt, theta):

@@ -26,6 +26,7 @@ in. Outputs are allocated here, from a proven tensor.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -56,7 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 try:
-    from . import _fused
+    _fused: Any = importlib.import_module(f"{__package__}._fused")
 except ImportError:  # no compiler at install time: plain tensor operations
     _fused = None
     logger.debug("neuralode.solvers._fused is not built: the native engine uses tensor operations")
@@ -163,7 +164,7 @@ class Stages:
         self,
         rows: Sequence[Sequence[int | float]],
         scale: float,
-        f: Callable[[Any, torch.Tensor], torch.Tensor],
+        f: Any,  # the solve's evaluator (an _evaluator.Evaluator), or a plain f(t, y)
         times: Sequence[Any],
     ) -> torch.Tensor:
         """The stages of an explicit Runge–Kutta step: for each row ``i`` (from 1), the state
@@ -416,9 +417,11 @@ class Kernels:
 
     # error ------------------------------------------------------------------------------
     def _magnitude(self, y: torch.Tensor) -> torch.Tensor:
-        if self._abs_of is not y:
-            self._abs_of, self._abs = y, y.abs()
-        return self._abs
+        magnitude = self._abs
+        if self._abs_of is not y or magnitude is None:
+            magnitude = y.abs()
+            self._abs_of, self._abs = y, magnitude
+        return magnitude
 
     def scaled_norm(self, x: torch.Tensor, y: torch.Tensor, y1: torch.Tensor | None = None):
         """``norm(x / (atol + rtol * max(|y|, |y1|)))`` (``|y|`` alone without ``y1``)."""
@@ -429,7 +432,8 @@ class Kernels:
                 mag = torch.maximum(mag, abs1)
                 self._abs_of, self._abs = y1, abs1  # the next step starts from y1 if accepted
             scale = (mag * self.rtol).add_(self.atol)
-            return float(self.norm(x / scale))
+            norm = rms if self.norm is None else self.norm
+            return float(norm(x / scale))
 
     def error_ratio(self, tab, y: torch.Tensor, y1: torch.Tensor, ks, dt: float) -> float:
         """The step's error ratio: the scaled norm of ``dt * sum(b_err_j * ks[j])``."""
@@ -537,6 +541,8 @@ class FusedKernels(Kernels):
         """The norm of a sum of stages scaled by ``atol + rtol * |y0|`` (``y0`` is the stages'
         base, proven with them; the scratch was proven on creation)."""
         scratch = self._ratio
+        if scratch is None:
+            raise RuntimeError("the fused norms need the solve's scratch (made with the kernels)")
         numel, seg = scratch.extent
         if numel > stages.numel or scratch.tensor.dtype is not stages.dtype:
             raise _mismatch(scratch.tensor, stages.numel, stages.dtype, "scratch of a norm")

@@ -123,7 +123,7 @@ def solve_fixed(
     y = y0
     stats = ev.stats
     stats.steps_accepted = stats.steps_accepted or 0
-    warn_at = -1
+    warn_at: int | None = -1
     callbacks = ev.callbacks
     for n_steps, (t0, t1) in enumerate(itertools.pairwise(grid), 1):
         dt = t1 - t0
@@ -144,7 +144,7 @@ def solve_fixed(
             if rec is not None:
                 rec.outputs.append((j, (t[j] - t0) / dt))
             j += 1
-        if rec is not None:
+        if rec is not None and record is not None:
             record.append(rec)
         if trajectory is not None:
             trajectory.append((t0, dt, y, y1, f0))
@@ -295,7 +295,8 @@ def solve_adaptive(
         if t1 == t_now:
             where = f" near t ≈ {ev.sign * t_now:.6g}"
             raise failure(Status.STEP_UNDERFLOW, where=where, implicit=method.implicit)
-        last_node = math.nextafter(t1, t_now) if hit is not None and hit in bounds.jumps else None
+        jumped = hit is not None and bounds is not None and hit in bounds.jumps
+        last_node = math.nextafter(t1, t_now) if jumped else None
         if callbacks is not None:
             callbacks.step(t_now, y, dt)
         y1, ks = stepper.step(t_now, y, f0, dt, last_node)
@@ -332,13 +333,13 @@ def solve_adaptive(
                 if rec is not None:
                     rec.outputs.append((j, theta))
                 j += 1
-            if rec is not None:
+            if rec is not None and record is not None:
                 record.append(rec)
             if trajectory is not None:
                 trajectory.append((t_now, dt, y, y1, ks, f1))
             y, f0, t_now = y1, f_next, t1
             f0_is_stage = not method.exact_slope and f1_time is None and last_node is None
-            if hit is not None:
+            if hit is not None and bounds is not None:
                 bounds.passed()
             prev_ratio = kept
         else:
@@ -387,7 +388,14 @@ class Lane(abc.ABC):
             )
 
     @abc.abstractmethod
-    def run(self, plan: Any, ev: Evaluator, y0: torch.Tensor, record=None, trajectory=None):
+    def run(
+        self,
+        plan: Any,
+        ev: Evaluator,
+        y0: torch.Tensor,
+        record: list[StepRecord] | None = None,
+        trajectory: list[Any] | None = None,
+    ) -> list[torch.Tensor]:
         """The states at the plan's times, as a list."""
 
     def __repr__(self) -> str:
@@ -400,7 +408,14 @@ class Joint(Lane):
 
     name = "joint"
 
-    def run(self, plan, ev, y0, record=None, trajectory=None):
+    def run(
+        self,
+        plan: Any,
+        ev: Evaluator,
+        y0: torch.Tensor,
+        record: list[StepRecord] | None = None,
+        trajectory: list[Any] | None = None,
+    ) -> list[torch.Tensor]:
         if plan.cfg is None:
             return solve_fixed(ev, plan.method, y0, plan.times, plan.step_size, plan.interp,
                                record, trajectory=trajectory)  # fmt: skip
@@ -416,7 +431,7 @@ class PerSample(Lane):
 
     name = "per_sample"
 
-    def check(self, method, controller, y0, times, gradient):
+    def check(self, method: Method, controller: Any, y0: Any, times: Any, gradient: Any) -> None:
         if gradient.name != "direct":
             raise InvalidArgumentError(
                 "batch_mode='per_sample' supports direct backpropagation only; use odeint "
@@ -447,15 +462,23 @@ class PerSample(Lane):
                 "shared by the batch and a norm of the whole state do not apply. Use "
                 "batch_mode='joint' (the default) with these options"
             )
-        if method.implicit and getattr(method, "linear_solver", "auto") not in ("auto", "block"):
+        linear_solver = getattr(method, "linear_solver", "auto")
+        if method.implicit and linear_solver not in ("auto", "block"):
             raise InvalidArgumentError(
                 f"batch_mode='per_sample' solves Newton's systems with one Jacobian block per "
-                f"sample; linear_solver={method.linear_solver!r} does not apply. Use "
+                f"sample; linear_solver={linear_solver!r} does not apply. Use "
                 "linear_solver='auto' (or 'block'), or batch_mode='joint'",
                 argument="linear_solver",
             )
 
-    def run(self, plan, ev, y0, record=None, trajectory=None):
+    def run(
+        self,
+        plan: Any,
+        ev: Evaluator,
+        y0: torch.Tensor,
+        record: list[StepRecord] | None = None,
+        trajectory: list[Any] | None = None,
+    ) -> list[torch.Tensor]:
         from ._per_sample import solve_adaptive_per_sample
 
         if record is not None or trajectory is not None:

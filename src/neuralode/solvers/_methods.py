@@ -46,25 +46,32 @@ __all__ = [
 
 
 class Stepper(abc.ABC):
-    """One solve's view of a method. ``ev`` is the solve's evaluator of the dynamics."""
+    """One solve's view of a method. ``ev`` is the solve's evaluator of the dynamics (the
+    lane's: an ``Evaluator``, or on the per-sample lane a counting one with a ``mask``)."""
 
     method: Method
 
-    def __init__(self, method: Method, ev, k: kernels.Kernels) -> None:
+    def __init__(self, method: Method, ev: Any, k: kernels.Kernels) -> None:
         self.method, self.ev, self.kernels = method, ev, k
         self.tab = getattr(method, "tableau", None)
 
     @abc.abstractmethod
-    def step(self, t: Any, y: torch.Tensor, f0: torch.Tensor, dt: Any, last_node=None):
+    def step(
+        self, t: Any, y: torch.Tensor, f0: torch.Tensor, dt: Any, last_node: Any = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Attempt a step from ``(t, y)`` with slope ``f0``: ``(y1, stages)``. ``last_node``
         is the time at which stages at the step's end are evaluated (just before a jump)."""
 
     @abc.abstractmethod
-    def error_ratio(self, y: torch.Tensor, y1: torch.Tensor, ks, dt: Any) -> Any:
+    def error_ratio(
+        self, y: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], dt: Any
+    ) -> Any:
         """The scaled error of the attempt: at most 1 accepts it; ``inf`` where the attempt
         failed (an implicit method's Newton iteration did not converge)."""
 
-    def end_slope(self, t1: float, y1: torch.Tensor, ks, last_node=None):
+    def end_slope(
+        self, t1: Any, y1: torch.Tensor, ks: list[torch.Tensor], last_node: Any = None
+    ) -> tuple[torch.Tensor, Any]:
         """``(f1, time)``: the slope at the end of an accepted step for its dense output, and
         the time it was evaluated at (``None`` where a stage served)."""
         if self.method.reuses_last_stage:
@@ -73,10 +80,18 @@ class Stepper(abc.ABC):
         return self.ev(time, y1), time
 
     @abc.abstractmethod
-    def dense(self, y0, y1, ks, f1, dt: Any, theta: Any) -> torch.Tensor:
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        ks: list[torch.Tensor],
+        f1: torch.Tensor,
+        dt: Any,
+        theta: Any,
+    ) -> torch.Tensor:
         """The solution at ``t + theta * dt`` inside an accepted step."""
 
-    def initial_step(self, t0: float, y0: torch.Tensor, f0: torch.Tensor, max_step: float):
+    def initial_step(self, t0: Any, y0: torch.Tensor, f0: torch.Tensor, max_step: float) -> Any:
         """Hairer's heuristic (one evaluation), as torchdiffeq."""
         k = self.kernels
         with torch.no_grad():
@@ -120,11 +135,11 @@ class Method(abc.ABC):
     # Newton iteration); explicit steppers take per-sample step sizes as they are
     per_sample_stepper_class: type[Stepper] | None = None
 
-    def stepper(self, ev, k: kernels.Kernels) -> Stepper:
+    def stepper(self, ev: Any, k: kernels.Kernels) -> Stepper:
         """A stepper for one solve with kernels ``k``."""
         return self.stepper_class(self, ev, k)
 
-    def per_sample_stepper(self, ev, k: kernels.Kernels) -> Stepper:
+    def per_sample_stepper(self, ev: Any, k: kernels.Kernels) -> Stepper:
         """A stepper for one solve on the per-sample lane (``t`` and ``dt`` of shape
         ``(batch,)``)."""
         return (self.per_sample_stepper_class or self.stepper_class)(self, ev, k)
@@ -226,7 +241,7 @@ of each; options that configure one go through :meth:`Method.configured`."""
 
 for _cls in (Euler, Midpoint, Heun2, Heun3, RK4, AdaptiveHeun, Fehlberg2, Bosh3, Dopri5,
              Dopri8, Tsit5):  # fmt: skip
-    _m = _cls()
+    _m: Method = _cls()  # type: ignore[call-arg]  # (each class has its own tableau)
     METHODS.register(_m.name, _m)
 
 

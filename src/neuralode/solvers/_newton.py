@@ -134,7 +134,7 @@ def is_block_diagonal(ev, t: Any, z: torch.Tensor, blocks: torch.Tensor) -> bool
     with torch.no_grad():
         try:
             with _quiet_torch_func():
-                _, full = torch.func.jvp(lambda y: ev(t, y), (z.detach(),), (u,))
+                full = torch.func.jvp(lambda y: ev(t, y), (z.detach(),), (u,))[1]
         except Exception:
             return False
     blocked = (blocks @ u.reshape(B, -1, 1)).reshape(z.shape)
@@ -204,9 +204,20 @@ class DenseNewton(LinearSolver):
     def _form(self, ev, t, z) -> torch.Tensor:
         return jacobian(ev, t, z, self.m)
 
+    def _jacobian(self) -> torch.Tensor:
+        if self.J is None:
+            raise RuntimeError("prepare() forms the Jacobian before it is factorised or used")
+        return self.J
+
+    def _lu_factors(self) -> Any:
+        if self._lu is None:
+            raise RuntimeError("prepare() factorises the iteration matrix before solve()")
+        return self._lu[1]
+
     def _factor(self, g: Any) -> Any:
-        eye = torch.eye(self.m, dtype=self.J.dtype, device=self.J.device)
-        return torch.linalg.lu_factor(eye - g * self.J)
+        J = self._jacobian()
+        eye = torch.eye(self.m, dtype=J.dtype, device=J.device)
+        return torch.linalg.lu_factor(eye - g * J)
 
     def prepare(self, ev, t, z, g, weights):
         if self.J is None:
@@ -219,7 +230,7 @@ class DenseNewton(LinearSolver):
 
     def solve(self, r):
         m = self.m
-        x = torch.linalg.lu_solve(*self._lu[1], r[:m].unsqueeze(1)).squeeze(1)
+        x = torch.linalg.lu_solve(*self._lu_factors(), r[:m].unsqueeze(1)).squeeze(1)
         return x if m == r.numel() else torch.cat([x, r[m:]])
 
     def refresh(self) -> bool:
@@ -254,10 +265,10 @@ class BlockNewton(DenseNewton):
         return block_jacobian(ev, t, z)
 
     def _factor(self, g: Any) -> Any:
-        return torch.linalg.lu_factor(shifted_blocks(self.J, g))
+        return torch.linalg.lu_factor(shifted_blocks(self._jacobian(), g))
 
     def solve(self, r):
-        x = torch.linalg.lu_solve(*self._lu[1], r.reshape(self.batch, self.n, 1))
+        x = torch.linalg.lu_solve(*self._lu_factors(), r.reshape(self.batch, self.n, 1))
         return x.reshape(-1)
 
 

@@ -33,6 +33,7 @@ from ._controller import (
     ConstantStepSize,
     PIController,
     StepSizeController,
+    adaptive_controller,
     check_tolerance_shape,
     dtype_resolution,
 )
@@ -149,10 +150,8 @@ def check_times(t: Any, per_sample: bool = False) -> tuple[Any, float]:
         shown = [sign * x for x in times]
         if not all(math.isfinite(x) for x in shown):
             raise InvalidArgumentError(f"t must hold finite times, got {shown}")
-        shown = shown if len(shown) <= 10 else f"{shown[:10]} ..."
-        raise InvalidArgumentError(
-            f"t must be strictly increasing or strictly decreasing (no repeated times), got {shown}"
-        )
+        msg = "t must be strictly increasing or strictly decreasing (no repeated times), got "
+        raise InvalidArgumentError(msg + (str(shown) if len(shown) <= 10 else f"{shown[:10]} ..."))
     return times, sign
 
 
@@ -308,7 +307,7 @@ class Direct(GradientMethod):
     name = "direct"
     needs_params = False
 
-    def solve(self, plan, y0, params):
+    def solve(self, plan: Plan, y0: torch.Tensor, params: tuple[torch.Tensor, ...]) -> Any:
         return torch.stack(plan.run(plan.evaluator(), y0))
 
 
@@ -408,7 +407,8 @@ def _default(kind: str) -> Any:
     if obj is None:
         from ._methods import Dopri5
 
-        obj = {"method": Dopri5, "lane": Joint, "gradient": Direct}[kind]()
+        defaults: dict[str, type] = {"method": Dopri5, "lane": Joint, "gradient": Direct}
+        obj = defaults[kind]()
         _DEFAULTS[kind] = obj
     return obj
 
@@ -512,6 +512,7 @@ def run(
     cfg = None
     resolution = None
     if controller.adaptive:
+        controller = adaptive_controller(controller)
         if not method.adaptive:
             raise InvalidArgumentError(
                 f"method {method.name!r} has no error estimate, so it cannot adapt its steps; "

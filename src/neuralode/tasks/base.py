@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -304,7 +305,9 @@ class ModelRegistry(Registry[_ModelEntry]):
     def __init__(self, kind: str = "model") -> None:
         super().__init__(kind, "a model is a factory registered with the task's MODELS")
 
-    def register(self, name: str, description: str = "", *, replace: bool = False) -> Callable:  # type: ignore[override]
+    def register(  # type: ignore[override]
+        self, name: str, description: str = "", *, replace: bool = False
+    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
         def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
             params = tuple(inspect.signature(factory).parameters)
             self.add(name, factory, description, params, expand_solver=False, replace=replace)
@@ -400,7 +403,7 @@ def evaluate_batches(
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
-    n_batches = nfe = 0
+    n_batches, nfe = 0, 0.0
     try:
         for i, batch in enumerate(batches):
             if i % world != rank:
@@ -418,11 +421,11 @@ def evaluate_batches(
     sums["(batches)"] = [n_batches, nfe]
     if dist is not None:  # (a key a rank lacks counts as zero: it may have seen no batch)
         sums = dist.sum_dicts(sums)
-    n_batches, nfe = sums.pop("(batches)")
+    batches_seen, nfe = sums.pop("(batches)")
     out = {k: num / max(den, 1e-300) for k, (num, den) in sorted(sums.items())}
     if "samples" in sums:
         out["samples"] = sums["samples"][0]
-    out["nfe_forward"] = nfe / max(n_batches, 1)
+    out["nfe_forward"] = nfe / max(batches_seen, 1)
     return out
 
 
@@ -525,7 +528,7 @@ class Task(abc.ABC):
         """Task-specific pictures written into the run folder; their file names."""
         return []
 
-    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple:
+    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Any, ...]:
         """``(module, batch)`` for :func:`neuralode.diagnose`: the model as a function of one
         input, and a batch of the task's data on ``device`` (by default the model and the
         batch's tensors moved there); a third element, if any, is the loss function
@@ -581,7 +584,7 @@ def get_task(name: str) -> type[Task]:
     return TASKS.get(name)
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Options from a JSON or TOML file (keys as in ``config.json``)."""
     path = Path(path)
     try:
@@ -594,7 +597,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             "JSON or TOML table of options, keys as in a run's config.json"
         ) from None
     if path.suffix == ".toml":
-        import tomllib
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:
+            raise InvalidArgumentError(
+                f"config file {path}: reading TOML needs Python 3.11 or later (tomllib); pass "
+                "the same options as JSON (config.json's layout) instead"
+            )
 
         try:
             data = tomllib.loads(text)
@@ -614,7 +623,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def make_options(
-    task: str, config: str | os.PathLike | dict[str, Any] | None = None, **options: Any
+    task: str, config: str | os.PathLike[str] | dict[str, Any] | None = None, **options: Any
 ) -> TrainOptions:
     """A task's options: its defaults, then a config file (or mapping), then ``options``;
     validated. A config's ``task`` key, if present, must name ``task``."""

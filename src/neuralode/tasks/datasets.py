@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from ..data import TensorData, load_mnist
 from ..errors import InvalidArgumentError
@@ -39,20 +40,22 @@ class MNISTDataOptions:
     )
 
     def check(self) -> None:
-        super().check()
+        super().check()  # type: ignore[misc]  # (a mixin: TrainOptions, after it, has one)
         if self.val_fraction >= 0.5:
             raise InvalidArgumentError(
                 f"val_fraction must be below 0.5, got {self.val_fraction} (0.1 holds out a "
                 "tenth of the training images)"
             )
 
-    def normalize(self):
+    def normalize(self) -> Any:
         if self.data_dir is not None:  # resolvable from any working directory
             self.data_dir = str(Path(self.data_dir).expanduser().resolve())
-        return super().normalize()
+        return super().normalize()  # type: ignore[misc]  # (as check)
 
 
-def mnist_splits(o: MNISTDataOptions, progress: bool = False, normalize: bool = True):
+def mnist_splits(
+    o: MNISTDataOptions, progress: bool = False, normalize: bool = True
+) -> tuple[TensorData, TensorData, TensorData]:
     """``(train, val, test)`` as these options ask: the training images' first
     ``train_subset``, the last ``val_fraction`` of them held out, the test images' first
     ``test_subset`` (``normalize=False``: pixel values scaled to [0, 1])."""

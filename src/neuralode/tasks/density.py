@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
-from ..regularizers import SCALES
+from ..regularizers import SCALES, JacobianFrobenius, KineticEnergy
 from ..toy_densities import TOY_DATASETS, get_toy
 from .base import (
     ModelRegistry,
@@ -54,7 +54,17 @@ def _divergence(divergence: str, image: bool) -> str:
 @MODELS.register(
     "cnf", "2-D data: CNF blocks of concat-squash MLPs (FFJORD's toy dynamics), normal base"
 )
-def _cnf(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularizers):
+def _cnf(
+    hidden: int,
+    depth: int,
+    blocks: int,
+    t1: float,
+    divergence: str,
+    noise: str,
+    steer: float,
+    solver: dict[str, Any],
+    regularizers: Sequence[KineticEnergy | JacobianFrobenius],
+) -> FlowDensity:
     layers = [
         CNF(
             ConcatSquashMLP(2, (hidden,) * depth, activation="tanh"),
@@ -74,7 +84,17 @@ def _cnf(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularize
 @MODELS.register(
     "multiscale", "images: logit, then CNF blocks per scale with squeeze and factor-out"
 )
-def _multiscale(hidden, depth, blocks, t1, divergence, noise, steer, solver, regularizers):
+def _multiscale(
+    hidden: int,
+    depth: int,
+    blocks: int,
+    t1: float,
+    divergence: str,
+    noise: str,
+    steer: float,
+    solver: dict[str, Any],
+    regularizers: Sequence[KineticEnergy | JacobianFrobenius],
+) -> MultiscaleCNF:
     return MultiscaleCNF(
         MNIST_SHAPE,
         scales=3,
@@ -95,7 +115,7 @@ _MNIST_ONLY = tuple(f.name for f in dataclasses.fields(MNISTDataOptions))
 @dataclasses.dataclass
 class DensityOptions(
     MNISTDataOptions,
-    with_defaults(
+    with_defaults(  # type: ignore[misc]  # (a class made at run time: mypy cannot follow it)
         TrainOptions, epochs=10, lr=3e-3, schedule="cosine", batch_size=512, rtol=1e-5,
         atol=1e-5, eval_rtol=1e-5, eval_atol=1e-5,
         help={"batch_size": "samples per batch (global)"},
@@ -261,16 +281,16 @@ class DensityTask(Task):
             val = dist.sample(o.val_size, torch.Generator().manual_seed(1_000_003))
             test = dist.sample(o.test_size, torch.Generator().manual_seed(2_000_003))
             return DensityData(dist, None, val, test)
-        train, val, test = mnist_splits(o, progress, normalize=False)
+        train_set, val_set, test_set = mnist_splits(o, progress, normalize=False)
 
         def pixels(x: torch.Tensor) -> torch.Tensor:
             return x.mul(255).round().to(torch.uint8)
 
         return DensityData(
             None,
-            pixels(train.x),
-            _dequantize(pixels(val.x), torch.Generator().manual_seed(1_000_003)),
-            _dequantize(pixels(test.x), torch.Generator().manual_seed(2_000_003)),
+            pixels(train_set.x),
+            _dequantize(pixels(val_set.x), torch.Generator().manual_seed(1_000_003)),
+            _dequantize(pixels(test_set.x), torch.Generator().manual_seed(2_000_003)),
         )
 
     def check_data(self, data: DensityData, world: int) -> None:
@@ -311,7 +331,14 @@ class DensityTask(Task):
         x = batch.to(device)
         return Step(self._loss(model(x), x), len(x))
 
-    def evaluate(self, model, data: DensityData, split, device, dist=None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        data: DensityData,
+        split: str,
+        device: torch.device,
+        dist: Any = None,
+    ) -> dict[str, float]:
         """NLL (nats) or bits/dim with the evaluation tolerances. 2-D models use the exact
         trace; image models Hutchinson's estimate with noise from a fixed seed, so that an
         evaluation is reproducible and leaves the training's random stream alone."""
@@ -320,7 +347,9 @@ class DensityTask(Task):
             torch.manual_seed(0)
             return self._evaluate(model, data, split, device, dist)
 
-    def _evaluate(self, model, data: DensityData, split, device, dist) -> dict[str, float]:
+    def _evaluate(
+        self, model: nn.Module, data: DensityData, split: str, device: torch.device, dist: Any
+    ) -> dict[str, float]:
         x_all = data.val if split == "val" else data.test
         if len(x_all) == 0:
             return {}
@@ -346,7 +375,9 @@ class DensityTask(Task):
         return out
 
     # -- pictures
-    def plots(self, model, data: DensityData, out: Path, device) -> list[str]:
+    def plots(
+        self, model: nn.Module, data: DensityData, out: Path, device: torch.device
+    ) -> list[str]:
         from ..plotting import plot_density, plot_flow_strip, plot_image_samples, save_flow_gif
 
         was_training = model.training
@@ -354,10 +385,13 @@ class DensityTask(Task):
         try:
             if self.options.image:
                 with torch.no_grad():
-                    samples = model.sample(64, torch.Generator().manual_seed(0)).cpu()
+                    samples = cast(MultiscaleCNF, model).sample(
+                        64, torch.Generator().manual_seed(0)
+                    )
+                    samples = samples.cpu()
                 return [plot_image_samples(samples.clamp(0, 1), out / "samples.png").name]
             paths = [plot_density(model, data, out / "density.png", device)]
-            path = flow_path(model, 2000, frames=25, device=device)
+            path = flow_path(cast(FlowDensity, model), 2000, frames=25, device=device)
             paths.append(plot_flow_strip(path, out / "flow_snapshots.png"))
             paths.append(save_flow_gif(path, out / "flow.gif"))
             return [p.name for p in paths]
@@ -368,7 +402,7 @@ class DensityTask(Task):
     def diagnosis_batch(self, data: DensityData, size: int) -> Any:
         return data.test[:size]
 
-    def diagnosis_view(self, model, batch, device) -> tuple:
+    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Any, ...]:
         return _SampleLoss(model, self.options.image), batch.to(device), _mean_loss
 
 
@@ -379,7 +413,7 @@ def flow_path(
     """Base samples carried by the flow to data: ``(frames, n, 2)`` from the base (first) to
     the data (last), evenly spaced in time across the stacked CNF blocks."""
     z = torch.randn((n, *model.shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    layers = list(model.flow.layers)[::-1]
+    layers = cast("list[CNF]", list(model.flow.layers))[::-1]
     per = max(2, math.ceil((frames - 1) / len(layers)) + 1)
     path = [z]
     for layer in layers:

@@ -137,7 +137,9 @@ class MNISTTask(Task):
         correct = int((logits.detach().argmax(1) == y).sum())
         return Step(loss, len(y), {"accuracy": correct})
 
-    def evaluate(self, model, data: MNISTData, split, device, dist=None) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: MNISTData, split: str, device: torch.device, dist: Any = None
+    ) -> dict[str, float]:
         subset = data.val if split == "val" else data.test
         if len(subset) == 0:
             return {}

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -64,7 +64,16 @@ MODELS = ModelRegistry()
 
 
 @MODELS.register("latent_ode", "latent ODE with an ODE-RNN encoder (Rubanova 2019)")
-def _latent_ode(dataset, latent, hidden, encoder, obs_std, poisson, samples, solver):
+def _latent_ode(
+    dataset: str,
+    latent: int,
+    hidden: int,
+    encoder: str,
+    obs_std: float,
+    poisson: bool,
+    samples: int,
+    solver: dict[str, Any],
+) -> LatentODE:
     return LatentODE(
         DATASETS[dataset][0], latent=latent, hidden=hidden, encoder=encoder,
         encoder_hidden=hidden, obs_std=obs_std, poisson=poisson, samples=samples, **solver,
@@ -72,35 +81,49 @@ def _latent_ode(dataset, latent, hidden, encoder, obs_std, poisson, samples, sol
 
 
 @MODELS.register("gru_dt", "GRU with time gaps as input (baseline)")
-def _gru_dt(dataset, hidden):
+def _gru_dt(dataset: str, hidden: int) -> nn.Module:
     channels, classes = DATASETS[dataset]
     if classes is None:
         return GRUDeltaTForecaster(channels, hidden)
     return GRUDeltaT(channels, hidden, classes)
 
 
-@MODELS.register("ncde", "neural CDE on a natural cubic spline (Kidger 2020)")
-def _ncde(dataset, hidden, interpolation, observed, solver):
+def _classes(dataset: str, model: str) -> tuple[int, int]:
+    """A classification dataset's ``(channels, classes)``; a forecasting one is refused."""
     channels, classes = DATASETS[dataset]
+    if classes is None:
+        raise InvalidArgumentError(
+            f"model {model!r} classifies; dataset {dataset!r} is for forecasting (models for it: "
+            f"{', '.join(FORECASTERS)}; datasets to classify: "
+            f"{', '.join(d for d, (_, c) in DATASETS.items() if c is not None)})"
+        )
+    return channels, classes
+
+
+@MODELS.register("ncde", "neural CDE on a natural cubic spline (Kidger 2020)")
+def _ncde(
+    dataset: str, hidden: int, interpolation: str, observed: str, solver: dict[str, Any]
+) -> NeuralCDE:
+    channels, classes = _classes(dataset, "ncde")
     return NeuralCDE(channels, classes, hidden=hidden, interpolation=interpolation,
                      observed=observed, **solver)  # fmt: skip
 
 
 @MODELS.register("odernn", "ODE-RNN classifier (Rubanova 2019)")
-def _odernn(dataset, hidden, solver):
-    channels, classes = DATASETS[dataset]
+def _odernn(dataset: str, hidden: int, solver: dict[str, Any]) -> ODERNNClassifier:
+    channels, classes = _classes(dataset, "odernn")
     return ODERNNClassifier(channels, classes, hidden=hidden, **solver)
 
 
 @MODELS.register("grud", "GRU-D, a GRU with decay (Che 2018; baseline)")
-def _grud(dataset, hidden):
-    channels, classes = DATASETS[dataset]
+def _grud(dataset: str, hidden: int) -> GRUD:
+    channels, classes = _classes(dataset, "grud")
     return GRUD(channels, hidden, classes)
 
 
 @dataclasses.dataclass
 class TimeSeriesOptions(
-    with_defaults(
+    with_defaults(  # type: ignore[misc]  # (a class made at run time: mypy cannot follow it)
         TrainOptions, epochs=20, lr=1e-2, schedule="cosine", batch_size=50,
         help={"batch_size": "series per batch (global)"},
     )
@@ -227,7 +250,7 @@ class TimeSeriesTask(Task):
                 "val": order[:n_val],
                 "test": order[n_val : n_val + n_test],
             }
-            splits = {}
+            splits: dict[str, Any] = {}
             for name, rows in idx.items():
                 whole = full[rows.sort().values]
                 past, future = split_at(whole)
@@ -288,7 +311,9 @@ class TimeSeriesTask(Task):
         correct = float((logits.argmax(-1) == series.labels).sum())
         return Step(loss, len(series), {"accuracy": correct})
 
-    def evaluate(self, model, data, split, device, dist=None) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: Any, split: str, device: torch.device, dist: Any = None
+    ) -> dict[str, float]:
         model = getattr(model, "module", model)
         start = time.perf_counter()
         size = self.options.batch_size
@@ -298,9 +323,9 @@ class TimeSeriesTask(Task):
                 return {}
 
             def forecast(model: nn.Module, rows: torch.Tensor) -> dict[str, tuple[float, float]]:
-                out = {"samples": (len(rows), 1)}
+                out: dict[str, tuple[float, float]] = {"samples": (len(rows), 1)}
                 for key, tgt in (("interp_mse", past[rows]), ("extrap_mse", future[rows])):
-                    pred = model.predict(inputs[rows], tgt.times)
+                    pred = cast(Any, model).predict(inputs[rows], tgt.times)  # (a forecaster)
                     m = tgt.mask * tgt.valid().unsqueeze(-1)
                     out[key] = (float((((pred - tgt.values) ** 2) * m).sum()), float(m.sum()))
                 return out
@@ -330,7 +355,7 @@ class TimeSeriesTask(Task):
         self.check_batch_size(len(train), "training series", world)
 
     # ------------------------------------------------------------------ pictures
-    def plots(self, model, data, out: Path, device) -> list[str]:
+    def plots(self, model: nn.Module, data: Any, out: Path, device: torch.device) -> list[str]:
         if not self.forecasting:
             return []
         from ..plotting import plot_series_reconstruction
@@ -347,9 +372,11 @@ class TimeSeriesTask(Task):
         with torch.no_grad():
             if isinstance(model, LatentODE):
                 draws = model.predict(x, grid, samples=50)
-                mean, low, high = draws.mean(0), draws.quantile(0.05, 0), draws.quantile(0.95, 0)
+                mean = draws.mean(0)
+                low: torch.Tensor | None = draws.quantile(0.05, 0)
+                high: torch.Tensor | None = draws.quantile(0.95, 0)
             else:
-                mean = model.predict(x, grid)
+                mean = cast(Any, model).predict(x, grid)  # (a forecaster: GRUDeltaTForecaster)
                 low = high = None
         model.train(was_training)
         cut = x.times[torch.arange(len(x)), x.lengths - 1]
@@ -368,7 +395,7 @@ class TimeSeriesTask(Task):
         val = data["val"]
         return val[torch.arange(min(size, len(val)))]
 
-    def diagnosis_view(self, model, batch, device) -> tuple:
+    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Any, ...]:
         model = getattr(model, "module", model)
         if self.forecasting:  # the training objective itself, as the model's output
             inputs, target = (b.to(device) for b in batch)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..blocks import NeuralODEBlock
 from ..data import TrajectoryData, make_cubic_trajectory, make_spiral_trajectory
 from ..dynamics import ODEFunc
 from ..errors import InvalidArgumentError
+from ..regularizers import AbstractRegularizer
 from .base import (
     ModelRegistry,
     Step,
@@ -75,7 +76,7 @@ class _Window(nn.Module):
 
 @dataclasses.dataclass
 class TrajectoryOptions(
-    with_defaults(
+    with_defaults(  # type: ignore[misc]  # (a class made at run time: mypy cannot follow it)
         TrainOptions, epochs=20, lr=1e-2, schedule="cosine", batch_size=32,
         help={"batch_size": "windows per batch (global)"},
     )
@@ -148,7 +149,14 @@ class _TrajectoryTask(Task):
         pred = model(target[0], t)
         return Step((pred - target).pow(2).mean(), target.shape[1])
 
-    def evaluate(self, model, data: TrajectoryData, split, device, dist=None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        data: TrajectoryData,
+        split: str,
+        device: torch.device,
+        dist: Any = None,
+    ) -> dict[str, float]:
         def measure(model: nn.Module, split: str) -> dict[str, tuple[float, float]]:
             pred, target = self._forecast(model, data, split, device)
             return {"mse": (float((pred - target.to(device)).pow(2).sum()), target.numel())}
@@ -156,7 +164,9 @@ class _TrajectoryTask(Task):
         return evaluate_batches(model, [split], measure, dist)  # one forecast, one "batch"
 
     @staticmethod
-    def _forecast(model, data: TrajectoryData, split, device):
+    def _forecast(
+        model: nn.Module, data: TrajectoryData, split: str, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "val":  # forecasts of VAL_HORIZON points from starts across the training span
             horizon = min(VAL_HORIZON, data.split - 1)
             starts = torch.arange(0, data.split - horizon, VAL_STRIDE)
@@ -169,7 +179,9 @@ class _TrajectoryTask(Task):
             pred = model(y0.to(device), (t - t[0]).to(device))[:, 0]
         return pred, target
 
-    def plots(self, model, data: TrajectoryData, out: Path, device) -> list[str]:
+    def plots(
+        self, model: nn.Module, data: TrajectoryData, out: Path, device: torch.device
+    ) -> list[str]:
         from ..plotting import plot_phase_portrait, plot_spiral_fit
 
         was_training = model.training
@@ -187,7 +199,7 @@ class _TrajectoryTask(Task):
         step = max(1, data.split // size)
         return data.observed[: data.split : step][:size], data.t[: self.options.window]
 
-    def diagnosis_view(self, model, batch, device) -> tuple:
+    def diagnosis_view(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Any, ...]:
         y0, t = batch
         if y0.dim() == 3:  # a training batch: (window, B, 2) and its times
             y0 = y0[0]
@@ -198,7 +210,9 @@ SPIRAL_MODELS = ModelRegistry()
 
 
 @SPIRAL_MODELS.register("ode", "MLP dynamics on the state, two hidden layers with tanh")
-def _spiral_ode(hidden, solver, regularizers):
+def _spiral_ode(
+    hidden: int, solver: dict[str, Any], regularizers: Sequence[AbstractRegularizer]
+) -> TrajectoryODE:
     func = ODEFunc(2, hidden, depth=2, activation="tanh")
     return TrajectoryODE(func, regularizers=regularizers, **solver)
 
@@ -220,7 +234,9 @@ CUBIC_MODELS = ModelRegistry()
 
 
 @CUBIC_MODELS.register("ode", "MLP on y³ (the form of the true dynamics), one hidden layer")
-def _cubic_ode(hidden, solver, regularizers):
+def _cubic_ode(
+    hidden: int, solver: dict[str, Any], regularizers: Sequence[AbstractRegularizer]
+) -> TrajectoryODE:
     return TrajectoryODE(_CubicMLP(hidden), regularizers=regularizers, **solver)
 
 

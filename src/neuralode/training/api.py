@@ -22,9 +22,9 @@ __all__ = ["resume", "train"]
 
 def train(
     task: str | Task,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
-    config: str | os.PathLike | dict[str, Any] | None = None,
+    config: str | os.PathLike[str] | dict[str, Any] | None = None,
     resume: bool | str = False,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -57,7 +57,7 @@ def train(
 
 
 def resume(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
     *,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),

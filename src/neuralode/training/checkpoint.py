@@ -8,7 +8,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 def capture_rng() -> dict[str, Any]:
     """Every random number generator a training step may draw from."""
     version, internal, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - user code's RNG
+    _, keys, pos, has_gauss, cached = cast(
+        "tuple[str, Any, int, int, float]",
+        np.random.get_state(),  # noqa: NPY002 - user code's RNG
+    )
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": {"version": version, "state": list(internal), "gauss": gauss},
@@ -72,7 +75,7 @@ _MAGIC = b"NEURALODE-CHECKPOINT 1 sha256="
 _DIGEST_LEN = 64
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename), behind a header
     with the SHA-256 of its bytes, which :func:`load_checkpoint` verifies.
 
@@ -84,14 +87,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     payload = buf.getbuffer()
     header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
 
-    def write(fh):
+    def write(fh: IO[bytes]) -> None:
         fh.write(header)
         fh.write(payload)
 
     atomic_write(path, write)
 
 
-def has_digest(path: str | os.PathLike) -> bool:
+def has_digest(path: str | os.PathLike[str]) -> bool:
     """Whether the file at ``path`` starts with the digest header (checkpoints written before
     it existed do not)."""
     try:
@@ -101,7 +104,7 @@ def has_digest(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs), after verifying
     the SHA-256 of its bytes against the one stored with it.
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..tasks.base import TrainOptions
 
 __all__ = ["Distributed", "GlobalBatchNorm"]
 
@@ -45,7 +48,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, cfg) -> Distributed:
+    def from_environment(cls, cfg: TrainOptions) -> Distributed:
         world = _env_int("WORLD_SIZE", 1)
         device = cfg.resolved_device()
         if world <= 1:
@@ -158,7 +161,7 @@ class _AllReduceSum(torch.autograd.Function):
     the sum over ranks of the gradients."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
         import torch.distributed as dist
 
         ctx.group = group
@@ -167,7 +170,7 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         import torch.distributed as dist
 
         grad = grad.clone()
@@ -192,7 +195,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         group = getattr(self, "process_group", None)
 
         def all_reduce(t: torch.Tensor) -> torch.Tensor:
-            return _AllReduceSum.apply(t, group)
+            return _AllReduceSum.apply(t, group)  # type: ignore[no-untyped-call]  # (torch's)
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -203,17 +206,18 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
-        if self.track_running_stats:
+        tracked, running_mean, running_var = (
+            self.num_batches_tracked,
+            self.running_mean,
+            self.running_var,
+        )  # (buffers that exist where track_running_stats is set)
+        if tracked is not None and running_mean is not None and running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = (
-                    1.0 / float(self.num_batches_tracked)
-                    if self.momentum is None
-                    else self.momentum
-                )
+                tracked.add_(1)
+                m = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 unbiased = var * (count / (count - 1).clamp(min=1))
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+                running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
         return out
 
     @classmethod

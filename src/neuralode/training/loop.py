@@ -14,15 +14,18 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..diagnostics import diagnose
 from ..errors import CheckpointError, SolverError, TrainingDiverged
 from ..solvers import record
 from ..tasks import Task
+from ..tasks.base import TrainOptions
 from .callbacks import BatchEnd, Callback, default_callbacks
 from .checkpoint import restore_rng
 from .distributed import Distributed
@@ -42,14 +45,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _optimizer(o, params) -> torch.optim.Optimizer:
+def _optimizer(o: TrainOptions, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _scheduler(o, opt: torch.optim.Optimizer):
+def _scheduler(
+    o: TrainOptions, opt: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     if o.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
     if o.schedule == "step":
@@ -128,7 +133,8 @@ class Trainer:
         self.batches_per_epoch = 0
 
     @property
-    def out(self):
+    def out(self) -> Path:
+        """The run folder."""
         return self.folder.path
 
     def emit(self, hook: str, *args: Any) -> None:

@@ -82,7 +82,7 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
         if "val_fraction" in fields:
             config["val_fraction"] = 0.0
     try:
-        options = get_task(config.get("task")).Options
+        options = get_task(str(config.get("task"))).Options
     except InvalidArgumentError:
         return config  # reported by whoever reads it
     defaults = {
@@ -108,7 +108,7 @@ def task_from_config(config: dict[str, Any], where: str) -> Task:
     return cls(options)
 
 
-def weights_digest(model: nn.Module | dict) -> str:
+def weights_digest(model: nn.Module | dict[str, Any]) -> str:
     """The SHA-256 of a model's weights (or of a state dict), as ``summary.json`` records it."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     h = hashlib.sha256()
@@ -146,10 +146,10 @@ class RunFolder:
     asked, only its ``config.json`` there), or a refusal with the reason and the fix; it holds
     the folder's lock from then until :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
             raise InvalidTypeError(
-                f"the run folder must be a path (a str or os.PathLike, e.g. 'runs/x'), got "
+                f"the run folder must be a path (a str or os.PathLike[str], e.g. 'runs/x'), got "
                 f"{type(path).__name__}"
             )
         self.path = check_folder(path)
@@ -303,7 +303,7 @@ class RunFolder:
         for its epoch, where it records them."""
         summary = read_json(self.file(SUMMARY))
         recorded = summary.get("weights_sha256") if summary else None
-        if recorded is None or summary.get("epochs") != state.epoch:
+        if recorded is None or summary is None or summary.get("epochs") != state.epoch:
             logger.warning(
                 "%s has no digest (an older format) and the folder records no weights of its "
                 "epoch to check it against; it is used as it is",
@@ -329,6 +329,8 @@ class RunFolder:
     def save_best(self, state: RunState) -> None:
         """``best.pt``: the best epoch's weights, as a checkpoint of their own."""
         best = state.best
+        if best is None:
+            raise RuntimeError("save_best needs a run state with a best epoch")
         save_checkpoint(
             self.file(BEST),
             {

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ..diagnostics import DiagnosticReport
 from ..errors import CheckpointError, InvalidArgumentError
 from ..tasks import Task
 from .run_folder import CHECKPOINT, CONFIG, SUMMARY, RunFolder, read_json, weights_digest
@@ -54,7 +55,7 @@ def _check_summary_digest(folder: RunFolder, epoch: int, model: nn.Module) -> No
 
 
 def load_run(
-    run_dir: str | os.PathLike, data_dir: str | None = None, best: bool = False
+    run_dir: str | os.PathLike[str], data_dir: str | None = None, best: bool = False
 ) -> tuple[nn.Module, Task]:
     """The model of a run folder with its trained weights (the last epoch's, or with
     ``best=True`` those of the best validation epoch), and its task."""
@@ -87,7 +88,7 @@ def load_run(
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
     data_dir: str | None = None,
     batch_size: int | None = None,
     best: bool = False,
@@ -121,8 +122,11 @@ def evaluate_run(
 
 
 def diagnose_run(
-    run_dir: str | os.PathLike, data_dir: str | None = None, batch_size: int = 64, best=False
-):
+    run_dir: str | os.PathLike[str],
+    data_dir: str | None = None,
+    batch_size: int = 64,
+    best: bool = False,
+) -> DiagnosticReport:
     """The :func:`neuralode.diagnose` report of a run's model on a batch of its data."""
     from ..diagnostics import diagnose
 

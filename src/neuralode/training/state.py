@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError
 from .checkpoint import has_digest, load_checkpoint, save_checkpoint
@@ -46,7 +47,9 @@ class BestRecord:
     model: dict[str, torch.Tensor]
 
     @classmethod
-    def of(cls, epoch: int, metric: str, value: float, row: dict[str, Any], model) -> BestRecord:
+    def of(
+        cls, epoch: int, metric: str, value: float, row: dict[str, Any], model: nn.Module
+    ) -> BestRecord:
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         metrics = {k: v for k, v in row.items() if k.startswith(("val_", "test_"))}
         return cls(epoch, metric, value, metrics, weights)
@@ -92,7 +95,7 @@ class RunState:
         out["best"] = None if self.best is None else dataclasses.asdict(self.best)
         return out
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state atomically behind its digest (the one writer)."""
         save_checkpoint(path, self.to_dict())
 
@@ -101,7 +104,7 @@ class RunState:
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> RunState:
+    def load(cls, path: str | os.PathLike[str], map_location: Any = "cpu") -> RunState:
         """Read and check a checkpoint of any format (the one reader)."""
         path = Path(path)
         raw = load_checkpoint(path, map_location=map_location)
@@ -144,7 +147,7 @@ class RunState:
         )
 
 
-_FIELDS = {
+_FIELDS: dict[str, type | tuple[type, ...]] = {
     "model": dict,
     "optimizer": dict,
     "rng": dict,
