@@ -422,3 +422,15 @@ def test_lanes_and_gradients_are_objects():
               stats=stats).ys  # fmt: skip
     y[-1].sum().backward()
     assert stats.nfe_backward > 0 and f.k.grad is not None
+
+
+def test_an_adaptive_controller_that_is_not_a_step_size_controller_is_refused_by_name():
+    """An adaptive solve reads ``rtol``, ``atol`` and the step rules of a StepSizeController:
+    a controller of one's own that says it is adaptive without being one is a clear error,
+    not an AttributeError from inside the solve."""
+
+    class Mine(solvers.AbstractStepSizeController):
+        adaptive = True
+
+    with pytest.raises(neuralode.NeuralODEError, match="Mine is adaptive.*StepSizeController"):
+        solvers.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), controller=Mine())
