@@ -84,6 +84,21 @@ def test_every_public_name_has_its_reference_entry(site):
     assert not missing, missing
 
 
+def test_docstring_roles_are_cross_references_not_text(site):
+    """The docstrings' Sphinx roles (``:class:`Dopri5```) reach the reference as links (or as
+    inline code where the target has no entry), never as the role's text."""
+    leftovers = []
+    for page in (site / "api").rglob("*.html"):
+        text = re.sub(r"<[^>]+>", "", page.read_text())
+        leftovers += [
+            f"{page.parent.name}: {m}"
+            for m in re.findall(r":(?:func|class|meth|data|mod|attr|exc):", text)
+        ]
+    assert not leftovers, leftovers[:10]
+    solvers = (site / "api" / "solvers" / "index.html").read_text()
+    assert 'href="../neuralode/#neuralode.odeint"' in solvers  # :func:`odeint`, linked
+
+
 def test_no_internal_link_is_broken(site):
     broken = []
     ids: dict[Path, set[str]] = {}
