@@ -39,6 +39,8 @@ def main() -> None:
         results[name] = task.evaluate(model, data, "test", dist.device, dist)
     if dist.is_main:
         print(json.dumps(results))
+    dist.barrier()  # both ranks leave the process group together (else gloo may abort at exit)
+    dist.close()
 
 
 if __name__ == "__main__":
