@@ -34,7 +34,7 @@ from torch import nn
 from .blocks import NeuralODEBlock
 from .dynamics import ACTIVATIONS, ConcatConv2d
 from .errors import InvalidArgumentError, InvalidTypeError
-from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy
+from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy, replicate
 from .solvers import get_backend, publish_regularization
 
 __all__ = [
@@ -567,7 +567,7 @@ class MultiscaleCNF(nn.Module):
                     CNF(
                         ConcatConvNet(c, hidden),
                         T,
-                        regularizers=[_copy_reg(r) for r in regs],
+                        regularizers=[replicate(r) for r in regs],
                         **cnf_kwargs,
                     )
                     for _ in range(blocks)
@@ -618,7 +618,3 @@ class MultiscaleCNF(nn.Module):
         p = next(self.parameters())
         dim = math.prod(self.shape)
         return self.inverse(torch.randn((n, dim), generator=generator).to(p.device, p.dtype))
-
-
-def _copy_reg(r: KineticEnergy | JacobianFrobenius) -> KineticEnergy | JacobianFrobenius:
-    return type(r)(r.weight, scale=r.scale)

@@ -180,6 +180,12 @@ class JacobianFrobenius(AbstractRegularizer):
         return total
 
 
+def replicate(r: KineticEnergy | JacobianFrobenius) -> KineticEnergy | JacobianFrobenius:
+    """A new regularizer of ``r``'s kind with its weight and scale: each block of a flow
+    integrates a term of its own."""
+    return type(r)(r.weight, scale=r.scale)
+
+
 class RegularizedDynamics(nn.Module):
     """The dynamics ``func`` augmented with one accumulator per regularizer.
 

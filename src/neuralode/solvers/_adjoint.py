@@ -443,7 +443,7 @@ class _Trajectory:
                 self.stepper.restore(rec.state)
                 f0 = self.ev(rec.t, rec.y) if rec.f0 is None else rec.f0
                 y, _ = self.stepper.step(rec.t, rec.y, f0, s - rec.t)
-                if getattr(self.stepper, "failed", False):  # Newton did not converge: the cubic
+                if self.stepper.failed:  # Newton did not converge: the cubic through the ends
                     end, f_end = self.states[k + 1], self.ev(rec.t + rec.dt, self.states[k + 1])
                     y = kernels.hermite(rec.y, end, f0, f_end, rec.dt, (s - rec.t) / rec.dt)
             if len(self._cache) >= self._CACHE:

@@ -50,6 +50,9 @@ class Stepper(abc.ABC):
     lane's: an ``Evaluator``, or on the per-sample lane a counting one with a ``mask``)."""
 
     method: Method
+    # whether the last attempted step failed (an implicit method's Newton iteration did not
+    # converge; per sample on the per-sample lane): an explicit step never does
+    failed: Any = False
 
     def __init__(self, method: Method, ev: Any, k: kernels.Kernels) -> None:
         self.method, self.ev, self.kernels = method, ev, k

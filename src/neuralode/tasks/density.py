@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..flows import CNF, ConcatSquashMLP, FlowDensity, MultiscaleCNF, SequentialFlow
-from ..regularizers import SCALES, JacobianFrobenius, KineticEnergy
+from ..regularizers import SCALES, JacobianFrobenius, KineticEnergy, replicate
 from ..toy_densities import TOY_DATASETS, get_toy
 from .base import (
     ModelRegistry,
@@ -73,7 +73,7 @@ def _cnf(
             eval_divergence="exact",  # two dimensions: the test NLL is exact
             noise=noise,
             steer=steer,
-            regularizers=[type(r)(r.weight, scale=r.scale) for r in regularizers],
+            regularizers=[replicate(r) for r in regularizers],
             **solver,
         )
         for _ in range(blocks)
