@@ -193,3 +193,15 @@ def test_one_exception_hierarchy_with_exit_codes(monkeypatch, capsys):
     monkeypatch.setattr(training, "evaluate_run", lambda *a: [][1])
     with pytest.raises(IndexError):
         main(["-q", "evaluate", "anywhere"])
+
+
+def test_an_old_configuration_takes_the_values_its_run_was_made_with_not_new_defaults():
+    from neuralode.training.run_folder import upgrade_config
+
+    # options added with another default than the behaviour before them
+    assert upgrade_config({"task": "timeseries", "model": "ncde"})["observed"] == "fraction"
+    assert upgrade_config({"task": "timeseries", "model": "odernn"})["observed"] == "none"
+    assert upgrade_config({"task": "density"})["regularizer_scale"] == "sum"
+    assert upgrade_config({"task": "density", "dynamics": "fourier"})["dynamics"] == "fourier"
+    # an option the run stored keeps its value; a new option without history takes its default
+    assert upgrade_config({"task": "density", "dataset": "mnist"})["dynamics"] == "fourier"

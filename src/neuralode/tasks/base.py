@@ -462,6 +462,13 @@ class Task(abc.ABC):
         self.options = options
         self.metric, self.maximize = self.choose_metric()
 
+    @classmethod
+    def legacy_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The values of options added since ``config`` (a stored run's) was written, where the
+        run was made without them (:attr:`legacy_options`; override where that depends on the
+        run, e.g. an option that only one model takes)."""
+        return dict(cls.legacy_options)
+
     def choose_metric(self) -> tuple[str, bool]:
         """``(metric, maximize)``: the class's, unless a task's options decide (override)."""
         return type(self).metric, type(self).maximize

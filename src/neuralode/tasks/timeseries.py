@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -222,8 +222,11 @@ class TimeSeriesTask(Task):
     Options = TimeSeriesOptions
     models = MODELS
     options: TimeSeriesOptions
-    # runs started before the neural CDE's observed option had the fraction channels
-    legacy_options: ClassVar[dict[str, Any]] = {"observed": "fraction"}
+
+    @classmethod
+    def legacy_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        # neural CDEs trained before the observed option had the fraction channels
+        return {"observed": "fraction"} if config.get("model") == "ncde" else {}
 
     @property
     def forecasting(self) -> bool:

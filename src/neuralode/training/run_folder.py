@@ -67,7 +67,9 @@ def run_config(task: Task) -> dict[str, Any]:
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A configuration as this version stores it: options added since it was written take
-    their defaults. Runs written before tasks existed (a ``dataset`` key, every option of every
+    what the run was made with (the task's ``legacy_options``: an option whose default changed
+    when it was added keeps the old behaviour), else their defaults. Runs written before tasks
+    existed (a ``dataset`` key, every option of every
     dataset) keep evaluating and resuming: the options their task does not have are dropped,
     renamed ones renamed, and ``val_fraction`` is 0 (they had no validation split)."""
     config = dict(config)
@@ -82,14 +84,15 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
         if "val_fraction" in fields:
             config["val_fraction"] = 0.0
     try:
-        options = get_task(str(config.get("task"))).Options
+        task = get_task(str(config.get("task")))
     except InvalidArgumentError:
         return config  # reported by whoever reads it
     defaults = {
         f.name: f.default
-        for f in dataclasses.fields(options)
+        for f in dataclasses.fields(task.Options)
         if f.default is not dataclasses.MISSING
     }
+    defaults.update(task.legacy_config(config))
     return {"task": config["task"], **{k: v for k, v in defaults.items() if k not in config},
             **{k: v for k, v in config.items() if k != "task"}}  # fmt: skip
 
@@ -199,9 +202,7 @@ class RunFolder:
             )
         config = dict(config)
         name = config.pop("task")
-        task = get_task(name)
-        config = {**task.legacy_options, **config}
-        return task(make_options(name, config, **changes))
+        return get_task(name)(make_options(name, config, **changes))
 
     def _foreign(self, why: str) -> InvalidArgumentError:
         return InvalidArgumentError(
