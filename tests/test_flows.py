@@ -16,6 +16,7 @@ from neuralode.flows import (
     ConcatSquashLinear,
     ConcatSquashMLP,
     FlowDensity,
+    FourierTimeMLP,
     LogitTransform,
     MultiscaleCNF,
     SequentialFlow,
@@ -240,6 +241,57 @@ def test_concat_squash_linear_is_the_ffjord_layer():
     gate = torch.sigmoid(layer.hyper_gate.weight[:, 0] * 0.3 + layer.hyper_gate.bias)
     expected = (x @ W.T + b) * gate + layer.hyper_bias.weight[:, 0] * 0.3
     torch.testing.assert_close(layer(t, x), expected)
+
+
+def test_fourier_time_mlp_sees_the_state_beside_cos_and_sin_of_k_pi_t_over_the_period():
+    torch.manual_seed(9)
+    f = FourierTimeMLP(2, (8, 8), frequencies=3, period=0.5)
+    assert [type(m).__name__ for m in f.net] == ["Linear", "ELU", "Linear", "ELU", "Linear"]
+    seen = []
+    f.net[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    x, t = torch.randn(4, 2), 0.3
+    out = f(torch.tensor(t), x)
+    assert out.shape == (4, 2)
+    k = torch.arange(1, 4, dtype=torch.float64)
+    angle = k * math.pi * t / 0.5
+    features = torch.cat((angle.cos(), angle.sin())).expand(4, 6)
+    torch.testing.assert_close(seen[0], torch.cat((features, x), dim=1))
+    # periodic in t with period 2 × period (the lowest frequency's full turn), not with 1 ×
+    torch.testing.assert_close(f(torch.tensor(t + 1.0), x), out)
+    assert not torch.allclose(f(torch.tensor(t + 0.5), x), out)
+    # one unbatched state, and one time per sample
+    torch.testing.assert_close(f(torch.tensor(t), x[1]), out[1])
+    times = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    per_sample = f(times, x)
+    for i in range(4):
+        torch.testing.assert_close(per_sample[i], f(times[i], x[i : i + 1])[0])
+    for bad in ({"frequencies": 0}, {"frequencies": 2.0}, {"period": 0.0}, {"period": True}):
+        with pytest.raises(InvalidArgumentError, match="frequencies|period"):
+            FourierTimeMLP(2, **bad)
+    with pytest.raises(InvalidArgumentError, match="unknown activation"):
+        FourierTimeMLP(2, activation="swish")
+
+
+def test_the_density_task_builds_fourier_dynamics_by_default_and_ffjords_by_name():
+    from neuralode.tasks import get_task, make_options
+    from neuralode.tasks.density import DensityTask
+
+    def func(**options):
+        task = get_task("density")(make_options("density", options))
+        return task.build_model().flow.layers[0].func
+
+    default = func(t1=0.7)
+    assert isinstance(default, FourierTimeMLP)
+    torch.testing.assert_close(default.freqs, torch.arange(1, 4) * math.pi / 0.7)
+    assert isinstance(func(dynamics="concatsquash"), ConcatSquashMLP)
+    with pytest.raises(InvalidArgumentError, match="2-D data only"):
+        make_options("density", {"dataset": "mnist", "dynamics": "concatsquash"})
+    # a 2-D run saved before the option existed keeps FFJORD's dynamics (an MNIST run has none)
+    from neuralode.training.run_folder import upgrade_config
+
+    assert upgrade_config({"task": "density"})["dynamics"] == "concatsquash"
+    assert upgrade_config({"task": "density", "dataset": "mnist"})["dynamics"] == "fourier"
+    assert DensityTask.legacy_config({"dataset": "moons"})["regularizer_scale"] == "sum"
 
 
 def test_logit_transform_and_squeeze_are_invertible_with_their_log_determinants():

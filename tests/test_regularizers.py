@@ -189,6 +189,6 @@ def test_the_density_task_takes_rnodes_terms_and_old_runs_keep_theirs():
     assert [r.scale for r in options.regularizers()] == ["rnode", "rnode"]
     from neuralode.tasks.density import DensityTask
 
-    assert DensityTask.legacy_options == {"regularizer_scale": "sum"}
+    assert DensityTask.legacy_options["regularizer_scale"] == "sum"
     with pytest.raises(ValueError, match="scale must be 'sum' or 'rnode'"):
         KineticEnergy(0.1, scale="mean")

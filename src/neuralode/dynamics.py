@@ -32,11 +32,12 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "elu": nn.ELU,
 }
 
 
 def get_activation(name: str) -> nn.Module:
-    """A new activation module by name (tanh, softplus, relu, gelu, silu)."""
+    """A new activation module by name (tanh, softplus, relu, gelu, silu, elu)."""
     try:
         return ACTIVATIONS[name]()
     except (KeyError, TypeError):

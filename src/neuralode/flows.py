@@ -43,6 +43,7 @@ __all__ = [
     "ConcatSquashLinear",
     "ConcatSquashMLP",
     "FlowDensity",
+    "FourierTimeMLP",
     "LogitTransform",
     "MultiscaleCNF",
     "SequentialFlow",
@@ -113,6 +114,67 @@ class ConcatSquashMLP(_TimeLayers):
         sizes = [dim, *hidden, dim]
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in itertools.pairwise(sizes))
         self.acts = nn.ModuleList(_activation(activation) for _ in hidden)
+
+
+class FourierTimeMLP(nn.Module):
+    """Time-dependent dynamics for vectors: an MLP on the state beside Fourier features of the
+    time, ``cos(kπ t / period)`` and ``sin(kπ t / period)`` for ``k = 1 … frequencies`` — the
+    time embedding of zuko's CNF (``zuko.flows.CNF``, there with ``period=1``) — with ELU
+    between the layers, as zuko's. Our default for the density task's 2-D data: at equal CPU
+    time it learns them far faster than FFJORD's concat-squash MLP (``benchmarks/
+    density_zuko.py``), which gates every layer by one function of the time only.
+
+    Args:
+        dim: the state's size.
+        hidden: the hidden layers' widths.
+        activation: between the layers (a name of :data:`neuralode.ACTIVATIONS`).
+        frequencies: the number of frequencies ``k``.
+        period: the time over which the lowest frequency makes half a turn (the flow's ``T``).
+    """
+
+    freqs: torch.Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64, 64),
+        activation: str = "elu",
+        frequencies: int = 3,
+        period: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(frequencies, bool) or not isinstance(frequencies, int) or frequencies < 1:
+            raise InvalidArgumentError(
+                f"frequencies must be a positive integer, got {frequencies!r}",
+                argument="frequencies",
+            )
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
+            raise InvalidArgumentError(
+                f"period must be a positive number (the flow's T), got {period!r}",
+                argument="period",
+            )
+        sizes = [dim + 2 * frequencies, *hidden, dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(a, b))
+            if i < len(hidden):
+                layers.append(_activation(activation))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer(
+            "freqs",
+            torch.arange(1, frequencies + 1, dtype=torch.get_default_dtype()) * (math.pi / period),
+        )
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        angle = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1) * self.freqs.to(
+            x.dtype
+        )
+        features = torch.cat((angle.cos(), angle.sin()), dim=-1)
+        if x.ndim == 1:  # one unbatched state
+            features = features.reshape(-1)
+        features = features.expand(*x.shape[:-1], features.shape[-1])
+        out: torch.Tensor = self.net(torch.cat((features, x), dim=-1))
+        return out
 
 
 class ConcatConvNet(_TimeLayers):
