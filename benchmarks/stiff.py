@@ -6,12 +6,18 @@ dynamics (and Jacobians), and the largest error at the output times in units of 
 (``|y - ref| / (atol + rtol |ref|)``) against a tight Radau reference. dopri5 runs with a budget
 of 200,000 steps: where it needs more it is reported as not finishing.
 
-    python benchmarks/stiff.py [--repeats 3]
+    python benchmarks/stiff.py [--repeats 3] [--rtols 1e-4 1e-6 1e-8] [--skip-dopri5]
+
+At the end it prints issue 27's goals at rtol 1e-6, met or NOT met: kvaerno5's wall time at most
+scipy Radau's on Van der Pol and Robertson with an error of at most 2 tolerance units, and
+TR-BDF2's error at most 5 units; with several ``--rtols``, each implicit method's error at every
+tolerance (whether it stays proportional to the tolerance).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -44,7 +50,8 @@ PROBLEMS = {
     "Van der Pol, mu = 1000": (van_der_pol, [2.0, 0.0], np.linspace(0.0, 2000.0, 5), 1e-8),
     "Robertson": (robertson, [1.0, 0.0, 0.0], np.array([0, 1e-2, 1, 1e2, 1e4, 1e6]), 1e-10),
 }
-RTOL = 1e-6
+GOAL_RTOL = 1e-6
+GOAL_PROBLEMS = ("Van der Pol, mu = 1000", "Robertson")
 
 
 def scipy_solve(f, y0, t, method, rtol, atol):
@@ -83,29 +90,72 @@ SOLVERS = {
 }
 
 
+def run_problem(name: str, rtol: float, repeats: int, solvers: dict) -> dict:
+    """Every solver on one problem in alternating repeats: ``{solver: (wall, nfe, error)}``."""
+    f, y0, t, atol = PROBLEMS[name]
+    ref, _ = scipy_solve(f, y0, t, "Radau", 1e-11, atol * 1e-3)
+    times: dict[str, list[float]] = {s: [] for s in solvers}
+    result = {}
+    for _ in range(repeats):
+        for solver, run in solvers.items():
+            start = time.perf_counter()
+            result[solver] = run(f, y0, t, rtol, atol)
+            times[solver].append(time.perf_counter() - start)
+    print(f"\n{name} (rtol {rtol:g}, atol {atol:g})")
+    print("| solver | wall time (s) | evaluations | error / tolerance |")
+    print("|---|---|---|---|")
+    out = {}
+    for solver in solvers:
+        y, nfe = result[solver]
+        err = None if y is None else float((np.abs(y - ref) / (atol + rtol * np.abs(ref))).max())
+        wall = statistics.median(times[solver])
+        out[solver] = (wall, nfe, err)
+        shown = "-" if err is None else f"{err:.2f}"
+        print(f"| {solver} | {wall:.3f} | {nfe} | {shown} |")
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--rtols",
+        type=float,
+        nargs="+",
+        default=[GOAL_RTOL],
+        help="relative tolerances to run (the goals are judged at 1e-6)",
+    )
+    p.add_argument("--skip-dopri5", action="store_true", help="leave out the explicit solver")
     args = p.parse_args()
     torch.set_num_threads(1)
-    for name, (f, y0, t, atol) in PROBLEMS.items():
-        ref, _ = scipy_solve(f, y0, t, "Radau", 1e-11, atol * 1e-3)
-        times = {s: [] for s in SOLVERS}
-        result = {}
-        for _ in range(args.repeats):
-            for solver, run in SOLVERS.items():
-                start = time.perf_counter()
-                result[solver] = run(f, y0, t, RTOL, atol)
-                times[solver].append(time.perf_counter() - start)
-        print(f"\n{name} (rtol {RTOL:g}, atol {atol:g})")
-        print("| solver | wall time (s) | evaluations | error / tolerance |")
-        print("|---|---|---|---|")
-        for solver in SOLVERS:
-            y, nfe = result[solver]
-            scaled = None if y is None else np.abs(y - ref) / (atol + RTOL * np.abs(ref))
-            err = "-" if scaled is None else f"{scaled.max():.2f}"
-            wall = statistics.median(times[solver])
-            print(f"| {solver} | {wall:.3f} | {nfe} | {err} |")
+    solvers = {k: v for k, v in SOLVERS.items() if not (args.skip_dopri5 and "dopri5" in k)}
+    results = {(name, rtol): run_problem(name, rtol, args.repeats, solvers)
+               for rtol in args.rtols for name in PROBLEMS}  # fmt: skip
+    if len(args.rtols) > 1:
+        print("\nError / tolerance at each rtol (proportional: about the same at every rtol)")
+        for name in PROBLEMS:
+            for solver in solvers:
+                if ("neuralode" in solver and "dopri5" not in solver) or "scipy" in solver:
+                    errs = [results[name, r][solver][2] for r in args.rtols]
+                    shown = " / ".join("-" if e is None else f"{e:.2f}" for e in errs)
+                    print(f"  {name}, {solver}: {shown}")
+    if GOAL_RTOL not in args.rtols:
+        return
+    print(f"\nGoals at rtol {GOAL_RTOL:g}:")
+    for name in GOAL_PROBLEMS:
+        r = results[name, GOAL_RTOL]
+        (k_wall, _, k_err), (radau_wall, _, _) = r["neuralode kvaerno5"], r["scipy Radau"]
+        (_, _, tr_err) = r["neuralode trbdf2"]
+        k_err = math.inf if k_err is None else k_err
+        tr_err = math.inf if tr_err is None else tr_err
+        print(f"  {name}: kvaerno5 wall {k_wall:.3f} s <= Radau's {radau_wall:.3f} s: "
+              f"{verdict(k_wall <= radau_wall)}; kvaerno5 error {k_err:.2f} <= 2 units: "
+              f"{verdict(k_err <= 2.0)}; trbdf2 error {tr_err:.2f} <= 5 units: "
+              f"{verdict(tr_err <= 5.0)}")  # fmt: skip
 
 
 if __name__ == "__main__":

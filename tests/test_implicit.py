@@ -346,3 +346,23 @@ def test_the_checkpointed_gradient_is_the_direct_one(method, monkeypatch):
     assert stats["direct"].jacobians >= 2  # a Jacobian was refreshed mid-solve
     for a, b in zip(grads["direct"], grads["checkpoint"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [3, 16, 17, 40])
+def test_dense_newton_solves_the_iteration_matrix_by_inverse_or_lu(m):
+    """Up to INVERSE_MAX elements the dense solver keeps ``(I - gJ)⁻¹``, beyond it LU factors;
+    either way a solve is ``torch.linalg.solve`` of the system."""
+    from neuralode.solvers._newton import INVERSE_MAX, DenseNewton
+
+    torch.manual_seed(m)
+    A = -50.0 * torch.eye(m, dtype=F64) + torch.randn(m, m, dtype=F64)
+    stats = SolveStats()
+    solver = DenseNewton(m, stats)
+    y = torch.randn(m, dtype=F64)
+    solver.prepare(lambda t, z: A @ z, 0.0, y, 0.1, torch.ones_like(y))
+    assert stats.jacobians == 1
+    factors = solver._lu_factors()  # an inverse, or (LU, pivots)
+    assert isinstance(factors, torch.Tensor) == (m <= INVERSE_MAX)
+    r = torch.randn(m, dtype=F64)
+    expected = torch.linalg.solve(torch.eye(m, dtype=F64) - 0.1 * A, r)
+    torch.testing.assert_close(solver.solve(r), expected, rtol=1e-12, atol=1e-12)

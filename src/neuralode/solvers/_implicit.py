@@ -341,17 +341,21 @@ class _ESDIRKStepper(Stepper):
         the error tolerance); the first update is judged by the last stage's rate."""
         solver = self._solver(t, guess)
         ev, shape = self.ev, rhs.shape
+        flat = rhs.ndim == 1
         kappa = self.method.newton_tol
+        # the updates are measured in the error weights of the guess (RADAU5 fixes them per
+        # step): the same stopping rule, without forming weights per iteration
+        weights = self._weights(guess)
         for _ in range(2):  # with the Jacobian at hand, then with a fresh one
             z = guess
-            solver.prepare(ev, t, z, g, self._weights(z))
+            solver.prepare(ev, t, z, g, weights)
             prev, eta = math.inf, self.eta
             for it in range(self.method.max_newton_iters):
                 fz = ev(t, z)
-                r = z - rhs - g * fz
-                delta = solver.solve(r.reshape(-1)).reshape(shape)
+                r = torch.sub(z, rhs).sub_(fz, alpha=g) if type(g) is float else z - rhs - g * fz
+                delta = solver.solve(r) if flat else solver.solve(r.reshape(-1)).reshape(shape)
                 z = z - delta
-                size = kernels.rms(delta / self._weights(z))
+                size = kernels.rms(delta.div_(weights))
                 if not math.isfinite(size):
                     if it == 0 and not bool(torch.isfinite(fz).all()):
                         # the dynamics themselves are NaN/inf here: no step size helps

@@ -124,6 +124,7 @@ class PerSampleESDIRKStepper(Stepper):
         it = torch.zeros(B, dtype=torch.long, device=dev)
         prev = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
         eta = self.eta.clone()
+        weights = self._weights(guess)  # the updates' scale, as the joint lane's
         blocks.prepare(ev, t, z, g, running)
         go_on = True
         try:
@@ -132,7 +133,7 @@ class PerSampleESDIRKStepper(Stepper):
                 fz = ev(t, z)
                 delta = blocks.solve(z - rhs - g_state * fz)
                 z = torch.where(running.reshape(view), z - delta, z)
-                size = self._rms(delta / self._weights(z)).double()
+                size = self._rms(delta / weights).double()
                 finite = torch.isfinite(size)
                 # the dynamics themselves are NaN/inf here: no step size helps
                 broken = running & ~finite & (it == 0)
