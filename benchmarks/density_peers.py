@@ -1,8 +1,9 @@
 """The same 2-D flow trained by neuralode and by its peers, per training iteration, side by
 side in one process.
 
-The model is the density task's (``neuralode train density``): one CNF block with FFJORD's
-concat-squash MLP (64×3, tanh), exact trace, dopri5 from t = 0 to 0.5 at rtol = atol = 1e-5.
+The model is the density task's (``neuralode train density``): one CNF block with an MLP 64×3
+on the state and Fourier time features (``--dynamics concatsquash``: FFJORD's concat-squash MLP,
+tanh), exact trace, dopri5 from t = 0 to 0.5 at rtol = atol = 1e-5.
 zuko trains the same network (the same initial weights) through its free-form Jacobian
 transform (``zuko.transforms.FreeFormJacobianTransform``: exact trace by one batched
 vector-Jacobian product, gradients by its adaptive checkpoint adjoint); neuralode on its native
@@ -59,11 +60,11 @@ def _nll(model: nn.Module):
     return lambda x: -model(x).mean()
 
 
-def competitors(pretrain: int, batch: int):
+def competitors(pretrain: int, batch: int, dynamics: str = "fourier"):
     from zuko.transforms import FreeFormJacobianTransform
 
     torch.manual_seed(0)
-    model, _ = build("8gaussians")
+    model, _ = build("8gaussians", dynamics=dynamics)
     if pretrain:  # start all from a flow that has taken shape, as in the middle of training
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(1)
@@ -131,9 +132,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--pretrain", type=int, default=300, help="iterations before timing")
+    p.add_argument("--dynamics", default="fourier", choices=("fourier", "concatsquash"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    comps = competitors(a.pretrain, a.batch)
+    comps = competitors(a.pretrain, a.batch, a.dynamics)
     counters = {k: Counter(net) for k, (_, _, net) in comps.items()}
     comps = dict(sorted(comps.items(), key=lambda kv: kv[0] != "zuko"))
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, (m, _, _) in comps.items()}
