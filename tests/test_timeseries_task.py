@@ -126,3 +126,25 @@ def test_data_parallel_training_keeps_the_ranks_identical(tmp_path, common, port
     assert res.returncode == 0, res.stderr
     digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+
+def test_a_registered_classifier_is_accepted_by_name_for_the_classification_data():
+    from torch import nn
+
+    from neuralode.tasks.timeseries import MODELS
+
+    @MODELS.register("mean_classifier_test", "a test classifier")
+    def _mean(dataset: str) -> nn.Module:
+        return nn.Linear(1, 2)
+
+    try:
+        options = make_options(
+            "timeseries", {"dataset": "japanese_vowels", "model": "mean_classifier_test"}
+        )
+        assert options.model == "mean_classifier_test"
+        with pytest.raises(InvalidArgumentError, match="choose model from latent_ode, gru_dt"):
+            make_options("timeseries", {"dataset": "spirals", "model": "mean_classifier_test"})
+    finally:
+        MODELS.unregister("mean_classifier_test")
+    with pytest.raises(InvalidArgumentError, match="mean_classifier_test"):
+        make_options("timeseries", {"dataset": "japanese_vowels", "model": "mean_classifier_test"})

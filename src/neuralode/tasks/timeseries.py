@@ -58,7 +58,13 @@ DATASETS: dict[str, tuple[int, int | None]] = {
     "basic_motions": (6, 4),
 }
 FORECASTERS = ("latent_ode", "gru_dt")
-CLASSIFIERS = ("ncde", "odernn", "grud", "gru_dt")
+FORECAST_ONLY = ("latent_ode",)
+
+
+def classifiers() -> tuple[str, ...]:
+    """The models that classify: every registered model but the forecast-only ones (a model
+    registered with :data:`MODELS` classifies, unless added to ``FORECAST_ONLY``)."""
+    return tuple(n for n in MODELS.names() if n not in FORECAST_ONLY)
 
 MODELS = ModelRegistry()
 
@@ -190,7 +196,7 @@ class TimeSeriesOptions(
         if self.model == "odernn" or self.model == "latent_ode":
             check_per_sample_solver(self.method, self.backend, self.gradient)
         kind = DATASETS[self.dataset][1]
-        allowed = FORECASTERS if kind is None else CLASSIFIERS
+        allowed = FORECASTERS if kind is None else classifiers()
         if self.model not in allowed:
             job = "interpolated and extrapolated" if kind is None else "classified"
             raise InvalidArgumentError(
