@@ -66,6 +66,7 @@ def classifiers() -> tuple[str, ...]:
     registered with :data:`MODELS` classifies, unless added to ``FORECAST_ONLY``)."""
     return tuple(n for n in MODELS.names() if n not in FORECAST_ONLY)
 
+
 MODELS = ModelRegistry()
 
 
