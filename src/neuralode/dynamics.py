@@ -87,7 +87,7 @@ class ODEFunc(nn.Module):
         dim: state size (the last dimension of ``h``).
         hidden: width of the hidden layers.
         depth: number of hidden layers (≥ 1).
-        activation: one of ``tanh``, ``softplus``, ``relu``, ``gelu``, ``silu``.
+        activation: one of ``tanh``, ``softplus``, ``relu``, ``gelu``, ``silu``, ``elu``.
         small_init: Xavier (gain 0.1) weights and zero biases, for a near-identity start.
     """
 

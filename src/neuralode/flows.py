@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .blocks import NeuralODEBlock
-from .dynamics import ACTIVATIONS, ConcatConv2d
+from .dynamics import ConcatConv2d, get_activation
 from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, JacobianFrobenius, KineticEnergy, replicate
 from .solvers import get_backend, publish_regularization
@@ -81,14 +81,6 @@ class ConcatSquashLinear(nn.Module):
         return out
 
 
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise InvalidArgumentError(
-            f"unknown activation {name!r}; choose from: {', '.join(ACTIVATIONS)}"
-        )
-    return ACTIVATIONS[name]()
-
-
 class _TimeLayers(nn.Module):
     """Layers ``layer(t, x)`` with an activation after each but the last."""
 
@@ -113,7 +105,7 @@ class ConcatSquashMLP(_TimeLayers):
         super().__init__()
         sizes = [dim, *hidden, dim]
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in itertools.pairwise(sizes))
-        self.acts = nn.ModuleList(_activation(activation) for _ in hidden)
+        self.acts = nn.ModuleList(get_activation(activation) for _ in hidden)
 
 
 class FourierTimeMLP(nn.Module):
@@ -158,7 +150,7 @@ class FourierTimeMLP(nn.Module):
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(hidden):
-                layers.append(_activation(activation))
+                layers.append(get_activation(activation))
         self.net = nn.Sequential(*layers)
         self.register_buffer(
             "freqs",
@@ -188,7 +180,7 @@ class ConcatConvNet(_TimeLayers):
         super().__init__()
         sizes = [channels, *hidden, channels]
         self.layers = nn.ModuleList(ConcatConv2d(a, b) for a, b in itertools.pairwise(sizes))
-        self.acts = nn.ModuleList(_activation(activation) for _ in hidden)
+        self.acts = nn.ModuleList(get_activation(activation) for _ in hidden)
 
 
 # ------------------------------------------------------------------------------ the flow
