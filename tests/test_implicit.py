@@ -361,7 +361,7 @@ def test_dense_newton_solves_the_iteration_matrix_by_inverse_or_lu(m):
     y = torch.randn(m, dtype=F64)
     solver.prepare(lambda t, z: A @ z, 0.0, y, 0.1, torch.ones_like(y))
     assert stats.jacobians == 1
-    factors = solver._lu_factors()  # an inverse, or (LU, pivots)
+    factors = solver._factors()  # an inverse, or (LU, pivots)
     assert isinstance(factors, torch.Tensor) == (m <= INVERSE_MAX)
     r = torch.randn(m, dtype=F64)
     expected = torch.linalg.solve(torch.eye(m, dtype=F64) - 0.1 * A, r)

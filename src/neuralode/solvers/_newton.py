@@ -204,7 +204,7 @@ class DenseNewton(LinearSolver):
         super().__init__(m)
         self.stats = stats
         self.J: torch.Tensor | None = None
-        self._lu: tuple[Any, Any] | None = None
+        self._factored: tuple[Any, Any] | None = None  # (g, the factors of I - g J)
 
     def _form(self, ev, t, z) -> torch.Tensor:
         return jacobian(ev, t, z, self.m)
@@ -214,10 +214,12 @@ class DenseNewton(LinearSolver):
             raise RuntimeError("prepare() forms the Jacobian before it is factorised or used")
         return self.J
 
-    def _lu_factors(self) -> Any:
-        if self._lu is None:
+    def _factors(self) -> Any:
+        """What :meth:`_factor` made: the inverse of ``I - g J`` (up to :data:`INVERSE_MAX`
+        elements) or its LU factors."""
+        if self._factored is None:
             raise RuntimeError("prepare() factorises the iteration matrix before solve()")
-        return self._lu[1]
+        return self._factored[1]
 
     def _factor(self, g: Any) -> Any:
         J = self._jacobian()
@@ -231,12 +233,12 @@ class DenseNewton(LinearSolver):
             self.J = self._form(ev, t, z)
             self.fresh = True
             self.stats.jacobians = (self.stats.jacobians or 0) + 1
-            self._lu = None
-        if self._lu is None or not _same(self._lu[0], g):
-            self._lu = (g, self._factor(g))
+            self._factored = None
+        if self._factored is None or not _same(self._factored[0], g):
+            self._factored = (g, self._factor(g))
 
     def solve(self, r):
-        m, factors = self.m, self._lu_factors()
+        m, factors = self.m, self._factors()
         if m <= INVERSE_MAX:
             x = torch.mv(factors, r[:m])
         else:
@@ -258,7 +260,7 @@ class DenseNewton(LinearSolver):
         return self.J, self.fresh
 
     def restore(self, state):
-        (self.J, self.fresh), self._lu = state, None
+        (self.J, self.fresh), self._factored = state, None
 
 
 class BlockNewton(DenseNewton):
@@ -278,7 +280,7 @@ class BlockNewton(DenseNewton):
         return torch.linalg.lu_factor(shifted_blocks(self._jacobian(), g))
 
     def solve(self, r):
-        x = torch.linalg.lu_solve(*self._lu_factors(), r.reshape(self.batch, self.n, 1))
+        x = torch.linalg.lu_solve(*self._factors(), r.reshape(self.batch, self.n, 1))
         return x.reshape(-1)
 
 
