@@ -45,17 +45,28 @@ from neuralode.tasks.timeseries import MODELS, _classes
 RECIPE = {"epochs": 40, "batch_size": 32, "lr": 3e-3}
 
 
+class _Field(nn.Module):
+    """``g(z)`` as a ``(hidden, channels)`` matrix, torchcde's ``func(t, z)``."""
+
+    def __init__(self, hidden: int, channels: int) -> None:
+        super().__init__()
+        self.hidden, self.channels = hidden, channels
+        self.g = nn.Sequential(
+            nn.Linear(hidden, 64), nn.Softplus(), nn.Linear(64, hidden * channels), nn.Tanh()
+        )
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.g(z).view(z.shape[0], self.hidden, self.channels)
+
+
 class TorchcdeNCDE(nn.Module):
     """The task's neural CDE (``observed="none"``) with torchcde's spline and ``cdeint``."""
 
     def __init__(self, channels: int, classes: int, hidden: int, solver: dict[str, Any]) -> None:
         super().__init__()
         path_channels = 1 + channels
-        self.hidden, self.path_channels = hidden, path_channels
         self.initial = nn.Linear(path_channels, hidden)
-        self.g = nn.Sequential(
-            nn.Linear(hidden, 64), nn.Softplus(), nn.Linear(64, hidden * path_channels), nn.Tanh()
-        )
+        self.field = _Field(hidden, path_channels)
         self.readout = nn.Linear(hidden, classes)
         self.train_tol = (solver["rtol"], solver["atol"])
         self.eval_tol = (solver["eval_rtol"], solver["eval_atol"])
@@ -68,27 +79,12 @@ class TorchcdeNCDE(nn.Module):
         elapsed = (series.times - series.times[:, :1]).unsqueeze(-1)
         x = torch.cat((elapsed, series.filled()), -1)
         X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x, t=index), t=index)
-        hidden, channels = self.hidden, self.path_channels
-
-        def field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return self.g(z).view(z.shape[0], hidden, channels)
-
-        field_module = _Field(field)
         rtol, atol = self.train_tol if self.training else self.eval_tol
         z0 = self.initial(X.evaluate(X.interval[0]))
-        zs = torchcde.cdeint(X=X, func=field_module, z0=z0, t=index, adjoint=False,
+        zs = torchcde.cdeint(X=X, func=self.field, z0=z0, t=index, adjoint=False,
                              method="dopri5", rtol=rtol, atol=atol)  # fmt: skip
         last = (series.lengths.clamp(min=2) - 1).to(zs.device)
         return self.readout(zs[torch.arange(len(last)), last])
-
-
-class _Field(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.fn(t, z)
 
 
 @MODELS.register("torchcde_ncde", "benchmark only: the neural CDE on torchcde (Kidger's library)")
