@@ -21,6 +21,7 @@ from neuralode.series import (
     LinearInterpolation,
     NaturalCubicSpline,
     NeuralCDE,
+    concat,
     drop_observations,
     load_uea,
     make_periodic,
@@ -442,3 +443,23 @@ def test_neural_cde_evaluations_against_torchdiffeq():
     assert rec.nfe_forward <= 1.2 * count[0], (rec.nfe_forward, count[0])
     err, err_theirs = (ours - tight).abs().max(), (theirs - tight).abs().max()
     assert err <= max(2 * err_theirs, 1e-6), (err, err_theirs)
+
+
+def test_concat_pads_to_the_longest_and_refuses_mismatched_batches():
+    gen = torch.Generator().manual_seed(0)
+    a = drop_observations(make_spirals(5, n_obs=12, seed=1), 0.5, gen)
+    b = make_spirals(3, n_obs=20, seed=2)
+    both = concat([a, b])
+    assert len(both) == 8 and both.times.shape[1] == 20
+    assert torch.equal(both.labels, torch.cat((a.labels, b.labels)))
+    back_a, back_b = both[torch.arange(5)], both[torch.arange(5, 8)]
+    for got, want in ((back_a, a), (back_b, b)):
+        for field in ("times", "values", "mask", "lengths"):
+            assert torch.equal(getattr(got, field), getattr(want, field))
+    # the padding repeats each series' last time, with nothing observed there
+    k = int(a.lengths[0])
+    assert torch.all(both.times[0, k:] == a.times[0, k - 1]) and not both.mask[0, k:].any()
+    with pytest.raises(InvalidArgumentError, match="same channels"):
+        concat([a, make_periodic(2, seed=0)])
+    with pytest.raises(InvalidArgumentError, match="labelled and unlabelled"):
+        concat([a, IrregularSeries(b.times, b.values, b.mask, b.lengths)])

@@ -11,6 +11,7 @@ import math
 import re
 
 import pytest
+import torch
 
 import neuralode
 from neuralode.cli import main
@@ -66,13 +67,15 @@ def test_forecasting_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys, mo
     ("model", "extra"),
     [("ncde", ["--gradient", "adjoint"]),
      pytest.param("ncde", ["--interpolation", "linear"], marks=pytest.mark.slow),
-     ("odernn", []), pytest.param("grud", [], marks=pytest.mark.slow),
+     ("odernn", ["--split", "pooled"]), pytest.param("grud", [], marks=pytest.mark.slow),
      pytest.param("gru_dt", [], marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_classification_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys, model, extra):
     pytest.importorskip("aeon", reason="the timeseries extra is not installed")
     common = [*VOWELS, "--model", model, *extra]
-    summary = kill_and_resume(tmp_path, common, kill_after=5)  # 4 batches per epoch
+    # UEA's split: 232 training series, 4 batches per epoch; pooled: 448, 8 batches
+    kill_after = 10 if "pooled" in extra else 5  # in the second epoch
+    summary = kill_and_resume(tmp_path, common, kill_after=kill_after)
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["best"]
     assert (summary["test_nfe_forward"] > 0) == (model in ("ncde", "odernn"))
     _diagnose_and_evaluate(tmp_path / "full", capsys, "accuracy")
@@ -96,6 +99,7 @@ def test_the_python_api_learns_the_periodic_series(tmp_path):
         ({"dataset": "spirals", "model": "ncde"}, "choose model from latent_ode, gru_dt"),
         ({"dataset": "japanese_vowels", "model": "latent_ode"}, "is classified"),
         ({"drop": 1.0}, "drop must be below 1"),
+        ({"split": "pooled"}, "split='pooled' is for the UEA datasets (japanese_vowels"),
         ({"model": "gru_dt", "method": "rk4"}, "does not apply to model 'gru_dt'"),
         ({"interpolation": "linear"}, "does not apply to model 'latent_ode'"),
     ],
@@ -148,3 +152,42 @@ def test_a_registered_classifier_is_accepted_by_name_for_the_classification_data
         MODELS.unregister("mean_classifier_test")
     with pytest.raises(InvalidArgumentError, match="mean_classifier_test"):
         make_options("timeseries", {"dataset": "japanese_vowels", "model": "mean_classifier_test"})
+
+
+@pytest.mark.parametrize("dataset", ["japanese_vowels", "basic_motions"])
+def test_the_pooled_split_is_70_15_15_of_every_series_once(dataset):
+    pytest.importorskip("aeon", reason="the timeseries extra is not installed")
+    from neuralode.series import load_uea
+    from neuralode.tasks import get_task
+
+    train, classes = load_uea(dataset, "train")
+    test, _ = load_uea(dataset, "test", classes=classes)
+    task = get_task("timeseries")(
+        make_options("timeseries", dataset=dataset, model="ncde", split="pooled")
+    )
+    splits = task.load_data()
+    total = len(train) + len(test)
+    sizes = {name: len(part) for name, part in splits.items()}
+    assert sizes["val"] == sizes["test"] == round(0.15 * total)
+    assert sum(sizes.values()) == total
+
+    def rows(s):  # a series by its label, length and standardised first point
+        return {(int(s.labels[i]), int(s.lengths[i]), *s.values[i, 0].round(decimals=4).tolist())
+                for i in range(len(s))}  # fmt: skip
+
+    parts = [rows(splits[name]) for name in ("train", "val", "test")]
+    assert sum(map(len, parts)) == total  # no series twice
+    labels = torch.cat([splits[name].labels for name in ("train", "val", "test")])
+    expected = torch.cat((train.labels, test.labels))
+    assert torch.equal(labels.bincount(minlength=len(classes)), expected.bincount())
+    # standardised by the training part's statistics: mean 0, variance 1 per channel there
+    t = splits["train"]
+    m = t.mask * t.valid().unsqueeze(-1)
+    mean = (t.values * m).sum((0, 1)) / m.sum((0, 1))
+    var = ((t.values - mean) ** 2 * m).sum((0, 1)) / m.sum((0, 1))
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    assert torch.allclose(var, torch.ones_like(var), atol=1e-4)
+    # UEA's split keeps the archive's test series as the test split
+    uea = get_task("timeseries")(make_options("timeseries", dataset=dataset, model="ncde"))
+    uea = uea.load_data()
+    assert len(uea["test"]) == len(test) and len(uea["train"]) + len(uea["val"]) == len(train)

@@ -5,6 +5,7 @@ and the GRU-Δt and GRU-D baselines). The ``timeseries`` training task is built 
 from .data import (
     UEA_DATASETS,
     IrregularSeries,
+    concat,
     drop_observations,
     load_uea,
     make_periodic,
@@ -35,6 +36,7 @@ __all__ = [
     "NaturalCubicSpline",
     "NeuralCDE",
     "ODERNNClassifier",
+    "concat",
     "drop_observations",
     "load_uea",
     "make_periodic",

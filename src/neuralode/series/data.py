@@ -24,6 +24,7 @@ from ..errors import DataError, InvalidArgumentError
 __all__ = [
     "UEA_DATASETS",
     "IrregularSeries",
+    "concat",
     "drop_observations",
     "load_uea",
     "make_periodic",
@@ -119,6 +120,36 @@ def _pack(
         values[i, :k], mask[i, :k] = x, m
     lengths = torch.tensor([len(t) for t, _, _ in rows])
     return IrregularSeries(times, values, mask, lengths, labels)
+
+
+def concat(parts: list[IrregularSeries]) -> IrregularSeries:
+    """The series of several batches in one batch, padded to the longest (as the module says);
+    the batches must have the same channels, and labels all or none of them."""
+    if not parts:
+        raise InvalidArgumentError("concat needs at least one batch of series")
+    if len({p.channels for p in parts}) > 1:
+        raise InvalidArgumentError(
+            f"cannot concatenate series with {sorted({p.channels for p in parts})} channels: "
+            "every batch needs the same channels"
+        )
+    labelled = {p.labels is not None for p in parts}
+    if len(labelled) > 1:
+        raise InvalidArgumentError("cannot concatenate labelled and unlabelled series")
+    n = max(p.times.shape[1] for p in parts)
+
+    def pad(p: IrregularSeries) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = n - p.times.shape[1]  # each series' padding repeats its last time
+        times = torch.cat((p.times, p.times[:, -1:].expand(-1, k)), 1)
+        return (
+            times,
+            torch.nn.functional.pad(p.values, (0, 0, 0, k)),
+            torch.nn.functional.pad(p.mask, (0, 0, 0, k)),
+        )
+
+    times, values, mask = (torch.cat(xs) for xs in zip(*map(pad, parts), strict=True))
+    labels = [p.labels for p in parts if p.labels is not None]
+    lengths = torch.cat([p.lengths for p in parts])
+    return IrregularSeries(times, values, mask, lengths, torch.cat(labels) if labels else None)
 
 
 def split_at(

@@ -7,7 +7,10 @@ models see the first half of every series (less the dropped points) and are scor
 its points: the first half (interpolation) and the second (extrapolation).
 ``japanese_vowels`` and ``basic_motions`` are UEA datasets read from aeon's wheel (the
 ``timeseries`` extra) and classified; their values are standardised per channel and their
-times (the sample index) scaled so that the longest training series spans [0, 1].
+times (the sample index) scaled so that the longest training series spans [0, 1]. ``split``
+chooses the protocol: ``uea`` trains on the archive's training series (1/7 of them held out to
+validate) and tests on its test series; ``pooled`` pools both and splits them 70/15/15 at
+random by the seed, as Kidger et al. (2020) do.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..series import (
     LatentODE,
     NeuralCDE,
     ODERNNClassifier,
+    concat,
     drop_observations,
     load_uea,
     make_periodic,
@@ -58,6 +62,8 @@ DATASETS: dict[str, tuple[int, int | None]] = {
     "basic_motions": (6, 4),
 }
 FORECASTERS = ("latent_ode", "gru_dt")
+SPLITS = ("uea", "pooled")
+"""How a UEA dataset is split: the archive's own training and test series, or both pooled."""
 FORECAST_ONLY = ("latent_ode",)
 
 
@@ -182,6 +188,11 @@ class TimeSeriesOptions(
         "for values missing within a point) or fraction (the layout of runs before this option)",
         choices=OBSERVED_CHANNELS, group="model and data", model=True,
     )  # fmt: skip
+    split: str = option(
+        "uea", "UEA datasets: uea (the archive's training and test series; 1/7 of the training "
+        "series validate) or pooled (both pooled and split 70/15/15 at random by the seed, as "
+        "Kidger et al. 2020 do)", choices=SPLITS, group="model and data",
+    )  # fmt: skip
     data_dir: str | None = option(
         None, "folder of the UEA .ts files (default: aeon's wheel)", group="run"
     )
@@ -189,6 +200,12 @@ class TimeSeriesOptions(
     def check(self) -> None:
         if self.drop >= 1.0:
             raise InvalidArgumentError(f"drop must be below 1, got {self.drop}")
+        if DATASETS[self.dataset][1] is None and self.split != "uea":
+            raise InvalidArgumentError(
+                f"split={self.split!r} is for the UEA datasets "
+                f"({', '.join(d for d, (_, c) in DATASETS.items() if c is not None)}); the "
+                f"generated {self.dataset!r} series are split 80/10/10 at random by the seed"
+            )
         if DATASETS[self.dataset][1] is None and self.series < 3:
             raise InvalidArgumentError(
                 f"series must be at least 3 (a training, a validation and a test series), got "
@@ -269,17 +286,30 @@ class TimeSeriesTask(Task):
             return splits
         train, classes = load_uea(o.dataset, "train", o.data_dir)
         test, _ = load_uea(o.dataset, "test", o.data_dir, classes=classes)
-        mean = (train.values * train.mask).sum((0, 1)) / train.mask.sum((0, 1))
-        var = (((train.values - mean) ** 2) * train.mask).sum((0, 1)) / train.mask.sum((0, 1))
+        if o.split == "pooled":  # both pooled, 70/15/15
+            pool = concat([train, test])
+            order = torch.randperm(len(pool), generator=gen)
+            n_val = n_test = round(0.15 * len(pool))
+            parts = {
+                "train": pool[order[n_val + n_test :].sort().values],
+                "val": pool[order[:n_val].sort().values],
+                "test": pool[order[n_val : n_val + n_test].sort().values],
+            }
+            fit = parts["train"]
+        else:  # the archive's split, 1/7 of its training series held out to validate
+            order = torch.randperm(len(train), generator=gen)
+            n_val = max(1, len(train) // 7)
+            parts = {
+                "train": train[order[n_val:].sort().values],
+                "val": train[order[:n_val].sort().values],
+                "test": test,
+            }
+            fit = train
+        # standardised by the statistics of the series trained on (UEA's: all its training ones)
+        mean = (fit.values * fit.mask).sum((0, 1)) / fit.mask.sum((0, 1))
+        var = (((fit.values - mean) ** 2) * fit.mask).sum((0, 1)) / fit.mask.sum((0, 1))
         splits = {}
-        order = torch.randperm(len(train), generator=gen)
-        n_val = max(1, len(train) // 7)
-        parts = {
-            "train": train[order[n_val:].sort().values],
-            "val": train[order[:n_val].sort().values],
-            "test": test,
-        }
-        span = float(train.lengths.max() - 1)
+        span = float(fit.lengths.max() - 1)
         for name, part in parts.items():
             part.values = (part.values - mean) / var.sqrt().clamp(min=1e-8) * part.mask
             part.times = part.times / span  # the longest training series spans [0, 1]
