@@ -366,3 +366,25 @@ def test_dense_newton_solves_the_iteration_matrix_by_inverse_or_lu(m):
     r = torch.randn(m, dtype=F64)
     expected = torch.linalg.solve(torch.eye(m, dtype=F64) - 0.1 * A, r)
     torch.testing.assert_close(solver.solve(r), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["kvaerno3", "kvaerno5"])
+def test_newtons_error_stays_below_the_tolerance_at_tight_tolerances(method):
+    """The final stage's first Newton update is judged by its own size: judged by the
+    contraction rate of the stage before, updates of a tolerance and more went into the solution
+    (kvaerno3 on Van der Pol at rtol = atol = 1e-8 through its first jump: 117 tolerances off)."""
+    mu, t = 1000.0, np.linspace(0.0, 1000.0, 3)
+
+    def vdp(s, y):
+        return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
+
+    def jac(s, y):
+        return [[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1, mu * (1 - y[0] ** 2)]]
+
+    ref = solve_ivp(vdp, (0.0, 1000.0), [2.0, 0.0], method="Radau", t_eval=t, rtol=1e-12,
+                    atol=1e-14, jac=jac).y.T  # fmt: skip
+    rtol = atol = 1e-8
+    with torch.no_grad():
+        y = neuralode.odeint(VanDerPol(mu), torch.tensor([2.0, 0.0], dtype=F64),
+                             torch.from_numpy(t), method=method, rtol=rtol, atol=atol)  # fmt: skip
+    assert float((np.abs(y.numpy() - ref) / (atol + rtol * np.abs(ref))).max()) < 20.0
