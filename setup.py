@@ -1,6 +1,7 @@
 """Build of the optional C kernels; everything else is configured in pyproject.toml.
 
-``neuralode.solvers._fused`` holds fused CPU kernels of the native Runge–Kutta loops. It needs
+``neuralode.solvers._fused`` holds fused CPU kernels of the native Runge–Kutta loops (and of
+the implicit methods' Newton updates). It needs
 no PyTorch headers, only a C compiler; where none is available the build skips it
 (``optional=True``) and the solvers use plain tensor operations instead.
 """

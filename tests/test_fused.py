@@ -462,3 +462,66 @@ def test_a_fused_solve_that_turns_non_finite_reports_where(monkeypatch, bad):
         with pytest.raises(NonFiniteStateError) as info, torch.no_grad():
             neuralode.odeint(breaks, torch.ones(3), torch.tensor([0.0, 2.0]), **NATIVE)
         assert 0.5 <= info.value.time <= 2.0
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
+    g = torch.Generator().manual_seed(n)
+    z, rhs, fz = (torch.randn(n, generator=g, dtype=dtype) for _ in range(3))
+    weights = torch.rand(n, generator=g, dtype=dtype) + 0.1
+    inverse = torch.eye(n, dtype=dtype) + 0.1 * torch.randn(n, n, generator=g, dtype=dtype)
+    update = kernels.NewtonUpdate.make(rhs, weights, inverse, 0.3)
+    assert update is not None
+    got, size = update(z, fz)
+    delta = inverse @ (z - rhs - 0.3 * fz)
+    same = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, z - delta, rtol=same, atol=same)
+    want = float(torch.sqrt(((delta / weights) ** 2).mean()))
+    assert size == pytest.approx(want, rel=same)
+    # an update that is not finite reports NaN, as the tensor form's norm does
+    assert math.isnan(update(z, torch.full_like(fz, math.nan))[1])
+
+
+@built
+def test_the_newton_update_proves_its_buffers():
+    x, inv = torch.zeros(3), torch.eye(3)
+    assert kernels.NewtonUpdate.make(x, x, None, 0.1) is None  # no inverse: the tensor form
+    assert kernels.NewtonUpdate.make(x, x, inv, torch.tensor(0.1)) is None  # a tensor g
+    assert kernels.NewtonUpdate.make(x, x, inv.t().clone().t(), 0.1) is not None  # contiguous
+    assert kernels.NewtonUpdate.make(x, x, torch.eye(4)[:3, :3], 0.1) is None  # strided inverse
+    assert kernels.NewtonUpdate.make(torch.zeros(17), torch.zeros(17), torch.eye(17), 0.1) is None
+    assert kernels.NewtonUpdate.make(x, x.double(), inv, 0.1) is None  # weights of another dtype
+    update = kernels.NewtonUpdate.make(x, torch.ones(3), inv, 0.1)
+    # a derivative the kernel cannot read is left to the tensor form; a bad iterate is an error
+    for fz in (torch.zeros(4), torch.zeros(3, dtype=torch.float64), torch.zeros(6)[::2]):
+        assert update(x, fz) is None
+    with pytest.raises(ValueError, match="fused kernels need"):
+        update(torch.zeros(4), torch.zeros(3))
+
+
+@built
+@pytest.mark.parametrize("method", ["kvaerno5", "kvaerno3", "trbdf2"])
+def test_fused_and_plain_newton_iterations_agree(monkeypatch, method):
+    """Van der Pol (μ = 100) with and without the fused Newton update: the same steps and
+    evaluations, and the same answer to rounding."""
+
+    def vdp(t, y):
+        return torch.stack([y[1], 100.0 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    def run(stats):
+        with torch.no_grad():
+            return neuralode.odeint(vdp, torch.tensor([2.0, 0.0], dtype=torch.float64),
+                                    torch.linspace(0.0, 200.0, 5, dtype=torch.float64),
+                                    method=method, rtol=1e-6, atol=1e-8, stats=stats)  # fmt: skip
+
+    calls = []
+    update = kernels.NewtonUpdate.__call__
+    monkeypatch.setattr(
+        kernels.NewtonUpdate, "__call__", lambda self, z, fz: calls.append(1) or update(self, z, fz)
+    )
+    fused, plain, sf, sp = _solve_both(monkeypatch, run)
+    assert len(calls) >= 0.9 * sf.nfe_forward, (len(calls), sf)  # nearly every evaluation's
+    assert (sf.nfe_forward, sf.steps_accepted) == (sp.nfe_forward, sp.steps_accepted)
+    torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-11)

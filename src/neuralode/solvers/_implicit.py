@@ -360,13 +360,22 @@ class _ESDIRKStepper(Stepper):
         for _ in range(2):  # with the Jacobian at hand, then with a fresh one
             z = guess
             solver.prepare(ev, t, z, g, weights)
+            fused = kernels.NewtonUpdate.make(rhs, weights, solver.inverse(), g)
             prev, eta = math.inf, max(self.eta, FINAL_STAGE_FACTOR) if final else self.eta
             for it in range(self.method.max_newton_iters):
                 fz = ev(t, z)
-                r = torch.sub(z, rhs).sub_(fz, alpha=g) if type(g) is float else z - rhs - g * fz
-                delta = solver.solve(r) if flat else solver.solve(r.reshape(-1)).reshape(shape)
-                z = z - delta
-                size = kernels.rms(delta.div_(weights))
+                update = None if fused is None else fused(z, fz)
+                if update is not None:  # one pass of the C kernel
+                    z, size = update
+                else:
+                    r = (
+                        torch.sub(z, rhs).sub_(fz, alpha=g)
+                        if type(g) is float
+                        else z - rhs - g * fz
+                    )
+                    delta = solver.solve(r) if flat else solver.solve(r.reshape(-1)).reshape(shape)
+                    z = z - delta
+                    size = kernels.rms(delta.div_(weights))
                 if not math.isfinite(size):
                     if it == 0 and not bool(torch.isfinite(fz).all()):
                         # the dynamics themselves are NaN/inf here: no step size helps

@@ -5,7 +5,8 @@ and an error estimate (6 more). With one tensor operation per term each term is 
 memory; on a small CPU problem (batch 128, 64 states) those passes cost about a third of the
 dynamics themselves. The C module ``_fused``
 (built by ``pip install`` where a C compiler is available) forms each sum in one pass and the
-step's error ratio in one more.
+step's error ratio in one more; for the implicit methods it also takes a stage's Newton update
+of a small system in one call (:class:`NewtonUpdate`).
 
 The kernels are used for a solve when all of these hold, and plain tensor operations otherwise:
 
@@ -39,8 +40,10 @@ from ..errors import InvalidArgumentError
 
 __all__ = [
     "MAX_BYTES",
+    "NEWTON_MAX",
     "FusedKernels",
     "Kernels",
+    "NewtonUpdate",
     "Scratch",
     "Stages",
     "TorchKernels",
@@ -327,6 +330,66 @@ def all_finite(y: torch.Tensor) -> bool | None:
     if not _readable(y, 8 * MAX_BYTES):
         return None
     return _fused.all_finite(y.dtype is torch.float64, y.numel(), y.data_ptr())
+
+
+NEWTON_MAX = 16
+"""The most elements a fused Newton update takes (the kernel keeps the residual on its stack)."""
+
+
+class NewtonUpdate:
+    """One implicit stage's Newton updates, each in one call of the kernel: ``z - inverse @
+    (z - rhs - g fz)`` and the RMS of the update in the error ``weights`` (the tensor form is
+    six operations and three allocations). The stage's own buffers are proven once, here; each
+    iterate and derivative when it arrives. :meth:`make` gives one where the kernel can read the
+    stage, else ``None``."""
+
+    __slots__ = ("double", "dtype", "g", "inverse_address", "keep", "n", "rhs_address", "w")
+
+    def __init__(
+        self, rhs: torch.Tensor, weights: torch.Tensor, inverse: torch.Tensor, g: float
+    ) -> None:
+        self.n, self.dtype, self.g = rhs.numel(), rhs.dtype, g
+        self.double = rhs.dtype is torch.float64
+        if self.n > NEWTON_MAX:
+            raise ValueError(f"a fused Newton update takes at most {NEWTON_MAX} elements")
+        self.rhs_address = _prove(rhs, self.n, self.dtype, "a stage's right-hand side")
+        self.w = _prove(weights, self.n, self.dtype, "a stage's error weights")
+        self.inverse_address = _prove(inverse, self.n * self.n, self.dtype, "the inverse")
+        self.keep = (rhs, weights, inverse)  # the addresses stay valid while this lives
+
+    @classmethod
+    def make(
+        cls, rhs: torch.Tensor, weights: torch.Tensor, inverse: torch.Tensor | None, g: Any
+    ) -> NewtonUpdate | None:
+        """One for this stage, or ``None`` (no inverse of every element, a tensor ``g``, a
+        state the kernel does not read, or the kernels disabled)."""
+        if (
+            inverse is None
+            or type(g) is not float
+            or rhs.numel() > NEWTON_MAX
+            or inverse.numel() != rhs.numel() ** 2
+            or inverse.dtype is not rhs.dtype
+            or not inverse.is_contiguous()
+            or weights.dtype is not rhs.dtype
+            or not weights.is_contiguous()
+            or not _readable(rhs, MAX_BYTES)
+        ):
+            return None
+        return cls(rhs, weights, inverse, g)
+
+    def __call__(self, z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """The next iterate and the update's size, or ``None`` where ``fz`` is not a contiguous
+        CPU tensor of the state's size and dtype (the caller takes the tensor form)."""
+        n, dtype = self.n, self.dtype
+        if not (fz.dtype is dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == n):
+            return None
+        out = torch.empty_like(z)
+        size = _fused.newton(
+            self.double, n, _prove(out, n, dtype, "a Newton iterate"),
+            _prove(z, n, dtype, "a Newton iterate"), self.rhs_address, fz.data_ptr(), self.g,
+            self.inverse_address, self.w,
+        )  # fmt: skip
+        return out, size
 
 
 # --------------------------------------------------------------------------- the protocol

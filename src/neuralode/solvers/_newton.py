@@ -185,6 +185,11 @@ class LinearSolver(abc.ABC):
         """Form a new Jacobian at the next :meth:`prepare`; ``False`` where that cannot help."""
         return False
 
+    def inverse(self) -> torch.Tensor | None:
+        """The inverse of ``I - g J`` over every element, where this solver keeps one (the
+        fused Newton update reads it), else ``None``."""
+        return None
+
     def step_done(self, slow: bool = False) -> None:  # noqa: B027 (matrix-free: no Jacobian)
         """A step was accepted (``slow``: its Newton iterations converged slowly, so a new
         Jacobian is due): the Jacobian at hand is no longer fresh."""
@@ -225,7 +230,7 @@ class DenseNewton(LinearSolver):
         J = self._jacobian()
         eye = torch.eye(self.m, dtype=J.dtype, device=J.device)
         if self.m <= INVERSE_MAX:  # one matrix-vector product per solve instead of an LU solve
-            return torch.linalg.inv(eye - g * J)
+            return torch.linalg.inv(eye - g * J).contiguous()  # row-major, as the kernel reads
         return torch.linalg.lu_factor(eye - g * J)
 
     def prepare(self, ev, t, z, g, weights):
@@ -236,6 +241,9 @@ class DenseNewton(LinearSolver):
             self._factored = None
         if self._factored is None or not _same(self._factored[0], g):
             self._factored = (g, self._factor(g))
+
+    def inverse(self) -> torch.Tensor | None:
+        return self._factors() if self.m <= INVERSE_MAX else None
 
     def solve(self, r):
         m, factors = self.m, self._factors()
@@ -278,6 +286,9 @@ class BlockNewton(DenseNewton):
 
     def _factor(self, g: Any) -> Any:
         return torch.linalg.lu_factor(shifted_blocks(self._jacobian(), g))
+
+    def inverse(self) -> torch.Tensor | None:
+        return None  # LU factors of the blocks
 
     def solve(self, r):
         x = torch.linalg.lu_solve(*self._factors(), r.reshape(self.batch, self.n, 1))
