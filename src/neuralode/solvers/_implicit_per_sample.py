@@ -103,6 +103,7 @@ class PerSampleESDIRKStepper(Stepper):
         self.eta = empty  # Newton's convergence estimate, per sample
         self.failed = empty  # per sample: the step's Newton iterations did not converge
         self.slowest = empty  # per sample: the step's slowest contraction rate
+        self._mean = empty  # 1/n per element, for _rms
 
     def _blocks(self) -> _Blocks:
         if self.blocks is None:
@@ -113,7 +114,14 @@ class PerSampleESDIRKStepper(Stepper):
         return z.abs().mul_(self.rtol).add_(self.atol)
 
     def _rms(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt()
+        """Per sample, the RMS of ``x``: a matrix-vector product with ``1/n`` (5 µs for 1,024
+        samples of 2 elements, where ``pow().mean(dim=1)`` took 25: a reduction over a short
+        inner dimension is slow)."""
+        x = x.reshape(x.shape[0], -1)
+        n = x.shape[1]
+        if self._mean.shape != (n,) or self._mean.dtype != x.dtype:
+            self._mean = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+        return torch.mv(x * x, self._mean).sqrt_()
 
     def _newton(self, t, rhs, guess, g, g_state, who, final):
         """Every sample's stage fixed point (``who``: the samples that solve it), and which
@@ -133,6 +141,7 @@ class PerSampleESDIRKStepper(Stepper):
         it = torch.zeros(B, dtype=torch.long, device=dev)
         prev = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
         eta = self.eta.clamp(min=FINAL_STAGE_FACTOR) if final else self.eta.clone()
+        eta_done = eta
         weights = self._weights(guess)  # the updates' scale, as the joint lane's
         blocks.prepare(ev, t, z, g, running)
         go_on = True
@@ -140,7 +149,7 @@ class PerSampleESDIRKStepper(Stepper):
             while go_on:
                 ev.mask = mask & running
                 fz = ev(t, z)
-                delta = blocks.solve(z - rhs - g_state * fz)
+                delta = blocks.solve(torch.addcmul(z - rhs, g_state, fz, value=-1.0))
                 z = torch.where(running.reshape(view), z - delta, z)
                 size = self._rms(delta / weights).double()
                 nonfinite = running & ~torch.isfinite(size)
@@ -152,7 +161,7 @@ class PerSampleESDIRKStepper(Stepper):
                 self.slowest = torch.where(moved, torch.maximum(self.slowest, rate), self.slowest)
                 eta = torch.where(moved, rate / (1.0 - rate), eta)
                 done = going & ((eta * size <= kappa) | (size <= 1e-10))
-                self.eta = torch.where(done, eta.clamp(min=1e-8) ** 0.8, self.eta)
+                eta_done = torch.where(done, eta, eta_done)  # carried on when the stage ends
                 converged |= done
                 prev = torch.where(going, size, prev)
                 it = it + going
@@ -162,9 +171,9 @@ class PerSampleESDIRKStepper(Stepper):
                 # with a fresh Jacobian where the one at hand is not (else the sample failed)
                 retry = give_up & ~blocks.fresh
                 # one read from the device per iteration; the rest only where a sample gave up
-                any_nonfinite, any_give_up, any_retry, go_on = torch.stack(
-                    (nonfinite.any(), give_up.any(), retry.any(), running.any())
-                ).tolist()
+                any_nonfinite, any_give_up, any_retry, go_on = (
+                    torch.stack((nonfinite, give_up, retry, running)).any(dim=1).tolist()
+                )
                 if any_nonfinite:  # the dynamics themselves NaN/inf: no step size helps
                     broken = nonfinite & (it == 0)  # (a sample that gave up kept its count)
                     broken &= ~torch.isfinite(fz.reshape(B, -1)).all(dim=1)
@@ -185,6 +194,8 @@ class PerSampleESDIRKStepper(Stepper):
                     blocks.prepare(ev, t, z, g, retry)
         finally:
             ev.mask = mask
+        # the next stage's first update is judged by this one's rate (see _ESDIRKStepper)
+        self.eta = torch.where(converged, eta_done.clamp(min=1e-8) ** 0.8, self.eta)
         return z, converged
 
     def step(self, t, y, f0, dt, last_node=None):
