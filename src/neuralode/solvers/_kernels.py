@@ -343,7 +343,9 @@ class NewtonUpdate:
     iterate and derivative when it arrives. :meth:`make` gives one where the kernel can read the
     stage, else ``None``."""
 
-    __slots__ = ("double", "dtype", "g", "inverse_address", "keep", "n", "rhs_address", "w")
+    __slots__ = (
+        "double", "dtype", "g", "inverse_address", "keep", "n", "rhs_address", "weights_address",
+    )  # fmt: skip
 
     def __init__(
         self, rhs: torch.Tensor, weights: torch.Tensor, inverse: torch.Tensor, g: float
@@ -353,7 +355,7 @@ class NewtonUpdate:
         if self.n > NEWTON_MAX:
             raise ValueError(f"a fused Newton update takes at most {NEWTON_MAX} elements")
         self.rhs_address = _prove(rhs, self.n, self.dtype, "a stage's right-hand side")
-        self.w = _prove(weights, self.n, self.dtype, "a stage's error weights")
+        self.weights_address = _prove(weights, self.n, self.dtype, "a stage's error weights")
         self.inverse_address = _prove(inverse, self.n * self.n, self.dtype, "the inverse")
         self.keep = (rhs, weights, inverse)  # the addresses stay valid while this lives
 
@@ -387,7 +389,7 @@ class NewtonUpdate:
         size = _fused.newton(
             self.double, n, _prove(out, n, dtype, "a Newton iterate"),
             _prove(z, n, dtype, "a Newton iterate"), self.rhs_address, fz.data_ptr(), self.g,
-            self.inverse_address, self.w,
+            self.inverse_address, self.weights_address,
         )  # fmt: skip
         return out, size
 
