@@ -472,33 +472,33 @@ def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
     z, rhs, fz = (torch.randn(n, generator=g, dtype=dtype) for _ in range(3))
     weights = torch.rand(n, generator=g, dtype=dtype) + 0.1
     inverse = torch.eye(n, dtype=dtype) + 0.1 * torch.randn(n, n, generator=g, dtype=dtype)
-    update = kernels.NewtonUpdate.make(rhs, weights, inverse, 0.3)
-    assert update is not None
-    got, size = update(z, fz)
+    assert kernels.newton_usable(rhs, weights, inverse, 0.3)
+    got, size = kernels.newton(z, rhs, fz, 0.3, inverse, weights)
     delta = inverse @ (z - rhs - 0.3 * fz)
     same = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, z - delta, rtol=same, atol=same)
     want = float(torch.sqrt(((delta / weights) ** 2).mean()))
     assert size == pytest.approx(want, rel=same)
     # an update that is not finite reports NaN, as the tensor form's norm does
-    assert math.isnan(update(z, torch.full_like(fz, math.nan))[1])
+    nan = torch.full_like(fz, math.nan)
+    assert math.isnan(kernels.newton(z, rhs, nan, 0.3, inverse, weights)[1])
 
 
 @built
 def test_the_newton_update_proves_its_buffers():
     x, inv = torch.zeros(3), torch.eye(3)
-    assert kernels.NewtonUpdate.make(x, x, None, 0.1) is None  # no inverse: the tensor form
-    assert kernels.NewtonUpdate.make(x, x, inv, torch.tensor(0.1)) is None  # a tensor g
-    assert kernels.NewtonUpdate.make(x, x, inv.t().clone().t(), 0.1) is not None  # contiguous
-    assert kernels.NewtonUpdate.make(x, x, torch.eye(4)[:3, :3], 0.1) is None  # strided inverse
-    assert kernels.NewtonUpdate.make(torch.zeros(17), torch.zeros(17), torch.eye(17), 0.1) is None
-    assert kernels.NewtonUpdate.make(x, x.double(), inv, 0.1) is None  # weights of another dtype
-    update = kernels.NewtonUpdate.make(x, torch.ones(3), inv, 0.1)
-    # a derivative the kernel cannot read is left to the tensor form; a bad iterate is an error
+    assert not kernels.newton_usable(x, x, None, 0.1)  # no inverse: the tensor form
+    assert not kernels.newton_usable(x, x, inv, torch.tensor(0.1))  # a tensor g
+    assert kernels.newton_usable(x, x, inv.t().clone().t(), 0.1)  # contiguous
+    assert not kernels.newton_usable(x, x, torch.eye(4)[:3, :3], 0.1)  # a strided inverse
+    assert not kernels.newton_usable(torch.zeros(17), torch.zeros(17), torch.eye(17), 0.1)
+    assert not kernels.newton_usable(x, x.double(), inv, 0.1)  # weights of another dtype
+    # a derivative the kernel cannot read is left to the tensor form; a bad buffer is an error
     for fz in (torch.zeros(4), torch.zeros(3, dtype=torch.float64), torch.zeros(6)[::2]):
-        assert update(x, fz) is None
-    with pytest.raises(ValueError, match="fused kernels need"):
-        update(torch.zeros(4), torch.zeros(3))
+        assert kernels.newton(x, x, fz, 0.1, inv, torch.ones(3)) is None
+    for args in ((torch.zeros(3), torch.zeros(4), torch.eye(3)), (x, x, torch.eye(2))):
+        with pytest.raises(ValueError, match="fused kernels need"):
+            kernels.newton(args[0], args[1], x, 0.1, args[2], torch.ones(3))
 
 
 @built
@@ -517,10 +517,8 @@ def test_fused_and_plain_newton_iterations_agree(monkeypatch, method):
                                     method=method, rtol=1e-6, atol=1e-8, stats=stats)  # fmt: skip
 
     calls = []
-    update = kernels.NewtonUpdate.__call__
-    monkeypatch.setattr(
-        kernels.NewtonUpdate, "__call__", lambda self, z, fz: calls.append(1) or update(self, z, fz)
-    )
+    newton = kernels.newton
+    monkeypatch.setattr(kernels, "newton", lambda *args: calls.append(1) or newton(*args))
     fused, plain, sf, sp = _solve_both(monkeypatch, run)
     assert len(calls) >= 0.9 * sf.nfe_forward, (len(calls), sf)  # nearly every evaluation's
     assert (sf.nfe_forward, sf.steps_accepted) == (sp.nfe_forward, sp.steps_accepted)

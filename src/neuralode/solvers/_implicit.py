@@ -360,11 +360,12 @@ class _ESDIRKStepper(Stepper):
         for _ in range(2):  # with the Jacobian at hand, then with a fresh one
             z = guess
             solver.prepare(ev, t, z, g, weights)
-            fused = kernels.NewtonUpdate.make(rhs, weights, solver.inverse(), g)
+            inverse = solver.inverse()  # with it, one call of the C kernel per update
+            fused = inverse if kernels.newton_usable(rhs, weights, inverse, g) else None
             prev, eta = math.inf, max(self.eta, FINAL_STAGE_FACTOR) if final else self.eta
             for it in range(self.method.max_newton_iters):
                 fz = ev(t, z)
-                update = None if fused is None else fused(z, fz)
+                update = None if fused is None else kernels.newton(z, rhs, fz, g, fused, weights)
                 if update is not None:  # one pass of the C kernel
                     z, size = update
                 else:

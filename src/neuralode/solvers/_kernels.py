@@ -6,7 +6,7 @@ memory; on a small CPU problem (batch 128, 64 states) those passes cost about a 
 dynamics themselves. The C module ``_fused``
 (built by ``pip install`` where a C compiler is available) forms each sum in one pass and the
 step's error ratio in one more; for the implicit methods it also takes a stage's Newton update
-of a small system in one call (:class:`NewtonUpdate`).
+of a small system in one call (:func:`newton`).
 
 The kernels are used for a solve when all of these hold, and plain tensor operations otherwise:
 
@@ -43,7 +43,6 @@ __all__ = [
     "NEWTON_MAX",
     "FusedKernels",
     "Kernels",
-    "NewtonUpdate",
     "Scratch",
     "Stages",
     "TorchKernels",
@@ -53,6 +52,8 @@ __all__ = [
     "error_ratio",
     "hermite",
     "lincomb",
+    "newton",
+    "newton_usable",
     "select",
     "usable",
 ]
@@ -336,62 +337,35 @@ NEWTON_MAX = 16
 """The most elements a fused Newton update takes (the kernel keeps the residual on its stack)."""
 
 
-class NewtonUpdate:
-    """One implicit stage's Newton updates, each in one call of the kernel: ``z - inverse @
-    (z - rhs - g fz)`` and the RMS of the update in the error ``weights`` (the tensor form is
-    six operations and three allocations). The stage's own buffers are proven once, here; each
-    iterate and derivative when it arrives. :meth:`make` gives one where the kernel can read the
-    stage, else ``None``."""
-
-    __slots__ = (
-        "double", "dtype", "g", "inverse_address", "keep", "n", "rhs_address", "weights_address",
+def newton_usable(rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: Any) -> bool:
+    """Whether :func:`newton` may take a stage: an inverse of ``I - g J`` over every element, a
+    number ``g``, and buffers the kernel reads (and the kernels not disabled)."""
+    return (
+        isinstance(inverse, torch.Tensor) and type(g) is float and rhs.numel() <= NEWTON_MAX
+        and inverse.numel() == rhs.numel() ** 2 and _readable(rhs, MAX_BYTES)
+        and all(x.dtype is rhs.dtype and x.is_contiguous() for x in (weights, inverse))
     )  # fmt: skip
 
-    def __init__(
-        self, rhs: torch.Tensor, weights: torch.Tensor, inverse: torch.Tensor, g: float
-    ) -> None:
-        self.n, self.dtype, self.g = rhs.numel(), rhs.dtype, g
-        self.double = rhs.dtype is torch.float64
-        if self.n > NEWTON_MAX:
-            raise ValueError(f"a fused Newton update takes at most {NEWTON_MAX} elements")
-        self.rhs_address = _prove(rhs, self.n, self.dtype, "a stage's right-hand side")
-        self.weights_address = _prove(weights, self.n, self.dtype, "a stage's error weights")
-        self.inverse_address = _prove(inverse, self.n * self.n, self.dtype, "the inverse")
-        self.keep = (rhs, weights, inverse)  # the addresses stay valid while this lives
 
-    @classmethod
-    def make(
-        cls, rhs: torch.Tensor, weights: torch.Tensor, inverse: torch.Tensor | None, g: Any
-    ) -> NewtonUpdate | None:
-        """One for this stage, or ``None`` (no inverse of every element, a tensor ``g``, a
-        state the kernel does not read, or the kernels disabled)."""
-        if (
-            inverse is None
-            or type(g) is not float
-            or rhs.numel() > NEWTON_MAX
-            or inverse.numel() != rhs.numel() ** 2
-            or inverse.dtype is not rhs.dtype
-            or not inverse.is_contiguous()
-            or weights.dtype is not rhs.dtype
-            or not weights.is_contiguous()
-            or not _readable(rhs, MAX_BYTES)
-        ):
-            return None
-        return cls(rhs, weights, inverse, g)
-
-    def __call__(self, z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-        """The next iterate and the update's size, or ``None`` where ``fz`` is not a contiguous
-        CPU tensor of the state's size and dtype (the caller takes the tensor form)."""
-        n, dtype = self.n, self.dtype
-        if not (fz.dtype is dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == n):
-            return None
-        out = torch.empty_like(z)
-        size = _fused.newton(
-            self.double, n, _prove(out, n, dtype, "a Newton iterate"),
-            _prove(z, n, dtype, "a Newton iterate"), self.rhs_address, fz.data_ptr(), self.g,
-            self.inverse_address, self.weights_address,
-        )  # fmt: skip
-        return out, size
+def newton(
+    z: torch.Tensor, rhs: torch.Tensor, fz: torch.Tensor, g: float, inverse: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, float] | None:  # fmt: skip
+    """One Newton update of an implicit stage in one call of the kernel (the tensor form is six
+    operations and three allocations): ``z - inverse @ (z - rhs - g fz)`` and the RMS of the
+    update in the error ``weights``; ``None`` where ``fz`` is not a contiguous CPU tensor of the
+    state's size and dtype (the caller then takes the tensor form)."""
+    n, dtype = z.numel(), z.dtype
+    if not (fz.dtype is dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == n):
+        return None
+    out = torch.empty_like(z)
+    size = _fused.newton(
+        dtype is torch.float64, n, _prove(out, n, dtype, "a Newton iterate"),
+        _prove(z, n, dtype, "a Newton iterate"), _prove(rhs, n, dtype, "a stage's right side"),
+        fz.data_ptr(), g, _prove(inverse, n * n, dtype, "the inverse of I - g J"),
+        _prove(weights, n, dtype, "a stage's error weights"),
+    )  # fmt: skip
+    return out, size
 
 
 # --------------------------------------------------------------------------- the protocol
