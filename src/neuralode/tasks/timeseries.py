@@ -228,6 +228,18 @@ class TimeSeriesOptions(
         return self
 
 
+def _split_rows(n: int, n_val: int, n_test: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Rows ``0 … n-1`` shuffled by ``gen``: the first ``n_val`` validate, the next ``n_test``
+    test, the rest train (each split's rows in increasing order)."""
+    order = torch.randperm(n, generator=gen)
+    cut = {  # in this order: the caller's later draws from gen follow it
+        "train": order[n_val + n_test :],
+        "val": order[:n_val],
+        "test": order[n_val : n_val + n_test],
+    }
+    return {name: rows.sort().values for name, rows in cut.items()}
+
+
 def _as_float(series: IrregularSeries) -> IrregularSeries:
     dtype = torch.get_default_dtype()
     return IrregularSeries(
@@ -271,15 +283,9 @@ class TimeSeriesTask(Task):
             make = make_spirals if o.dataset == "spirals" else make_periodic
             full = _as_float(make(o.series, seed=o.seed))
             n_val = n_test = max(1, o.series // 10)
-            order = torch.randperm(len(full), generator=gen)
-            idx = {
-                "train": order[n_val + n_test :],
-                "val": order[:n_val],
-                "test": order[n_val : n_val + n_test],
-            }
             splits: dict[str, Any] = {}
-            for name, rows in idx.items():
-                whole = full[rows.sort().values]
+            for name, rows in _split_rows(len(full), n_val, n_test, gen).items():
+                whole = full[rows]
                 past, future = split_at(whole)
                 inputs = drop_observations(past, o.drop, gen) if o.drop else past
                 splits[name] = (inputs, whole, past, future)
@@ -288,22 +294,13 @@ class TimeSeriesTask(Task):
         test, _ = load_uea(o.dataset, "test", o.data_dir, classes=classes)
         if o.split == "pooled":  # both pooled, 70/15/15
             pool = concat([train, test])
-            order = torch.randperm(len(pool), generator=gen)
             n_val = n_test = round(0.15 * len(pool))
-            parts = {
-                "train": pool[order[n_val + n_test :].sort().values],
-                "val": pool[order[:n_val].sort().values],
-                "test": pool[order[n_val : n_val + n_test].sort().values],
-            }
+            picked = _split_rows(len(pool), n_val, n_test, gen)
+            parts = {name: pool[r] for name, r in picked.items()}
             fit = parts["train"]
         else:  # the archive's split, 1/7 of its training series held out to validate
-            order = torch.randperm(len(train), generator=gen)
-            n_val = max(1, len(train) // 7)
-            parts = {
-                "train": train[order[n_val:].sort().values],
-                "val": train[order[:n_val].sort().values],
-                "test": test,
-            }
+            picked = _split_rows(len(train), max(1, len(train) // 7), 0, gen)
+            parts = {"train": train[picked["train"]], "val": train[picked["val"]], "test": test}
             fit = train
         # standardised by the statistics of the series trained on (UEA's: all its training ones)
         mean = (fit.values * fit.mask).sum((0, 1)) / fit.mask.sum((0, 1))
