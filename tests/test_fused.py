@@ -12,9 +12,12 @@ from torch import nn
 
 import neuralode
 from neuralode import NonFiniteStateError, SolveStats
+from neuralode.solvers import _implicit, _newton
 from neuralode.solvers import _kernels as kernels
 from neuralode.solvers._evaluator import Evaluator
 from neuralode.solvers._tableau import TABLEAUX
+
+F64 = torch.float64
 
 NATIVE = dict(backend="native")
 
@@ -472,8 +475,8 @@ def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
     z, rhs, fz = (torch.randn(n, generator=g, dtype=dtype) for _ in range(3))
     weights = torch.rand(n, generator=g, dtype=dtype) + 0.1
     inverse = torch.eye(n, dtype=dtype) + 0.1 * torch.randn(n, n, generator=g, dtype=dtype)
-    assert kernels.newton_usable(rhs, weights, inverse, 0.3)
-    got, size = kernels.newton(z, rhs, fz, 0.3, inverse, weights)
+    assert _newton.fused_update_usable(rhs, weights, inverse, 0.3)
+    got, size = _newton.fused_update(z, rhs, fz, 0.3, inverse, weights)
     delta = inverse @ (z - rhs - 0.3 * fz)
     same = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, z - delta, rtol=same, atol=same)
@@ -481,24 +484,24 @@ def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
     assert size == pytest.approx(want, rel=same)
     # an update that is not finite reports NaN, as the tensor form's norm does
     nan = torch.full_like(fz, math.nan)
-    assert math.isnan(kernels.newton(z, rhs, nan, 0.3, inverse, weights)[1])
+    assert math.isnan(_newton.fused_update(z, rhs, nan, 0.3, inverse, weights)[1])
 
 
 @built
 def test_the_newton_update_proves_its_buffers():
     x, inv = torch.zeros(3), torch.eye(3)
-    assert not kernels.newton_usable(x, x, None, 0.1)  # no inverse: the tensor form
-    assert not kernels.newton_usable(x, x, inv, torch.tensor(0.1))  # a tensor g
-    assert kernels.newton_usable(x, x, inv.t().clone().t(), 0.1)  # contiguous
-    assert not kernels.newton_usable(x, x, torch.eye(4)[:3, :3], 0.1)  # a strided inverse
-    assert not kernels.newton_usable(torch.zeros(17), torch.zeros(17), torch.eye(17), 0.1)
-    assert not kernels.newton_usable(x, x.double(), inv, 0.1)  # weights of another dtype
+    assert not _newton.fused_update_usable(x, x, None, 0.1)  # no inverse: the tensor form
+    assert not _newton.fused_update_usable(x, x, inv, torch.tensor(0.1))  # a tensor g
+    assert _newton.fused_update_usable(x, x, inv.t().clone().t(), 0.1)  # contiguous
+    assert not _newton.fused_update_usable(x, x, torch.eye(4)[:3, :3], 0.1)  # a strided inverse
+    assert not _newton.fused_update_usable(torch.zeros(17), torch.zeros(17), torch.eye(17), 0.1)
+    assert not _newton.fused_update_usable(x, x.double(), inv, 0.1)  # weights of another dtype
     # a derivative the kernel cannot read is left to the tensor form; a bad buffer is an error
     for fz in (torch.zeros(4), torch.zeros(3, dtype=torch.float64), torch.zeros(6)[::2]):
-        assert kernels.newton(x, x, fz, 0.1, inv, torch.ones(3)) is None
+        assert _newton.fused_update(x, x, fz, 0.1, inv, torch.ones(3)) is None
     for args in ((torch.zeros(3), torch.zeros(4), torch.eye(3)), (x, x, torch.eye(2))):
         with pytest.raises(ValueError, match="fused kernels need"):
-            kernels.newton(args[0], args[1], x, 0.1, args[2], torch.ones(3))
+            _newton.fused_update(args[0], args[1], x, 0.1, args[2], torch.ones(3))
 
 
 @built
@@ -517,9 +520,145 @@ def test_fused_and_plain_newton_iterations_agree(monkeypatch, method):
                                     method=method, rtol=1e-6, atol=1e-8, stats=stats)  # fmt: skip
 
     calls = []
-    newton = kernels.newton
-    monkeypatch.setattr(kernels, "newton", lambda *args: calls.append(1) or newton(*args))
+    newton = _newton.fused_update
+    monkeypatch.setattr(_implicit, "fused_update", lambda *args: calls.append(1) or newton(*args))
     fused, plain, sf, sp = _solve_both(monkeypatch, run)
     assert len(calls) >= 0.9 * sf.nfe_forward, (len(calls), sf)  # nearly every evaluation's
     assert (sf.nfe_forward, sf.steps_accepted) == (sp.nfe_forward, sp.steps_accepted)
+    torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-11)
+
+
+# ----------------------------------------------------------------- per-sample Newton iterations
+
+
+def _iteration_case(dtype, n, B=12, seed=0):
+    """A batch mid-iteration whose samples meet every branch of the stopping rule: running or
+    not, a first update or a later one, converging, contracting too slowly, at the iteration
+    cap, an update that is not finite, with a fresh Jacobian or an old one."""
+    from neuralode.solvers._implicit_per_sample import _Iteration
+
+    g = torch.Generator().manual_seed(seed)
+    z, rhs, fz = (torch.randn(B, n, generator=g, dtype=dtype) for _ in range(3))
+    weights = torch.rand(B, n, generator=g, dtype=dtype) + 0.5
+    inverse = torch.eye(n, dtype=dtype) + 0.1 * torch.randn(B, n, n, generator=g, dtype=dtype)
+    gs = torch.rand(B, generator=g, dtype=dtype)
+    z[5] = rhs[5] + gs[5] * fz[5]  # a residual of zero: converged
+    it = _Iteration(z, torch.rand(B, generator=g) < 0.8, torch.rand(B, generator=g, dtype=F64))
+    it.count = torch.randint(0, 4, (B,), generator=g)
+    it.count[:3] = torch.tensor([0, 1, 6])  # a first update, a later one, one at the cap of 7
+    it.running[:3] = True
+    size = float(
+        torch.sqrt((((inverse[1] @ (z[1] - rhs[1] - gs[1] * fz[1])) / weights[1]) ** 2).mean())
+    )
+    it.prev = torch.rand(B, generator=g, dtype=F64) * 4
+    it.prev[1] = size / 0.95  # contracts at 0.95: gives up
+    fz[4, 0] = math.nan  # an update that is not finite
+    it.running[4:6] = True
+    fresh = torch.rand(B, generator=g) < 0.5
+    slowest = torch.rand(B, generator=g, dtype=F64) * 0.5
+    return it, fz, rhs, gs, inverse, weights, slowest, fresh
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_the_per_sample_newton_iteration_matches_its_tensor_form(dtype, n):
+    """One call of the C kernel against :meth:`_Iteration.tensor_step` on the same batch: the
+    same iterates to rounding, and the same bookkeeping and flags exactly."""
+    from neuralode.solvers._implicit_per_sample import _Blocks
+
+    for seed in range(4):
+        it, fz, rhs, gs, inverse, weights, slowest, fresh = _iteration_case(dtype, n, seed=seed)
+        B = rhs.shape[0]
+        assert _newton.fused_iteration_usable(rhs, weights, inverse, gs)
+        ours = _copy_iteration(it)
+        slow_ours = slowest.clone()
+        flags = _newton.fused_iteration(ours, fz, rhs, gs, inverse, weights, slow_ours, fresh,
+                                        1e-2, 7)  # fmt: skip
+
+        blocks = _Blocks(rhs, None)
+        blocks._lu, blocks.fresh = (None, inverse), fresh
+
+        class Stepper:  # what tensor_step reads of the per-sample stepper
+            _mean = torch.empty(0)
+            _rms = neuralode.solvers._implicit_per_sample.PerSampleESDIRKStepper._rms
+
+            def _blocks(self, blocks=blocks):
+                return blocks
+
+        stepper = Stepper()
+        stepper.slowest = slowest.clone()
+        want = it.tensor_step(stepper, fz, rhs, gs.reshape(B, 1), weights, 1e-2, 7)
+        assert flags == want, (flags, want)
+        assert want & 1 and want & 2  # the non-finite sample and the slow one were met
+        assert it.give_up[1] and it.give_up[2] and it.nonfinite[4] and it.converged[5]
+        same = 1e-5 if dtype == torch.float32 else 1e-12
+        keep = torch.isfinite(it.z).all(dim=1)
+        torch.testing.assert_close(ours.z[keep], it.z[keep], rtol=same, atol=same)
+        for name in ("running", "converged", "count", "nonfinite", "give_up"):
+            assert torch.equal(getattr(ours, name), getattr(it, name)), name
+        for name in ("prev", "eta", "eta_done"):  # (sample 5's size is rounding: atol)
+            torch.testing.assert_close(getattr(ours, name), getattr(it, name), rtol=same, atol=same)
+        torch.testing.assert_close(slow_ours, stepper.slowest, rtol=same, atol=0)
+
+
+def _copy_iteration(it):
+    from neuralode.solvers._implicit_per_sample import _Iteration
+
+    out = _Iteration.__new__(_Iteration)
+    for name in _Iteration.__slots__:
+        setattr(out, name, getattr(it, name).clone())
+    return out
+
+
+@built
+def test_the_per_sample_newton_iteration_proves_its_buffers():
+    it, fz, rhs, gs, inverse, weights, slowest, fresh = _iteration_case(torch.float64, 3)
+    usable = _newton.fused_iteration_usable
+    assert usable(rhs, weights, inverse, gs)
+    assert not usable(rhs, weights, None, gs)  # LU factors: the tensor form
+    assert not usable(rhs, weights, inverse.transpose(1, 2), gs)  # not contiguous
+    assert not usable(rhs, weights, inverse, gs[:-1])  # not one g per sample
+    assert not usable(rhs, weights.float(), inverse, gs)  # weights of another dtype
+    big = torch.zeros(2, 17, dtype=F64)
+    assert not usable(big, big, torch.zeros(2, 17, 17, dtype=F64), torch.zeros(2, dtype=F64))
+    args = (rhs, gs, inverse, weights, slowest, fresh, 1e-2, 7)
+    for bad in (fz.float(), fz.t().contiguous().t(), fz[:-1]):  # the tensor form takes these
+        assert _newton.fused_iteration(_copy_iteration(it), bad, *args) is None
+    wrong = _copy_iteration(it)
+    wrong.count = wrong.count.int()
+    with pytest.raises(ValueError, match="fused kernels need"):
+        _newton.fused_iteration(wrong, fz, *args)
+    with pytest.raises(ValueError, match="fused kernels need"):
+        _newton.fused_iteration(_copy_iteration(it), fz, rhs, gs, inverse, weights,
+                                slowest.float(), fresh, 1e-2, 7)  # fmt: skip
+
+
+@built
+def test_the_per_sample_lane_takes_its_newton_iterations_in_the_kernel(monkeypatch):
+    """A batch of small stiff systems: nearly every Newton iteration is one kernel call, and
+    the solve takes the evaluations and answers of the tensor form."""
+    from neuralode.solvers import _implicit_per_sample as ips
+
+    mus = torch.linspace(20.0, 80.0, 6, dtype=F64)
+
+    def vdp(t, y):
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([v, mus * (1 - x * x) * v - x], dim=-1)
+
+    def run(stats):
+        with torch.no_grad():
+            return neuralode.odeint(vdp, torch.tensor([[2.0, 0.0]] * 6, dtype=F64),
+                                    torch.linspace(0.0, 20.0, 3, dtype=F64), method="kvaerno5",
+                                    rtol=1e-6, atol=1e-8, options={"batch_mode": "per_sample"},
+                                    stats=stats)  # fmt: skip
+
+    calls = []
+    real = ips.fused_iteration
+    monkeypatch.setattr(ips, "fused_iteration", lambda *a: calls.append(1) or real(*a))
+    fused, plain, sf, sp = _solve_both(monkeypatch, run)
+    # one call per iteration of the batch: at least the hardest sample's Newton iterations
+    assert len(calls) >= 0.8 * max(sf.nfe_per_sample), (len(calls), sf.nfe_per_sample)
+    assert sf.nfe_per_sample == sp.nfe_per_sample
+    assert sf.steps_accepted_per_sample == sp.steps_accepted_per_sample
     torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-11)

@@ -47,11 +47,16 @@ def radau(f, y0, t, rtol=1e-11, atol=1e-13):
     [("kvaerno5", {}), ("trbdf2", {}), ("kvaerno5", {"max_newton_iters": 2})],
     ids=["kvaerno5", "trbdf2", "kvaerno5-two-newton-iterations"],
 )
-def test_every_sample_takes_the_steps_and_evaluations_it_takes_alone(method, newton):
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "tensors"])
+def test_every_sample_takes_the_steps_and_evaluations_it_takes_alone(
+    monkeypatch, method, newton, fused
+):
     """A batch of Van der Pol oscillators with μ from 5 to 60: every sample's evaluations and
     steps are those of the sample solved alone, its answer the same to rounding, and right
     against scipy's Radau; also where Newton's iterations give up often (two at most: a sample
-    that gives up with a fresh Jacobian stops, as the joint lane's solve does)."""
+    that gives up with a fresh Jacobian stops, as the joint lane's solve does). With the C
+    kernel's Newton iterations and with their tensor form."""
+    monkeypatch.setenv("NEURALODE_FUSED", fused)
     mus = torch.tensor([5.0, 12.0, 30.0, 60.0], dtype=F64)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 0.5], [-1.5, 0.2], [2.0, 0.0]], dtype=F64)
     t = torch.linspace(0.0, 3.0, 4, dtype=F64)

@@ -22,7 +22,14 @@ from . import _kernels as kernels
 from ._implicit import ESDIRK, FINAL_STAGE_FACTOR, JACOBIAN_RATE, DIRKTableau, _ImplicitStage
 from ._messages import Status, failure
 from ._methods import Stepper
-from ._newton import INVERSE_MAX, block_jacobian, block_transposed_solve, shifted_blocks
+from ._newton import (
+    INVERSE_MAX,
+    block_jacobian,
+    block_transposed_solve,
+    fused_iteration,
+    fused_iteration_usable,
+    shifted_blocks,
+)
 
 __all__ = ["PerSampleESDIRKStepper"]
 
@@ -64,8 +71,15 @@ class _Blocks:
             # blocks of 2 × 2)
             self._lu = (
                 g,
-                torch.linalg.inv(A) if self.n <= INVERSE_MAX else torch.linalg.lu_factor(A),
+                # (contiguous, as the C kernel reads it: inv returns each block transposed)
+                torch.linalg.inv(A).contiguous()
+                if self.n <= INVERSE_MAX
+                else torch.linalg.lu_factor(A),
             )
+
+    def inverse(self) -> torch.Tensor | None:
+        """The inverses of the blocks' ``I - g J`` (``None`` where LU factors are kept)."""
+        return self._lu[1] if self._lu is not None and self.n <= INVERSE_MAX else None
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         if self._lu is None:
@@ -85,6 +99,74 @@ class _Blocks:
             return torch.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), x, 0.0)
 
         return solve
+
+
+NONFINITE, GAVE_UP, RETRY, RUNS = 1, 2, 4, 8
+"""The flags of a Newton iteration of the batch: a sample's update was not finite, a sample
+gave up, one that gave up had a Jacobian not formed in this step, a sample runs on."""
+
+
+class _Iteration:
+    """Every sample's Newton iteration of one stage in progress: the iterate ``z`` and, per
+    sample, whether it runs on (``running``) or has ``converged``, its updates so far
+    (``count``), the last update's size (``prev``), the convergence estimate ``eta`` (and
+    ``eta_done``, the one it converged with), and whether this iteration's update was not finite
+    (``nonfinite``) or the sample gave up (``give_up``)."""
+
+    __slots__ = ("converged", "count", "eta", "eta_done", "give_up", "nonfinite", "prev",
+                 "running", "z")  # fmt: skip
+
+    def __init__(self, guess: torch.Tensor, who: torch.Tensor, eta: torch.Tensor) -> None:
+        B, dev = guess.shape[0], guess.device
+        self.z = guess.clone()
+        self.running = who.clone()
+        self.converged = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.give_up = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.count = torch.zeros(B, dtype=torch.long, device=dev)
+        self.prev = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+        self.eta = eta.clone()
+        self.eta_done = eta.clone()
+
+    def tensor_step(self, stepper, fz, rhs, g_state, weights, kappa, max_it) -> int:
+        """One Newton iteration of every running sample in tensor operations (what the C
+        kernel :func:`~._newton.fused_iteration` does in one pass); returns the flags."""
+        running, count = self.running, self.count
+        view = (rhs.shape[0],) + (1,) * (rhs.ndim - 1)
+        delta = stepper._blocks().solve(torch.addcmul(self.z - rhs, g_state, fz, value=-1.0))
+        self.z = torch.where(running.reshape(view), self.z - delta, self.z)
+        size = stepper._rms(delta / weights).double()
+        nonfinite = running & ~torch.isfinite(size)
+        rate = size / self.prev
+        later = count > 0
+        give_up = nonfinite | (running & later & (rate >= 0.9))
+        going = running & ~give_up
+        moved = going & later
+        stepper.slowest = torch.where(moved, torch.maximum(stepper.slowest, rate),
+                                      stepper.slowest)  # fmt: skip
+        eta = torch.where(moved, rate / (1.0 - rate), self.eta)
+        done = going & ((eta * size <= kappa) | (size <= 1e-10))
+        self.eta_done = torch.where(done, eta, self.eta_done)  # carried on when the stage ends
+        self.eta = eta
+        self.converged = self.converged | done
+        self.prev = torch.where(going, size, self.prev)
+        self.count = count = count + going
+        running = going & ~done
+        give_up = give_up | (running & (count >= max_it))
+        self.running = running & ~give_up
+        self.nonfinite, self.give_up = nonfinite, give_up
+        retry = give_up & ~stepper._blocks().fresh
+        found = torch.stack((nonfinite, give_up, retry, self.running)).any(dim=1).tolist()
+        return sum(bit for bit, f in zip((NONFINITE, GAVE_UP, RETRY, RUNS), found) if f)
+
+    def restart(self, retry: torch.Tensor, guess: torch.Tensor) -> None:
+        """Start the samples ``retry`` again from ``guess`` (with a fresh Jacobian)."""
+        view = (retry.shape[0],) + (1,) * (guess.ndim - 1)
+        self.z = torch.where(retry.reshape(view), guess, self.z)
+        self.count = torch.where(retry, 0, self.count)
+        self.prev = torch.where(retry, math.inf, self.prev)
+        self.eta = torch.where(retry, 1.0, self.eta)
+        self.running = self.running | retry
 
 
 class PerSampleESDIRKStepper(Stepper):
@@ -127,76 +209,51 @@ class PerSampleESDIRKStepper(Stepper):
         """Every sample's stage fixed point (``who``: the samples that solve it), and which
         samples converged. Per sample as :meth:`~._implicit._ESDIRKStepper._newton`: with the
         Jacobian at hand, then once with a fresh one; a sample stops evaluating when it has
-        converged or failed."""
+        converged or failed. An iteration is one call of the C kernel
+        (:func:`~._newton.fused_iteration`) where it can read the buffers, else
+        :meth:`_Iteration.tensor_step`; one read from the device per iteration either way."""
         ev, blocks = self.ev, self._blocks()
         kappa = self.method.newton_tol
         max_it = self.method.max_newton_iters
-        B = rhs.shape[0]
-        view = (B,) + (1,) * (rhs.ndim - 1)
-        dev = rhs.device
         mask = ev.mask
-        z = guess.clone()
-        running = who.clone()
-        converged = torch.zeros(B, dtype=torch.bool, device=dev)
-        it = torch.zeros(B, dtype=torch.long, device=dev)
-        prev = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
-        eta = self.eta.clamp(min=FINAL_STAGE_FACTOR) if final else self.eta.clone()
-        eta_done = eta
+        it = _Iteration(guess, who, self.eta.clamp(min=FINAL_STAGE_FACTOR) if final else self.eta)
         weights = self._weights(guess)  # the updates' scale, as the joint lane's
-        blocks.prepare(ev, t, z, g, running)
+        blocks.prepare(ev, t, it.z, g, it.running)
+        g_flat = g_state.reshape(-1)
+        fused = fused_iteration_usable(rhs, weights, blocks.inverse(), g_flat)
         go_on = True
         try:
             while go_on:
-                ev.mask = mask & running
-                fz = ev(t, z)
-                delta = blocks.solve(torch.addcmul(z - rhs, g_state, fz, value=-1.0))
-                z = torch.where(running.reshape(view), z - delta, z)
-                size = self._rms(delta / weights).double()
-                nonfinite = running & ~torch.isfinite(size)
-                rate = size / prev
-                later = it > 0
-                give_up = nonfinite | (running & later & (rate >= 0.9))
-                going = running & ~give_up
-                moved = going & later
-                self.slowest = torch.where(moved, torch.maximum(self.slowest, rate), self.slowest)
-                eta = torch.where(moved, rate / (1.0 - rate), eta)
-                done = going & ((eta * size <= kappa) | (size <= 1e-10))
-                eta_done = torch.where(done, eta, eta_done)  # carried on when the stage ends
-                converged |= done
-                prev = torch.where(going, size, prev)
-                it = it + going
-                running = going & ~done
-                give_up |= running & (it >= max_it)
-                running &= ~give_up
-                # with a fresh Jacobian where the one at hand is not (else the sample failed)
-                retry = give_up & ~blocks.fresh
-                # one read from the device per iteration; the rest only where a sample gave up
-                any_nonfinite, any_give_up, any_retry, go_on = (
-                    torch.stack((nonfinite, give_up, retry, running)).any(dim=1).tolist()
-                )
-                if any_nonfinite:  # the dynamics themselves NaN/inf: no step size helps
-                    broken = nonfinite & (it == 0)  # (a sample that gave up kept its count)
+                ev.mask = mask & it.running
+                fz = ev(t, it.z)
+                flags = None
+                if fused:
+                    flags = fused_iteration(it, fz, rhs, g_flat, blocks.inverse(), weights,
+                                            self.slowest, blocks.fresh, kappa, max_it)  # fmt: skip
+                if flags is None:
+                    flags = it.tensor_step(self, fz, rhs, g_state, weights, kappa, max_it)
+                go_on = bool(flags & RUNS)
+                if flags & NONFINITE:  # the dynamics themselves NaN/inf: no step size helps
+                    B = rhs.shape[0]
+                    broken = it.nonfinite & (it.count == 0)  # (one that gave up kept its count)
                     broken &= ~torch.isfinite(fz.reshape(B, -1)).all(dim=1)
                     if bool(broken.any()):
                         b = int(broken.nonzero()[0])
                         raise failure(Status.NONFINITE, time=float(ev.sign * t[b]))
-                if any_give_up:
-                    self.eta = torch.where(give_up, 1.0, self.eta)
-                if any_retry:
+                if flags & GAVE_UP:
+                    self.eta = torch.where(it.give_up, 1.0, self.eta)
+                if flags & RETRY:  # with a fresh Jacobian where the one at hand is not
+                    retry = it.give_up & ~blocks.fresh
                     blocks.due |= retry
-                    z = torch.where(retry.reshape(view), guess, z)
-                    it = torch.where(retry, 0, it)
-                    prev = torch.where(retry, math.inf, prev)
-                    eta = torch.where(retry, 1.0, eta)
-                    running |= retry
+                    it.restart(retry, guess)
                     go_on = True
                     ev.mask = mask
-                    blocks.prepare(ev, t, z, g, retry)
+                    blocks.prepare(ev, t, it.z, g, retry)
         finally:
             ev.mask = mask
         # the next stage's first update is judged by this one's rate (see _ESDIRKStepper)
-        self.eta = torch.where(converged, eta_done.clamp(min=1e-8) ** 0.8, self.eta)
-        return z, converged
+        self.eta = torch.where(it.converged, it.eta_done.clamp(min=1e-8) ** 0.8, self.eta)
+        return it.z, it.converged
 
     def step(self, t, y, f0, dt, last_node=None):
         tab, ev, k = self.tab, self.ev, self.kernels

@@ -5,8 +5,8 @@ and an error estimate (6 more). With one tensor operation per term each term is 
 memory; on a small CPU problem (batch 128, 64 states) those passes cost about a third of the
 dynamics themselves. The C module ``_fused``
 (built by ``pip install`` where a C compiler is available) forms each sum in one pass and the
-step's error ratio in one more; for the implicit methods it also takes a stage's Newton update
-of a small system in one call (:func:`newton`).
+step's error ratio in one more; for the implicit methods it also takes Newton's iterations on
+small systems (:mod:`._newton` hands it buffers proven here, by :func:`prove`).
 
 The kernels are used for a solve when all of these hold, and plain tensor operations otherwise:
 
@@ -17,7 +17,8 @@ The kernels are used for a solve when all of these hold, and plain tensor operat
   that one pass of a single thread loses to PyTorch's multi-threaded operations).
 
 Memory safety: the C functions read raw addresses and trust them, so this module is the only
-one that takes ``data_ptr()``, and it proves every buffer it hands over, on every call: the
+one that takes ``data_ptr()`` (:func:`prove`, which :mod:`._newton` calls for the buffers of the
+Newton kernels too), and every buffer handed over is proven, on every call: the
 stage derivatives when they enter a :class:`Stages` list (contiguous, on the CPU, of the state's
 dtype and exact element count — a derivative of another layout or dtype is converted first, one
 of another size or device is a ``ValueError``), the base state of a step once when the list is
@@ -40,7 +41,6 @@ from ..errors import InvalidArgumentError
 
 __all__ = [
     "MAX_BYTES",
-    "NEWTON_MAX",
     "FusedKernels",
     "Kernels",
     "Scratch",
@@ -52,8 +52,8 @@ __all__ = [
     "error_ratio",
     "hermite",
     "lincomb",
-    "newton",
-    "newton_usable",
+    "prove",
+    "readable",
     "select",
     "usable",
 ]
@@ -78,7 +78,7 @@ def available() -> bool:
     return built and os.environ.get("NEURALODE_FUSED", "1") != "0"
 
 
-def _readable(y: torch.Tensor, max_bytes: int) -> bool:
+def readable(y: torch.Tensor, max_bytes: int) -> bool:
     """A contiguous float32/float64 CPU tensor of at most ``max_bytes``, and kernels to read it."""
     return (
         y.dtype in (torch.float32, torch.float64)
@@ -91,7 +91,7 @@ def _readable(y: torch.Tensor, max_bytes: int) -> bool:
 
 def usable(y: torch.Tensor) -> bool:
     """Whether a solve of the state ``y`` may use the fused kernels now (see the module doc)."""
-    return not torch.is_grad_enabled() and _readable(y, MAX_BYTES)
+    return not torch.is_grad_enabled() and readable(y, MAX_BYTES)
 
 
 def _mismatch(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> ValueError:
@@ -102,7 +102,7 @@ def _mismatch(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> Val
     )
 
 
-def _prove(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> int:
+def prove(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> int:
     """The address of ``x`` once it is proven to hold what a kernel will read."""
     if not (x.dtype is dtype and x.is_cpu and x.is_contiguous() and x.numel() == numel):
         raise _mismatch(x, numel, dtype, what)
@@ -132,7 +132,7 @@ class Stages:
         self.dtype = base.dtype
         if self.dtype not in (torch.float32, torch.float64):
             raise _mismatch(base, self.numel, torch.float32, "base of a fused sum")
-        self.base_address = _prove(base, self.numel, self.dtype, "base of a fused sum")
+        self.base_address = prove(base, self.numel, self.dtype, "base of a fused sum")
         self.base = base
         self.tensors: list[torch.Tensor] = []
         self.addresses: list[int] = []
@@ -296,7 +296,7 @@ def error_ratio(
         numel,
         seg,
         stages.base_address,
-        _prove(y1, n, dtype, "y1 of an error ratio"),
+        prove(y1, n, dtype, "y1 of an error ratio"),
         rtol,
         atol,
         scratch.address,
@@ -328,44 +328,9 @@ def accumulate_(
 def all_finite(y: torch.Tensor) -> bool | None:
     """Whether ``y`` holds only finite values, in one pass of the kernel; ``None`` where the
     kernel cannot read ``y`` (the caller then asks PyTorch)."""
-    if not _readable(y, 8 * MAX_BYTES):
+    if not readable(y, 8 * MAX_BYTES):
         return None
     return _fused.all_finite(y.dtype is torch.float64, y.numel(), y.data_ptr())
-
-
-NEWTON_MAX = 16
-"""The most elements a fused Newton update takes (the kernel keeps the residual on its stack)."""
-
-
-def newton_usable(rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: Any) -> bool:
-    """Whether :func:`newton` may take a stage: an inverse of ``I - g J`` over every element, a
-    number ``g``, and buffers the kernel reads (and the kernels not disabled)."""
-    return (
-        isinstance(inverse, torch.Tensor) and type(g) is float and rhs.numel() <= NEWTON_MAX
-        and inverse.numel() == rhs.numel() ** 2 and _readable(rhs, MAX_BYTES)
-        and all(x.dtype is rhs.dtype and x.is_contiguous() for x in (weights, inverse))
-    )  # fmt: skip
-
-
-def newton(
-    z: torch.Tensor, rhs: torch.Tensor, fz: torch.Tensor, g: float, inverse: torch.Tensor,
-    weights: torch.Tensor,
-) -> tuple[torch.Tensor, float] | None:  # fmt: skip
-    """One Newton update of an implicit stage in one call of the kernel (the tensor form is six
-    operations and three allocations): ``z - inverse @ (z - rhs - g fz)`` and the RMS of the
-    update in the error ``weights``; ``None`` where ``fz`` is not a contiguous CPU tensor of the
-    state's size and dtype (the caller then takes the tensor form)."""
-    n, dtype = z.numel(), z.dtype
-    if not (fz.dtype is dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == n):
-        return None
-    out = torch.empty_like(z)
-    size = _fused.newton(
-        dtype is torch.float64, n, _prove(out, n, dtype, "a Newton iterate"),
-        _prove(z, n, dtype, "a Newton iterate"), _prove(rhs, n, dtype, "a stage's right side"),
-        fz.data_ptr(), g, _prove(inverse, n * n, dtype, "the inverse of I - g J"),
-        _prove(weights, n, dtype, "a stage's error weights"),
-    )  # fmt: skip
-    return out, size
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -558,7 +523,7 @@ class FusedKernels(Kernels):
             return error_ratio(ks, y1, tab.b_err_flat, dt, self.rtol, self.atol, scratch)
         return _fused.error_ratio(
             dtype is torch.float64, numel, seg, ks.base_address,
-            _prove(y1, n, dtype, "y1 of an error ratio"), self.rtol, self.atol,
+            prove(y1, n, dtype, "y1 of an error ratio"), self.rtol, self.atol,
             scratch.address, ks.addresses, tab.b_err_flat, dt,
         )  # fmt: skip
 

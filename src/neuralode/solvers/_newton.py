@@ -28,10 +28,12 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
+from . import _kernels as kernels
 
 __all__ = [
     "DENSE_MAX",
     "LINEAR_SOLVERS",
+    "NEWTON_MAX",
     "BlockNewton",
     "DenseNewton",
     "KrylovNewton",
@@ -39,6 +41,10 @@ __all__ = [
     "block_jacobian",
     "block_transposed_solve",
     "choose",
+    "fused_iteration",
+    "fused_iteration_usable",
+    "fused_update",
+    "fused_update_usable",
     "gmres",
     "jacobian",
     "shifted_blocks",
@@ -395,3 +401,97 @@ def choose(kind: str, y: torch.Tensor, coupled: int | None, stats, ev=None, t=No
                 argument="linear_solver",
             )
     return KrylovNewton(m)
+
+
+# ----------------------------------------------------------------- fused updates (C kernels)
+
+NEWTON_MAX = 16
+"""The most elements (a sample's, on the per-sample lane) a fused Newton update takes (the
+kernel keeps the residual on its stack)."""
+
+_BOOL, _F64, _I64 = torch.bool, torch.float64, torch.int64
+
+
+def fused_update_usable(rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: Any) -> bool:
+    """Whether :func:`fused_update` may take a stage: an inverse of ``I - g J`` over every
+    element, a number ``g``, and buffers the kernel reads (and the kernels not disabled)."""
+    return (
+        isinstance(inverse, torch.Tensor) and type(g) is float and rhs.numel() <= NEWTON_MAX
+        and inverse.numel() == rhs.numel() ** 2 and kernels.readable(rhs, kernels.MAX_BYTES)
+        and all(x.dtype is rhs.dtype and x.is_contiguous() for x in (weights, inverse))
+    )  # fmt: skip
+
+
+def _conforms(fz: torch.Tensor, z: torch.Tensor) -> bool:
+    return fz.dtype is z.dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == z.numel()
+
+
+def fused_update(
+    z: torch.Tensor, rhs: torch.Tensor, fz: torch.Tensor, g: float, inverse: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, float] | None:  # fmt: skip
+    """One Newton update of an implicit stage in one call of the kernel (the tensor form is six
+    operations and three allocations): ``z - inverse @ (z - rhs - g fz)`` and the RMS of the
+    update in the error ``weights``; ``None`` where ``fz`` is not a contiguous CPU tensor of the
+    state's size and dtype (the caller then takes the tensor form)."""
+    if not _conforms(fz, z):
+        return None
+    n, dtype, prove = z.numel(), z.dtype, kernels.prove
+    out = torch.empty_like(z)
+    size = kernels._fused.newton(
+        dtype is torch.float64, n, prove(out, n, dtype, "a Newton iterate"),
+        prove(z, n, dtype, "a Newton iterate"), prove(rhs, n, dtype, "a stage's right side"),
+        prove(fz, n, dtype, "func(t, y) returned dy/dt"), g,
+        prove(inverse, n * n, dtype, "the inverse of I - g J"),
+        prove(weights, n, dtype, "a stage's error weights"),
+    )  # fmt: skip
+    return out, size
+
+
+def fused_iteration_usable(
+    rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: torch.Tensor
+) -> bool:
+    """Whether :func:`fused_iteration` may take a stage of the per-sample lane: a batch of
+    inverses ``(B, n, n)`` with ``n`` at most :data:`NEWTON_MAX`, one ``g`` per sample, and
+    buffers the kernel reads (and the kernels not disabled)."""
+    B = rhs.shape[0] if rhs.ndim else 0
+    n = rhs.numel() // B if B else 0
+    return (
+        0 < n <= NEWTON_MAX and isinstance(inverse, torch.Tensor)
+        and inverse.numel() == B * n * n and g.numel() == B
+        and kernels.readable(rhs, kernels.MAX_BYTES)
+        and all(x.dtype is rhs.dtype and x.is_contiguous() for x in (weights, inverse, g))
+    )  # fmt: skip
+
+
+def fused_iteration(it: Any, fz: torch.Tensor, rhs, g, inverse, weights, slowest, fresh,
+                    kappa: float, max_iters: int) -> int | None:  # fmt: skip
+    """One Newton iteration of every sample of the per-sample lane in one call of the kernel:
+    the update and the stopping rule of the tensor form
+    (:meth:`~._implicit_per_sample._Iteration.tensor_step`), on the iteration ``it``'s tensors
+    in place (``it.z`` a new tensor). Returns the flags (1: a size was not finite, 2: a sample
+    gave up, 4: one that gave up had an old Jacobian, 8: a sample runs on), or ``None`` where
+    ``fz`` is not a contiguous CPU tensor of the state's size and dtype (the caller then takes
+    the tensor form)."""
+    z = it.z
+    if not _conforms(fz, z):
+        return None
+    B, dtype, prove = z.shape[0], z.dtype, kernels.prove
+    N = z.numel()
+    n = N // B
+    out = torch.empty_like(z)
+    flags = kernels._fused.newton_batch(
+        dtype is torch.float64, B, n, prove(out, N, dtype, "a Newton iterate"),
+        prove(z, N, dtype, "a Newton iterate"), prove(rhs, N, dtype, "a stage's right side"),
+        prove(fz, N, dtype, "func(t, y) returned dy/dt"), prove(g, B, dtype, "g per sample"),
+        prove(inverse, N * n, dtype, "the inverses of I - g J"),
+        prove(weights, N, dtype, "a stage's error weights"),
+        prove(it.running, B, _BOOL, "running"), prove(it.prev, B, _F64, "prev"),
+        prove(it.eta, B, _F64, "eta"), prove(it.eta_done, B, _F64, "eta_done"),
+        prove(it.count, B, _I64, "count"), prove(slowest, B, _F64, "slowest"),
+        prove(it.converged, B, _BOOL, "converged"), prove(fresh, B, _BOOL, "fresh"),
+        prove(it.nonfinite, B, _BOOL, "nonfinite"), prove(it.give_up, B, _BOOL, "give_up"),
+        float(kappa), int(max_iters),
+    )  # fmt: skip
+    it.z = out
+    return flags
