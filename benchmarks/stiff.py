@@ -18,6 +18,14 @@ relaxation jumps, and a 1% change in the step sequence can move it threefold. ``
 1000 1050 1100`` adds, for each rtol, every solver's median and largest error over Van der Pol
 problems with those μ (the same span and output times, a reference of its own each; errors
 only, not timed).
+
+``--local`` asks where an error beyond the tolerance comes from: for each implicit method on
+the goals' problems it takes up to 60 of the solve's accepted steps (evenly spread; recorded by
+torchdiffeq's ``callback_accept_step``), solves each step again from the same start with a tight
+Radau, and prints the true local error of the step in tolerance units (RMS in the error
+weights of the step's two ends, the norm the step was accepted by) beside the solve's error at
+the output times. Local errors near or below 1 mean the error estimate is right and a larger
+error at the outputs is the accumulation of many steps' local errors.
 """
 
 from __future__ import annotations
@@ -121,6 +129,49 @@ def run_problem(name: str, rtol: float, repeats: int, solvers: dict) -> dict:
     return out
 
 
+class Recorded:
+    """A dynamics that records the start and size of every accepted step."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.steps: list[tuple[float, np.ndarray, float]] = []
+
+    def __call__(self, t, y):
+        return self.f(t, y)
+
+    def callback_accept_step(self, t0, y0, dt) -> None:
+        self.steps.append((float(t0), y0.detach().numpy().copy(), float(dt)))
+
+
+def local_errors(rtol: float, samples: int = 60) -> None:
+    """The true local error of accepted steps against the error at the output times."""
+    print(f"\nLocal error of accepted steps (rtol {rtol:g}; {samples} steps each, tolerance units)")
+    print("| problem | solver | steps | local error: median | largest | error at the outputs |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name in GOAL_PROBLEMS:
+        f, y0, t, atol = PROBLEMS[name]
+        ref, _ = scipy_solve(f, y0, t, "Radau", 1e-11, atol * 1e-3)
+        for method in ("kvaerno5", "kvaerno3", "trbdf2"):
+            rec = Recorded(f)
+            with torch.no_grad():
+                y = neuralode.odeint(rec, torch.tensor(y0, dtype=F64), torch.from_numpy(t),
+                                     method=method, rtol=rtol, atol=atol).numpy()  # fmt: skip
+            steps = rec.steps
+            # a step's end is the next accepted step's start (the last step is left out)
+            picks = np.unique(np.linspace(0, len(steps) - 2, samples).astype(int))
+            local = []
+            for k in picks:
+                t0, start, dt = steps[k]
+                end = steps[k + 1][1]
+                exact, _ = scipy_solve(f, start, np.array([t0, t0 + dt]), "Radau", 1e-13,
+                                       atol * 1e-5)  # fmt: skip
+                w = atol + rtol * np.maximum(np.abs(start), np.abs(end))
+                local.append(float(np.sqrt(np.mean(((end - exact[-1]) / w) ** 2))))
+            glob = float((np.abs(y - ref) / (atol + rtol * np.abs(ref))).max())
+            print(f"| {name} | {method} | {len(steps)} | {statistics.median(local):.2f} | "
+                  f"{max(local):.2f} | {glob:.2f} |")  # fmt: skip
+
+
 def mu_sweep(mus: list[float], rtol: float, solvers: dict) -> None:
     """Every solver's median and largest error over Van der Pol problems with the given μ."""
     _, y0, t, atol = PROBLEMS["Van der Pol, mu = 1000"]
@@ -162,6 +213,9 @@ def main() -> None:
     p.add_argument(
         "--mus", type=float, nargs="+", default=[], help="Van der Pol's mu for an error sweep"
     )
+    p.add_argument(
+        "--local", action="store_true", help="true local errors of accepted steps (see above)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     solvers = {k: v for k, v in SOLVERS.items() if not (args.skip_dopri5 and "dopri5" in k)}
@@ -169,6 +223,8 @@ def main() -> None:
                for rtol in args.rtols for name in PROBLEMS}  # fmt: skip
     for rtol in args.rtols if args.mus else ():
         mu_sweep(args.mus, rtol, solvers)
+    for rtol in args.rtols if args.local else ():
+        local_errors(rtol)
     if len(args.rtols) > 1:
         print("\nError / tolerance at each rtol (proportional: about the same at every rtol)")
         for name in PROBLEMS:
