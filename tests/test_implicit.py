@@ -388,3 +388,77 @@ def test_newtons_error_stays_below_the_tolerance_at_tight_tolerances(method):
         y = neuralode.odeint(VanDerPol(mu), torch.tensor([2.0, 0.0], dtype=F64),
                              torch.from_numpy(t), method=method, rtol=rtol, atol=atol)  # fmt: skip
     assert float((np.abs(y.numpy() - ref) / (atol + rtol * np.abs(ref))).max()) < 20.0
+
+
+# --------------------------------------------------------------------------- Jacobians
+
+
+class _Counted:
+    def __init__(self, f) -> None:
+        self.f, self.calls = f, 0
+
+    def __call__(self, t, y):
+        self.calls += 1
+        return self.f(t, y)
+
+
+def _vdp_batch(mu):
+    def f(t, y):
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x], dim=-1)
+
+    return f
+
+
+def _vdp_jacobian(mu, x, v):
+    return torch.stack([torch.stack([torch.zeros_like(x), torch.ones_like(x)], -1),
+                        torch.stack([-2 * mu * x * v - 1, mu * (1 - x * x)], -1)], -2)  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [2, 8, 9, 12])
+def test_jacobians_match_analytic_and_forward_mode_ones_in_one_evaluation(n):
+    """Small Jacobians are formed row by row in reverse mode (up to REVERSE_MAX elements),
+    larger ones by ``jacfwd``: the dense one and a batch's blocks equal Van der Pol's analytic
+    Jacobian and, for an MLP, ``torch.func.jacrev`` computed apart; one evaluation each."""
+    from neuralode.solvers._newton import block_jacobian, jacobian
+
+    mu = torch.linspace(5.0, 50.0, 6, dtype=F64)
+    z = torch.randn(6, 2, dtype=F64)
+    f = _Counted(_vdp_batch(mu))
+    blocks = block_jacobian(f, 0.0, z)
+    assert f.calls == 1
+    torch.testing.assert_close(blocks, _vdp_jacobian(mu, z[:, 0], z[:, 1]), rtol=1e-14, atol=0)
+    one = _Counted(_vdp_batch(mu[0]))
+    J = jacobian(one, 0.0, z[0], 2)
+    assert one.calls == 1
+    torch.testing.assert_close(J, _vdp_jacobian(mu[0], z[0, 0], z[0, 1]), rtol=1e-14, atol=0)
+
+    torch.manual_seed(n)
+    net = nn.Sequential(nn.Linear(n, 16), nn.Tanh(), nn.Linear(16, n)).double()
+    y = torch.randn(5, n, dtype=F64)
+    g = _Counted(lambda t, y: net(y))
+    want = torch.stack([torch.func.jacrev(net)(y[b]) for b in range(5)]).detach()
+    torch.testing.assert_close(block_jacobian(g, 0.0, y), want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(jacobian(g, 0.0, y[0], n), want[0], rtol=1e-12, atol=1e-14)
+    assert g.calls == 2
+
+
+def test_a_masked_branch_or_an_ignored_state_gives_the_forward_mode_jacobian():
+    """A backward pass through ``torch.where`` multiplies the branch not taken by zero (0 · NaN
+    is NaN): the reverse-mode rows are then refused and ``jacfwd``'s taken. A dynamics that
+    ignores its state has a zero Jacobian."""
+    from neuralode.solvers._newton import block_jacobian, jacobian
+
+    def masked(t, y):
+        return torch.where(torch.as_tensor(t) > 0.5, y * float("nan"), -3.0 * y)
+
+    y = torch.randn(4, 2, dtype=F64)
+    eye = torch.eye(2, dtype=F64)
+    torch.testing.assert_close(block_jacobian(masked, 0.0, y), (-3.0 * eye).expand(4, 2, 2))
+    torch.testing.assert_close(jacobian(masked, 0.0, y[0], 2), -3.0 * eye)
+
+    def clock(t, y):
+        return torch.cos(torch.as_tensor(t, dtype=F64)).expand(y.shape)
+
+    torch.testing.assert_close(jacobian(clock, 0.3, y[0], 2), torch.zeros(2, 2, dtype=F64))
+    torch.testing.assert_close(block_jacobian(clock, 0.3, y), torch.zeros(4, 2, 2, dtype=F64))
