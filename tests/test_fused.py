@@ -12,8 +12,8 @@ from torch import nn
 
 import neuralode
 from neuralode import NonFiniteStateError, SolveStats
-from neuralode.solvers import _implicit, _newton
 from neuralode.solvers import _kernels as kernels
+from neuralode.solvers import _newton
 from neuralode.solvers._evaluator import Evaluator
 from neuralode.solvers._tableau import TABLEAUX
 
@@ -476,7 +476,7 @@ def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
     weights = torch.rand(n, generator=g, dtype=dtype) + 0.1
     inverse = torch.eye(n, dtype=dtype) + 0.1 * torch.randn(n, n, generator=g, dtype=dtype)
     assert _newton.fused_update_usable(rhs, weights, inverse, 0.3)
-    got, size = _newton.fused_update(z, rhs, fz, 0.3, inverse, weights)
+    got, size = _newton.FusedUpdate(rhs, 0.3, inverse, weights)(z, fz)
     delta = inverse @ (z - rhs - 0.3 * fz)
     same = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, z - delta, rtol=same, atol=same)
@@ -484,7 +484,7 @@ def test_the_newton_update_matches_tensor_arithmetic(dtype, n):
     assert size == pytest.approx(want, rel=same)
     # an update that is not finite reports NaN, as the tensor form's norm does
     nan = torch.full_like(fz, math.nan)
-    assert math.isnan(_newton.fused_update(z, rhs, nan, 0.3, inverse, weights)[1])
+    assert math.isnan(_newton.FusedUpdate(rhs, 0.3, inverse, weights)(z, nan)[1])
 
 
 @built
@@ -498,10 +498,12 @@ def test_the_newton_update_proves_its_buffers():
     assert not _newton.fused_update_usable(x, x.double(), inv, 0.1)  # weights of another dtype
     # a derivative the kernel cannot read is left to the tensor form; a bad buffer is an error
     for fz in (torch.zeros(4), torch.zeros(3, dtype=torch.float64), torch.zeros(6)[::2]):
-        assert _newton.fused_update(x, x, fz, 0.1, inv, torch.ones(3)) is None
+        assert _newton.FusedUpdate(x, 0.1, inv, torch.ones(3))(x, fz) is None
     for args in ((torch.zeros(3), torch.zeros(4), torch.eye(3)), (x, x, torch.eye(2))):
         with pytest.raises(ValueError, match="fused kernels need"):
-            _newton.fused_update(args[0], args[1], x, 0.1, args[2], torch.ones(3))
+            _newton.FusedUpdate(args[1], 0.1, args[2], torch.ones(3))(args[0], x)
+    with pytest.raises(ValueError, match="fused kernels need"):  # an iterate of another size
+        _newton.FusedUpdate(x, 0.1, inv, torch.ones(3))(torch.zeros(4), torch.zeros(4))
 
 
 @built
@@ -520,8 +522,10 @@ def test_fused_and_plain_newton_iterations_agree(monkeypatch, method):
                                     method=method, rtol=1e-6, atol=1e-8, stats=stats)  # fmt: skip
 
     calls = []
-    newton = _newton.fused_update
-    monkeypatch.setattr(_implicit, "fused_update", lambda *args: calls.append(1) or newton(*args))
+    newton = _newton.FusedUpdate.__call__
+    monkeypatch.setattr(
+        _newton.FusedUpdate, "__call__", lambda *args: calls.append(1) or newton(*args)
+    )
     fused, plain, sf, sp = _solve_both(monkeypatch, run)
     assert len(calls) >= 0.9 * sf.nfe_forward, (len(calls), sf)  # nearly every evaluation's
     assert (sf.nfe_forward, sf.steps_accepted) == (sp.nfe_forward, sp.steps_accepted)

@@ -35,10 +35,10 @@ from ._newton import (
     LINEAR_SOLVERS,
     BlockNewton,
     DenseNewton,
+    FusedUpdate,
     LinearSolver,
     block_transposed_solve,
     choose,
-    fused_update,
     fused_update_usable,
     gmres,
     jacobian,
@@ -363,11 +363,15 @@ class _ESDIRKStepper(Stepper):
             z = guess
             solver.prepare(ev, t, z, g, weights)
             inverse = solver.inverse()  # with it, one call of the C kernel per update
-            fused = inverse if fused_update_usable(rhs, weights, inverse, g) else None
+            fused = (
+                FusedUpdate(rhs, g, inverse, weights)
+                if fused_update_usable(rhs, weights, inverse, g)
+                else None
+            )
             prev, eta = math.inf, max(self.eta, FINAL_STAGE_FACTOR) if final else self.eta
             for it in range(self.method.max_newton_iters):
                 fz = ev(t, z)
-                update = None if fused is None else fused_update(z, rhs, fz, g, fused, weights)
+                update = None if fused is None else fused(z, fz)
                 if update is not None:  # one pass of the C kernel
                     z, size = update
                 else:

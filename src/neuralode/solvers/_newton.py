@@ -37,6 +37,7 @@ __all__ = [
     "REVERSE_MAX",
     "BlockNewton",
     "DenseNewton",
+    "FusedUpdate",
     "KrylovNewton",
     "LinearSolver",
     "block_jacobian",
@@ -44,7 +45,6 @@ __all__ = [
     "choose",
     "fused_iteration",
     "fused_iteration_usable",
-    "fused_update",
     "fused_update_usable",
     "gmres",
     "jacobian",
@@ -452,7 +452,7 @@ _BOOL, _F64, _I64 = torch.bool, torch.float64, torch.int64
 
 
 def fused_update_usable(rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: Any) -> bool:
-    """Whether :func:`fused_update` may take a stage: an inverse of ``I - g J`` over every
+    """Whether :class:`FusedUpdate` may take a stage: an inverse of ``I - g J`` over every
     element, a number ``g``, and buffers the kernel reads (and the kernels not disabled)."""
     return (
         isinstance(inverse, torch.Tensor) and type(g) is float and rhs.numel() <= NEWTON_MAX
@@ -465,26 +465,41 @@ def _conforms(fz: torch.Tensor, z: torch.Tensor) -> bool:
     return fz.dtype is z.dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == z.numel()
 
 
-def fused_update(
-    z: torch.Tensor, rhs: torch.Tensor, fz: torch.Tensor, g: float, inverse: torch.Tensor,
-    weights: torch.Tensor,
-) -> tuple[torch.Tensor, float] | None:  # fmt: skip
-    """One Newton update of an implicit stage in one call of the kernel (the tensor form is six
+class FusedUpdate:
+    """One stage's Newton updates, each one call of the kernel (the tensor form is six
     operations and three allocations): ``z - inverse @ (z - rhs - g fz)`` and the RMS of the
-    update in the error ``weights``; ``None`` where ``fz`` is not a contiguous CPU tensor of the
-    state's size and dtype (the caller then takes the tensor form)."""
-    if not _conforms(fz, z):
-        return None
-    n, dtype, prove = z.numel(), z.dtype, kernels.prove
-    out = torch.empty_like(z)
-    size = kernels._fused.newton(
-        dtype is torch.float64, n, prove(out, n, dtype, "a Newton iterate"),
-        prove(z, n, dtype, "a Newton iterate"), prove(rhs, n, dtype, "a stage's right side"),
-        prove(fz, n, dtype, "func(t, y) returned dy/dt"), g,
-        prove(inverse, n * n, dtype, "the inverse of I - g J"),
-        prove(weights, n, dtype, "a stage's error weights"),
-    )  # fmt: skip
-    return out, size
+    update in the error ``weights``. The stage's fixed buffers (its right side, the inverse,
+    the weights; held here, so alive) are proven once, at construction; an update proves its
+    iterate, the derivative and its output."""
+
+    __slots__ = ("_fixed", "double", "dtype", "g", "n")
+
+    def __init__(
+        self, rhs: torch.Tensor, g: float, inverse: torch.Tensor, weights: torch.Tensor
+    ) -> None:
+        n, dtype, prove = rhs.numel(), rhs.dtype, kernels.prove
+        self.n, self.dtype, self.double, self.g = n, dtype, dtype is torch.float64, g
+        self._fixed = (
+            (rhs, inverse, weights),  # (the addresses below stay valid while these live)
+            prove(rhs, n, dtype, "a stage's right side"),
+            prove(inverse, n * n, dtype, "the inverse of I - g J"),
+            prove(weights, n, dtype, "a stage's error weights"),
+        )
+
+    def __call__(self, z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """The update at ``z`` with ``fz = f(z)``; ``None`` where ``fz`` is not a contiguous
+        CPU tensor of the state's size and dtype (the caller then takes the tensor form)."""
+        if not _conforms(fz, z):
+            return None
+        n, dtype, prove = self.n, self.dtype, kernels.prove
+        _, rhs, inverse, weights = self._fixed
+        out = torch.empty_like(z)
+        size = kernels._fused.newton(
+            self.double, n, prove(out, n, dtype, "a Newton iterate"),
+            prove(z, n, dtype, "a Newton iterate"), rhs,
+            prove(fz, n, dtype, "func(t, y) returned dy/dt"), self.g, inverse, weights,
+        )  # fmt: skip
+        return out, size
 
 
 def fused_iteration_usable(
