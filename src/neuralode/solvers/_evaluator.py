@@ -67,7 +67,6 @@ class Evaluator:
         # keywords of the time tensor: none where they are the defaults (a little faster)
         default = dtype is torch.get_default_dtype() and device.type == "cpu"
         self.time_kw: dict[str, Any] = {} if default else {"dtype": dtype, "device": device}
-        self._s, self._t = math.nan, torch.empty(0)  # the last time given and its tensor
 
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None or self.numels is None:
@@ -82,9 +81,7 @@ class Evaluator:
 
     def __call__(self, s: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.fast and type(s) is float:  # a tensor state forwards in time, checked once
-            if s != self._s:  # (Newton's iterations evaluate a stage at one time: made once)
-                self._s, self._t = s, torch.scalar_tensor(s, **self.time_kw)
-            dy = self.func(self._t, y)
+            dy = self.func(torch.scalar_tensor(s, **self.time_kw), y)
             if type(dy) is torch.Tensor and dy.shape == y.shape and dy.dtype is self.dtype:
                 self.stats.nfe_forward += 1
                 return dy
