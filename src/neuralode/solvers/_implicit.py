@@ -365,7 +365,7 @@ class _ESDIRKStepper(Stepper):
             inverse = solver.inverse()  # with it, one call of the C kernel per update
             fused = (
                 FusedUpdate(rhs, g, inverse, weights)
-                if fused_update_usable(rhs, weights, inverse, g)
+                if inverse is not None and fused_update_usable(rhs, weights, inverse, g)
                 else None
             )
             prev, eta = math.inf, max(self.eta, FINAL_STAGE_FACTOR) if final else self.eta
