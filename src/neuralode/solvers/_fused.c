@@ -180,10 +180,11 @@
 /* One Newton iteration of every sample on the per-sample lane (n <= 16 elements a sample, the
  * inverse of each sample's I - g_b J_b at hand), with the stopping rule of the tensor form in
  * _implicit_per_sample.py, sample by sample (about 45 tensor operations of a few microseconds
- * each there, one pass here). For a running sample b: the update as in newton() above, its
- * size (the RMS of the update in the weights), then the rule; a sample not running keeps its
- * iterate and its bookkeeping. Returns bit 0: a size was not finite, bit 1: a sample gave up,
- * bit 2: one that gave up had a Jacobian not formed in this step, bit 3: a sample runs on. */
+ * each there, one pass here). For a running sample b: the update and its size by newton()
+ * above (the joint lane's update: a sample takes the same update as alone), then the rule; a
+ * sample not running keeps its iterate and its bookkeeping. Returns bit 0: a size was not
+ * finite, bit 1: a sample gave up, bit 2: one that gave up had a Jacobian not formed in this
+ * step, bit 3: a sample runs on. */
 #define DEF_NEWTON_BATCH(T)                                                                   \
     static int newton_batch_##T(Py_ssize_t B, Py_ssize_t n, T *out, const T *z, const T *rhs,  \
                                 const T *fz, const T *g, const T *inv, const T *w,             \
@@ -193,7 +194,6 @@
                                 unsigned char *nonfinite, unsigned char *give_up, double kappa, \
                                 int64_t max_it) {                                              \
         int flags = 0;                                                                         \
-        const T mean = (T)1 / (T)n;                                                            \
         for (Py_ssize_t b = 0; b < B; b++) {                                                   \
             const Py_ssize_t o = b * n;                                                        \
             nonfinite[b] = 0;                                                                  \
@@ -202,20 +202,8 @@
                 memcpy(out + o, z + o, (size_t)n * sizeof(T));                                 \
                 continue;                                                                      \
             }                                                                                  \
-            T r[NEWTON_MAX];                                                                   \
-            for (Py_ssize_t i = 0; i < n; i++)                                                 \
-                r[i] = (z[o + i] - rhs[o + i]) - g[b] * fz[o + i];                             \
-            T total = 0;                                                                       \
-            for (Py_ssize_t i = 0; i < n; i++) {                                               \
-                const T *row = inv + o * n + i * n;                                            \
-                T d = 0;                                                                       \
-                for (Py_ssize_t j = 0; j < n; j++)                                             \
-                    d += row[j] * r[j];                                                        \
-                out[o + i] = z[o + i] - d;                                                     \
-                T s = d / w[o + i];                                                            \
-                total += s * s * mean;                                                         \
-            }                                                                                  \
-            double size = (double)(T)sqrt((double)total);                                      \
+            double size = newton_##T(n, out + o, z + o, rhs + o, fz + o, (double)g[b],         \
+                                     inv + o * n, w + o);                                      \
             int bad = !isfinite(size);                                                         \
             double rate = size / prev[b];                                                      \
             int later = it[b] > 0;                                                             \
