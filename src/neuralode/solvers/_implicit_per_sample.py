@@ -84,10 +84,10 @@ class _Blocks:
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         if self._lu is None:
             raise RuntimeError("prepare() forms the blocks before solve()")
-        B, factors = r.shape[0], self._lu[1]
-        if self.n <= INVERSE_MAX:
-            return torch.bmm(factors, r.reshape(B, self.n, 1)).reshape(r.shape)
-        return torch.linalg.lu_solve(*factors, r.reshape(B, self.n, 1)).reshape(r.shape)
+        column, inverse = r.reshape(r.shape[0], self.n, 1), self.inverse()
+        if inverse is not None:
+            return torch.bmm(inverse, column).reshape(r.shape)
+        return torch.linalg.lu_solve(*self._lu[1], column).reshape(r.shape)
 
     def transposed(self, ev, t, z: torch.Tensor, g: torch.Tensor, keep: torch.Tensor):
         """``v ↦ (I - g J(z))⁻ᵀ v`` per sample at converged stages (the implicit function
