@@ -324,6 +324,44 @@ def test_nfe_and_results_match_torchdiffeq(method, jump):
         torch.testing.assert_close(ours, exact, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_jump_in_float32_is_stepped_over_as_torchdiffeq_does(interface, dtype):
+    """The stages just before a jump were evaluated at the float64 neighbour of the jump, which
+    a float32 time tensor rounds back onto the jump itself (its far side): with jump_t the
+    solve took 333 evaluations against torchdiffeq's 129 (torchdiffeq's own test suite,
+    TestDiscontinuities, failed on the adjoint's forward pass). The neighbour is now taken in
+    the dtype the dynamics receive the time in, as torchdiffeq's perturbed times are."""
+
+    def make():
+        seen = {"n": 0, "after": 0}
+
+        def f(t, x):
+            seen["n"] += 1
+            if t < 0.5:
+                return -0.5 * x
+            seen["after"] += 1
+            return x**2
+
+        return f, seen
+
+    counts = {}
+    for name, lib in (("torchdiffeq", torchdiffeq), ("ours", neuralode)):
+        f, seen = make()
+        x0 = torch.tensor([1.0, 2.0], dtype=dtype, requires_grad=True)
+        solve = getattr(lib, interface)
+        kwargs = {"adjoint_params": ()} if interface == "odeint_adjoint" else {}
+        xs = solve(f, x0, torch.tensor([0.0, 1.0]), rtol=1e-6, atol=1e-6,
+                   options={"jump_t": torch.tensor([0.5])}, **kwargs)  # fmt: skip
+        counts[name] = seen["n"]
+        # exact: x(0.5) = x0 exp(-1/4), then x' = x^2 gives x(1) = 1 / (1/x(0.5) - 1/2)
+        half = torch.tensor([1.0, 2.0], dtype=F64) * math.exp(-0.25)
+        exact = 1 / (1 / half - 0.5)
+        rel = 1e-4 if dtype == torch.float32 else 1e-5
+        torch.testing.assert_close(xs[-1].detach().to(F64), exact, rtol=rel, atol=0)
+    assert counts["ours"] <= counts["torchdiffeq"] + 10, counts
+
+
 # ------------------------------------------------------------------------------ complex
 
 

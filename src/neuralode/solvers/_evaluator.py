@@ -68,6 +68,17 @@ class Evaluator:
         default = dtype is torch.get_default_dtype() and device.type == "cpu"
         self.time_kw: dict[str, Any] = {} if default else {"dtype": dtype, "device": device}
 
+    def neighbour(self, s: float, toward: float) -> float:
+        """The time next to ``s`` in the direction of ``toward``, as the dynamics receive it: in
+        the state's (real) dtype, as torchdiffeq perturbs a time just before or after a jump (it
+        casts the time to the state's dtype, then takes the next representable value). In
+        float32 the float64 neighbour of 0.5 would round back to 0.5, on the jump's far side."""
+        real = self.dtype.to_real() if self.dtype.is_complex else self.dtype
+        if real is torch.float64:
+            return math.nextafter(s, toward)
+        here = torch.tensor(s, dtype=real)
+        return float(torch.nextafter(here, torch.tensor(toward, dtype=real)))
+
     def unflatten(self, y: torch.Tensor) -> Any:
         if self.shapes is None or self.numels is None:
             return y

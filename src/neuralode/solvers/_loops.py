@@ -296,7 +296,7 @@ def solve_adaptive(
             where = f" near t ≈ {ev.sign * t_now:.6g}"
             raise failure(Status.STEP_UNDERFLOW, where=where, implicit=method.implicit)
         jumped = hit is not None and bounds is not None and hit in bounds.jumps
-        last_node = math.nextafter(t1, t_now) if jumped else None
+        last_node = ev.neighbour(t1, t_now) if jumped else None
         if callbacks is not None:
             callbacks.step(t_now, y, dt)
         y1, ks = stepper.step(t_now, y, f0, dt, last_node)
@@ -318,7 +318,7 @@ def solve_adaptive(
             # the slope at the step's end, for its dense output (from the left of a jump)
             f1, f1_time = stepper.end_slope(t1, y1, ks, last_node)
             # the next step starts from the right of a jump (torchdiffeq's perturb=NEXT)
-            f_next = f1 if last_node is None else ev(math.nextafter(t1, t_end + 1.0), y1)
+            f_next = f1 if last_node is None else ev(ev.neighbour(t1, t_end + 1.0), y1)
             if event is not None:
                 found = event.search(stepper, t_now, dt, y, y1, ks, f1)
                 if found is not None:
