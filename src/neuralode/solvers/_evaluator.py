@@ -4,6 +4,7 @@ the time direction, counting, shape checks on every call) and torchdiffeq's step
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -104,6 +105,28 @@ class Evaluator:
         else:  # per-sample times
             t = cast(torch.Tensor, s * self.sign).to(self.dtype)
         return self.after(self.func(t, y if self.shapes is None else self.unflatten(y)), y)
+
+    def at(self, s: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The dynamics at one time ``s`` for many calls (an implicit stage's Newton
+        iterations): ``at(s)(y)`` is ``self(s, y)``, with the time tensor made once instead of
+        once per call (about 2 µs a call). The tensor is passed as it is to every call: a
+        dynamics that writes into its ``t`` would see its own writes."""
+        if self.float_time or type(s) is not float:
+            return functools.partial(self, s)
+        t = torch.scalar_tensor(s * self.sign, **self.time_kw)
+        func, after, shapes = self.func, self.after, self.shapes
+        if self.fast:  # a tensor state forwards in time, checked once (as in ``__call__``)
+            stats, dtype = self.stats, self.dtype
+
+            def plain(y: torch.Tensor) -> torch.Tensor:
+                dy = func(t, y)
+                if type(dy) is torch.Tensor and dy.shape == y.shape and dy.dtype is dtype:
+                    stats.nfe_forward += 1
+                    return dy
+                return after(dy, y)
+
+            return plain
+        return lambda y: after(func(t, y if shapes is None else self.unflatten(y)), y)
 
     def after(self, dy: Any, y: torch.Tensor) -> torch.Tensor:
         """A derivative checked (its shape on every call: a later derivative of another shape

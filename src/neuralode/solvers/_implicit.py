@@ -359,6 +359,7 @@ class _ESDIRKStepper(Stepper):
         # the updates are measured in the error weights of the guess (RADAU5 fixes them per
         # step): the same stopping rule, without forming weights per iteration
         weights = self._weights(guess)
+        f_at = ev.at(t)  # the stage's time is every iteration's
         for _ in range(2):  # with the Jacobian at hand, then with a fresh one
             z = guess
             solver.prepare(ev, t, z, g, weights)
@@ -370,7 +371,7 @@ class _ESDIRKStepper(Stepper):
             )
             prev, eta = math.inf, max(self.eta, FINAL_STAGE_FACTOR) if final else self.eta
             for it in range(self.method.max_newton_iters):
-                fz = ev(t, z)
+                fz = f_at(z)
                 update = None if fused is None else fused(z, fz)
                 if update is not None:  # one pass of the C kernel
                     z, size = update
@@ -417,18 +418,26 @@ class _ESDIRKStepper(Stepper):
             ti = t + tab.c[i] * dt
             if last_node is not None and tab.c[i] == 1.0:
                 ti = last_node
+            final = i == tab.stages - 1
+            if not differentiable:  # (no graph to keep out of the iteration)
+                z = self._newton(ti, rhs, torch.add(rhs, ks[-1], alpha=g), g, final)
+                if z is None:
+                    self.failed = True
+                    return y, ks
+                ks.append(torch.sub(z, rhs).div_(g))
+                continue
             with torch.no_grad():
                 guess = (rhs + g * ks[-1]).detach()
-                z_star = self._newton(ti, rhs.detach(), guess, g, i == tab.stages - 1)
+                z_star = self._newton(ti, rhs.detach(), guess, g, final)
             if z_star is None:
                 self.failed = True
                 return y, ks
             z = z_star
-            if differentiable:  # the gradient of the fixed point (see _ImplicitStage)
-                phi = rhs + g * ev(ti, z_star)
-                if phi.requires_grad:
-                    solve_t = _transposed_solve(ev, ti, z_star, g, self._solver(ti, z_star))
-                    z = _ImplicitStage.apply(phi, z_star, solve_t)
+            # the gradient of the fixed point (see _ImplicitStage)
+            phi = rhs + g * ev(ti, z_star)
+            if phi.requires_grad:
+                solve_t = _transposed_solve(ev, ti, z_star, g, self._solver(ti, z_star))
+                z = _ImplicitStage.apply(phi, z_star, solve_t)
             ks.append((z - rhs) / g)
         self.failed = False
         return z, ks

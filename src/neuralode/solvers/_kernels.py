@@ -109,6 +109,14 @@ def prove(x: torch.Tensor, numel: int, dtype: torch.dtype, what: str) -> int:
     return x.data_ptr()
 
 
+def address_if(x: torch.Tensor, numel: int, dtype: torch.dtype) -> int:
+    """The address of ``x`` where it holds what a kernel reads (the test of :func:`prove`),
+    else 0: for a buffer the caller can take another way (a derivative of another layout)."""
+    if x.dtype is dtype and x.is_cpu and x.is_contiguous() and x.numel() == numel:
+        return x.data_ptr()
+    return 0
+
+
 class Stages:
     """A base state and the stage derivatives of one step, each proven readable by the kernels
     when it enters: the base once, at construction, and each derivative when appended.

@@ -454,15 +454,13 @@ _BOOL, _F64, _I64 = torch.bool, torch.float64, torch.int64
 def fused_update_usable(rhs: torch.Tensor, weights: torch.Tensor, inverse: Any, g: Any) -> bool:
     """Whether :class:`FusedUpdate` may take a stage: an inverse of ``I - g J`` over every
     element, a number ``g``, and buffers the kernel reads (and the kernels not disabled)."""
+    n, dtype = rhs.numel(), rhs.dtype
     return (
-        isinstance(inverse, torch.Tensor) and type(g) is float and rhs.numel() <= NEWTON_MAX
-        and inverse.numel() == rhs.numel() ** 2 and kernels.readable(rhs, kernels.MAX_BYTES)
-        and all(x.dtype is rhs.dtype and x.is_contiguous() for x in (weights, inverse))
+        type(g) is float and n <= NEWTON_MAX and isinstance(inverse, torch.Tensor)
+        and inverse.numel() == n * n and kernels.readable(rhs, kernels.MAX_BYTES)
+        and weights.dtype is dtype and inverse.dtype is dtype
+        and weights.is_contiguous() and inverse.is_contiguous()
     )  # fmt: skip
-
-
-def _conforms(fz: torch.Tensor, z: torch.Tensor) -> bool:
-    return fz.dtype is z.dtype and fz.is_cpu and fz.is_contiguous() and fz.numel() == z.numel()
 
 
 class FusedUpdate:
@@ -489,15 +487,16 @@ class FusedUpdate:
     def __call__(self, z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """The update at ``z`` with ``fz = f(z)``; ``None`` where ``fz`` is not a contiguous
         CPU tensor of the state's size and dtype (the caller then takes the tensor form)."""
-        if not _conforms(fz, z):
-            return None
         n, dtype, prove = self.n, self.dtype, kernels.prove
+        z_address = prove(z, n, dtype, "a Newton iterate")
+        f_address = kernels.address_if(fz, n, dtype)
+        if not f_address:
+            return None
         _, rhs, inverse, weights = self._fixed
         out = torch.empty_like(z)
         size = kernels._fused.newton(
-            self.double, n, prove(out, n, dtype, "a Newton iterate"),
-            prove(z, n, dtype, "a Newton iterate"), rhs,
-            prove(fz, n, dtype, "func(t, y) returned dy/dt"), self.g, inverse, weights,
+            self.double, n, prove(out, n, dtype, "a Newton iterate"), z_address, rhs, f_address,
+            self.g, inverse, weights,
         )  # fmt: skip
         return out, size
 
@@ -528,16 +527,17 @@ def fused_iteration(it: Any, fz: torch.Tensor, rhs, g, inverse, weights, slowest
     ``fz`` is not a contiguous CPU tensor of the state's size and dtype (the caller then takes
     the tensor form)."""
     z = it.z
-    if not _conforms(fz, z):
-        return None
     B, dtype, prove = z.shape[0], z.dtype, kernels.prove
     N = z.numel()
     n = N // B
+    f_address = kernels.address_if(fz, N, dtype)
+    if not f_address:
+        return None
     out = torch.empty_like(z)
     flags = kernels._fused.newton_batch(
         dtype is torch.float64, B, n, prove(out, N, dtype, "a Newton iterate"),
         prove(z, N, dtype, "a Newton iterate"), prove(rhs, N, dtype, "a stage's right side"),
-        prove(fz, N, dtype, "func(t, y) returned dy/dt"), prove(g, B, dtype, "g per sample"),
+        f_address, prove(g, B, dtype, "g per sample"),
         prove(inverse, N * n, dtype, "the inverses of I - g J"),
         prove(weights, N, dtype, "a stage's error weights"),
         prove(it.running, B, _BOOL, "running"), prove(it.prev, B, _F64, "prev"),
