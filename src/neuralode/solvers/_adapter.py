@@ -73,7 +73,7 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "grid_constructor": ("torchdiffeq", None, _FIXED),  # handed to torchdiffeq
     "perturb": ("torchdiffeq", None, _FIXED),
     # an implicit method's own parameters (Method.parameters) set the method: linear_solver,
-    # newton_tol, max_newton_iters
+    # newton_tol, max_newton_iters, error_factor
 }
 """torchdiffeq's ``options`` and what each sets on the engine's objects."""
 

@@ -298,7 +298,7 @@ class PerSampleESDIRKStepper(Stepper):
         with torch.no_grad():
             err = kernels.combine(torch.zeros_like(y), ks, self.tab.b_err_terms,
                                   self.kernels.state_dt(dt))  # fmt: skip
-            ratio = self.kernels.scaled_norm(err, y, y1)
+            ratio = self.kernels.scaled_norm(err, y, y1) * self.method.error_factor
             ratio = torch.where(self.failed, math.inf, ratio)
             accepted = (ratio <= 1.0) & self.ev.mask & (dt != 0)
             # an accepted step ages the Jacobian; one that converged slowly asks for a new one
