@@ -3,6 +3,7 @@ against analytic solutions, scipy's Radau and BDF, matrix exponentials and finit
 differences."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 import neuralode
 from neuralode import SolveStats
+from neuralode.errors import InvalidArgumentError
 from neuralode.solvers import Kvaerno3, Kvaerno5, PIController
 from neuralode.solvers._implicit import DIRKTableau, gmres
 
@@ -119,8 +121,12 @@ def test_kvaerno5_stays_within_two_tolerances_of_the_solution():
     step for 0.4 of the tolerance (the default ``error_factor=2.5``) keeps the sum below 2."""
     rtol = 1e-6
     problems = {
-        "van der pol": (VanDerPol(1000.0), torch.tensor([2.0, 0.0], dtype=F64),
-                        torch.linspace(0.0, 2000.0, 5, dtype=F64), 1e-8),  # fmt: skip
+        "van der pol": (
+            VanDerPol(1000.0),
+            torch.tensor([2.0, 0.0], dtype=F64),
+            torch.linspace(0.0, 2000.0, 5, dtype=F64),
+            1e-8,
+        ),
         "robertson": STIFF["robertson"],
     }
     for name, (f, y0, t, atol) in problems.items():
@@ -495,3 +501,69 @@ def test_a_masked_branch_or_an_ignored_state_gives_the_forward_mode_jacobian():
 
     torch.testing.assert_close(jacobian(clock, 0.3, y[0], 2), torch.zeros(2, 2, dtype=F64))
     torch.testing.assert_close(block_jacobian(clock, 0.3, y), torch.zeros(4, 2, 2, dtype=F64))
+
+
+# --------------------------------------------------------------------------- step control
+
+
+def test_after_an_accepted_step_an_implicit_method_s_next_may_shrink():
+    """torchdiffeq's rule keeps the step after an accepted attempt (factor at least 1), so a
+    step that barely passed is followed by one of the same size, often rejected. The implicit
+    methods leave that rule (``accept_floor`` 0: the factor is the safety formula's, as in
+    Hairer and Wanner's codes); the explicit ones keep it (torchdiffeq's steps exactly)."""
+    ctrl = PIController()
+    assert ctrl.accept_floor is None
+    # the formula by hand: safety * ratio^(-1/order), at least the floor after an acceptance
+    for floor, expected in ((None, 1.0), (0.0, 0.9 * 0.95**-0.2), (0.95, 0.95)):
+        c = PIController(accept_floor=floor)
+        accepted, dt_next, _ = c.decide(0.95, 1.0, 1.0, 5)
+        assert accepted and dt_next == pytest.approx(expected, rel=1e-12), floor
+        factor = c.factor(torch.tensor([0.95, 2.0], dtype=F64), torch.ones(2, dtype=F64), 5)
+        torch.testing.assert_close(factor[0], torch.tensor(expected, dtype=F64))
+        assert float(factor[1]) == pytest.approx(max(0.9 * 2.0**-0.2, 0.2))  # rejected: dfactor
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="accept_floor"):
+            PIController(accept_floor=bad)
+    assert Kvaerno5().accept_floor == 0.0 and neuralode.solvers.Dopri5().accept_floor == 1.0
+
+    f, y0 = VanDerPol(100.0), torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 300.0], dtype=F64)
+    runs = {}
+    for floor in (None, 1.0):  # the method's (0 for kvaerno5), then torchdiffeq's
+        stats = SolveStats()
+        with torch.no_grad():
+            y = neuralode.odeint(f, y0, t, method="kvaerno5", rtol=1e-6, atol=1e-8,
+                                 options={"accept_floor": floor}, stats=stats)  # fmt: skip
+        runs[floor] = (y, stats)
+    assert runs[None][1].steps_rejected < runs[1.0][1].steps_rejected, runs
+    assert runs[None][1].nfe_forward < runs[1.0][1].nfe_forward, runs
+    ref = _scipy(f, y0, t, "Radau", 1e-11, 1e-11)
+    for y, _ in runs.values():
+        assert float((np.abs(y.numpy() - ref) / (1e-8 + 1e-6 * np.abs(ref))).max()) < 20
+    # the object API resolves the floor as the options do: the same steps
+    stats = SolveStats()
+    with torch.no_grad():
+        neuralode.solve(f, y0, t, method=Kvaerno5(), stats=stats,
+                        controller=PIController(rtol=1e-6, atol=1e-8))  # fmt: skip
+    assert stats.nfe_forward == runs[None][1].nfe_forward
+
+
+@pytest.mark.parametrize("method", IMPLICIT)
+def test_a_float32_tolerance_the_estimate_cannot_resolve_is_refused_up_front(method):
+    """An implicit method's stage slopes are (z - rhs) / (h γ), so its error estimate carries
+    the stage values' rounding whatever the step: in float32 kvaerno5 at torchdiffeq's default
+    rtol 1e-7 shrank its steps to 2e-5 and ran into the step budget after 73,465 evaluations
+    (with advice to use kvaerno5). It is refused before the first step, naming the least rtol,
+    and that rtol solves."""
+    y0, t = torch.ones(2), torch.tensor([0.0, 1.0])
+    with pytest.raises(InvalidArgumentError, match=f"method '{method}'") as info:
+        neuralode.odeint(lambda t, y: -y, y0, t, method=method)
+    assert info.value.argument == "rtol"
+    least = float(re.search(r"Use rtol >= ([0-9.e+-]+) with torch.float32", str(info.value))[1])
+    assert 5e-7 <= least <= 5e-6, least
+    stats = SolveStats()
+    y = neuralode.odeint(lambda t, y: -y, y0, t, method=method, rtol=least, atol=1e-9,
+                         stats=stats)  # fmt: skip
+    assert stats.nfe_forward < 3000 and abs(float(y[-1, 0]) - math.exp(-1.0)) < 1e-4
+    # float64 is unaffected at the default tolerances
+    neuralode.odeint(lambda t, y: -y, y0.double(), t.double(), method=method)

@@ -59,6 +59,7 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "dfactor": ("controller", "dfactor", _ADAPTIVE),
     "pcoeff": ("controller", "pcoeff", _ADAPTIVE),
     "icoeff": ("controller", "icoeff", _ADAPTIVE),
+    "accept_floor": ("controller", "accept_floor", _ADAPTIVE),  # ours (PIController's doc)
     "min_step": ("controller", "min_step", _ADAPTIVE),
     "max_step": ("controller", "max_step", _ADAPTIVE),
     "max_num_steps": ("controller", "max_num_steps", _ADAPTIVE),
@@ -78,7 +79,8 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
 """torchdiffeq's ``options`` and what each sets on the engine's objects."""
 
 # what an options['controller'] object replaces (refused beside it)
-_CONTROLLER_OWN = ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "min_step", "max_step")
+_CONTROLLER_OWN = ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "accept_floor",
+                   "min_step", "max_step")  # fmt: skip
 _FALL_THROUGH = frozenset(k for k, (target, _, _) in OPTIONS.items() if target == "torchdiffeq")
 
 

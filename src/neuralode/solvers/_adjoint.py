@@ -288,7 +288,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     f"the adjoint's method {method.name!r} has no error estimate; give it a "
                     "ConstantStepSize controller (adjoint_options={'step_size': ...})"
                 )
-            cfg = adaptive_config(ctrl, 1.0, None, norm)
+            cfg = adaptive_config(ctrl, 1.0, None, method, norm)
         else:
             step_size = ctrl.step_size
         user_times = [plan.sign * s for s in plan.times]

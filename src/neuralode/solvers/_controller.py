@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "PIController",
     "StepBoundaries",
     "StepSizeController",
+    "check_resolution",
     "check_tolerance",
     "check_tolerance_shape",
     "dtype_resolution",
@@ -142,34 +144,67 @@ def check_tolerance_shape(value: Any, name: str, y0: Any) -> None:
 _RESOLVED: set[tuple] = set()  # tolerances known to be within their dtype's resolution
 
 
-def dtype_resolution(rtol: Any, atol: Any, ref: torch.Tensor) -> str | None:
+def dtype_resolution(
+    rtol: Any, atol: Any, ref: torch.Tensor, gain: float = 1.0, method: str = ""
+) -> str | None:
     """A message when a tolerance is below what the state's dtype can resolve, else None.
 
     ``rtol`` below the dtype's unit roundoff (half its epsilon) cannot be met: each step's error
     estimate is itself rounded at that level, so the step size collapses or the answer is off
     by far more than asked. ``atol`` below the smallest normal number is likewise meaningless.
+    A method whose estimate carries its rounding amplified (an implicit one: ``gain`` units of
+    roundoff, see :attr:`~._methods.Method.rounding_gain`) needs ``rtol`` that many times the
+    unit roundoff.
     """
     if not ref.is_floating_point():
         return None
-    key = (rtol, atol, ref.dtype) if type(rtol) is float and type(atol) is float else None
+    key = (rtol, atol, ref.dtype, gain) if type(rtol) is float and type(atol) is float else None
     if key is not None and key in _RESOLVED:
         return None
     info = torch.finfo(ref.dtype)
     r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
     a = float(atol.min()) if isinstance(atol, torch.Tensor) else atol
     unit = info.eps / 2
-    if r >= unit and a >= info.tiny:
+    floor = unit * max(gain, 1.0)
+    if r >= floor and a >= info.tiny:
         if key is not None and len(_RESOLVED) < 1024:
             _RESOLVED.add(key)
         return None
     wider = "float64" if ref.dtype == torch.float32 else "float32 or float64"
-    bad = f"rtol={r:g}" if r < unit else f"atol={a:g}"
+    bad = f"rtol={r:g}" if r < floor else f"atol={a:g}"
+    if gain > 1.0 and r < floor:
+        scale = 10.0 ** math.floor(math.log10(floor))
+        least = math.ceil(floor / scale) * scale  # the floor rounded up to one digit
+        return (
+            f"{bad} is below the resolution of the method {method!r} in the state's dtype "
+            f"{ref.dtype}: its error estimate is formed from differences of its stages, which "
+            f"carry the dtype's rounding (unit roundoff {unit:.2g}), so below rtol "
+            f"{least:.0e} its steps collapse and the solve cannot even start. Use rtol >= "
+            f"{least:.0e} with {ref.dtype}, or solve in a wider dtype ({wider})"
+        )
     return (
         f"{bad} is below the resolution of the state's dtype {ref.dtype} (unit roundoff "
         f"{unit:.2g}, smallest normal {info.tiny:.2g}): the solver cannot meet it, so steps "
         f"collapse or the result is silently inaccurate. Use rtol >= {4 * unit:.0e} with "
         f"{ref.dtype}, or solve in a wider dtype ({wider})"
     )
+
+
+def check_resolution(rtol: Any, atol: Any, ref: torch.Tensor, method: Any) -> str | None:
+    """:func:`dtype_resolution` for a solve by ``method``: an error for an implicit method,
+    which could never take a step, else a warning; returns the message (None: no problem)."""
+    resolution = dtype_resolution(rtol, atol, ref, method.rounding_gain, method.name)
+    if resolution is not None and method.implicit:
+        if repr(method.name) not in resolution:  # (the message on the dtype alone)
+            resolution += (
+                f". With the implicit method {method.name!r} the solve cannot even start: "
+                "its Newton iteration stops at a fraction of the tolerance"
+            )
+        bad = "atol" if resolution.startswith("atol") else "rtol"
+        raise InvalidArgumentError(resolution, argument=bad)
+    if resolution is not None:
+        warnings.warn(resolution, UserWarning, stacklevel=4)
+    return resolution
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -436,13 +471,19 @@ class PIController(StepSizeController):
     proportional–integral, with its options of the same names: the next step is the last one
     times ``safety * ratio^-(icoeff + pcoeff)/k * prev_ratio^(pcoeff/k)`` (``k`` the method's
     order), at most ``ifactor`` and, after a rejection, at least ``dfactor``. The parameters
-    of every adaptive controller are :class:`StepSizeController`'s."""
+    of every adaptive controller are :class:`StepSizeController`'s.
+
+    ``accept_floor`` is the smallest factor after an accepted step: torchdiffeq's rule is 1 (a
+    step never shrinks after it was accepted). ``None``, the default, leaves it to the method:
+    1 for the explicit methods (torchdiffeq's steps exactly), 0 for the implicit ones, whose
+    next step may shrink by the safety factor after an accepted one (fewer rejected steps)."""
 
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
     pcoeff: float = 0.0
     icoeff: float = 1.0
+    accept_floor: float | None = None
 
     def _check(self) -> None:
         super()._check()
@@ -463,6 +504,15 @@ class PIController(StepSizeController):
             if not math.isfinite(v):
                 raise InvalidArgumentError(f"{name} must be finite, got {v!r}", argument=name)
             setattr(self, name, v)
+        if self.accept_floor is not None:
+            v = _real(self.accept_floor, "accept_floor")
+            if not 0.0 <= v <= 1.0:
+                raise InvalidArgumentError(
+                    "accept_floor must be the smallest step factor after an accepted step, in "
+                    f"[0, 1] (torchdiffeq's rule: 1), or None for the method's; got {v!r}",
+                    argument="accept_floor",
+                )
+            self.accept_floor = v
 
     _inline: ClassVar[bool] = True  # decide() inlines the methods below (no subclass changed them)
 
@@ -484,23 +534,26 @@ class PIController(StepSizeController):
             f = self.safety * ratio ** (-(self.icoeff + self.pcoeff) / order)
             if self.pcoeff:
                 f *= prev_ratio ** (self.pcoeff / order)
-            f = min(self.ifactor, max(f, 1.0 if ratio < 1.0 else self.dfactor))
+            floor = self.accept_floor
+            f = min(self.ifactor, max(f, (1.0 if floor is None else floor) if ratio < 1.0
+                                      else self.dfactor))  # fmt: skip
         dt_next = min(max(dt * f, self.min_step), self.max_step)
         return accepted, dt_next, max(ratio, 1e-4) if accepted else prev_ratio
 
     def factor(self, ratio: Any, prev_ratio: Any, order: int) -> Any:
         k = float(order)
+        floor = 1.0 if self.accept_floor is None else self.accept_floor
         if not isinstance(ratio, torch.Tensor):
             if ratio == 0.0:
                 return self.ifactor
             f = self.safety * ratio ** (-(self.icoeff + self.pcoeff) / k)
             if self.pcoeff:
                 f *= prev_ratio ** (self.pcoeff / k)
-            return min(self.ifactor, max(f, 1.0 if ratio < 1.0 else self.dfactor))
+            return min(self.ifactor, max(f, floor if ratio < 1.0 else self.dfactor))
         f = self.safety * ratio.clamp(min=1e-300) ** (-(self.icoeff + self.pcoeff) / k)
         if self.pcoeff:
             f = f * prev_ratio ** (self.pcoeff / k)
-        lower = torch.where(ratio < 1.0, 1.0, self.dfactor)
+        lower = torch.where(ratio < 1.0, floor, self.dfactor)
         f = torch.clamp(torch.maximum(f, lower.to(f.dtype)), max=self.ifactor)
         return torch.where(ratio == 0, self.ifactor, f)
 

@@ -267,6 +267,11 @@ class ESDIRK(Method):
     # dh/dt = -1e4 (h - cos t)), so interpolating with slopes loses accuracy (2e-5 between
     # steps whose ends are right to 1e-7): steps end on the output times instead.
     lands_on_outputs = True
+    # After an accepted step the next may shrink by the safety factor (as in Hairer and
+    # Wanner's codes), where torchdiffeq's rule keeps it: a step that barely passed is followed
+    # by one of the same size, often rejected (kvaerno5 on Van der Pol: 156 rejected steps of
+    # 576 with torchdiffeq's rule, 97 of 519 without; 10% fewer evaluations).
+    accept_floor = 0.0
     parameters = IMPLICIT_OPTIONS
 
     def __init__(
@@ -321,6 +326,12 @@ class ESDIRK(Method):
         self.newton_tol = float(newton_tol)
         self.max_newton_iters = max_newton_iters
         self.error_factor = float(error_factor)
+        # The stage slopes are (z - rhs) / (h γ), so the estimate h Σ e_i k_i carries the
+        # rounding of the stage values as Σ|e_i| / γ units of the state, times error_factor;
+        # rtol must be six times that many units of roundoff (measured in float32 on decay, the
+        # stiff probe and Van der Pol: below about 4 times the steps collapse)
+        gain = sum(abs(e) for _, e in tableau.b_err_terms) / tableau.gamma
+        self.rounding_gain = 6.0 * self.error_factor * gain
 
     def _configured(self, **parameters: Any) -> ESDIRK:
         current = {

@@ -127,6 +127,13 @@ class Method(abc.ABC):
     reuses_last_stage: bool = False
     implicit: bool = False
     lands_on_outputs: bool = False  # steps end on every output time instead of interpolating
+    # the smallest factor of the step after an accepted one, for a controller that leaves it to
+    # the method (PIController.accept_floor None): 1 is torchdiffeq's rule, a step never
+    # shrinks after it was accepted
+    accept_floor: float = 1.0
+    # how many units of roundoff of the state the step's error estimate carries (an implicit
+    # method forms it from stage differences divided by the step): rtol must stay above that
+    rounding_gain: float = 1.0
     # whether a reused last stage is exactly f(t, y) (else a recomputed step must be given it)
     exact_slope: bool = True
     stages: int = 1

@@ -18,9 +18,8 @@ import dataclasses
 import functools
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -34,8 +33,8 @@ from ._controller import (
     PIController,
     StepSizeController,
     adaptive_controller,
+    check_resolution,
     check_tolerance_shape,
-    dtype_resolution,
 )
 from ._evaluator import Evaluator, StepCallbacks
 from ._loops import AdaptiveConfig, Joint, Lane, RMSNorm, mixed_norm
@@ -223,9 +222,17 @@ def norm_for(norm: Callable | None, shapes: list[torch.Size] | None) -> Callable
 
 
 def adaptive_config(
-    ctrl: StepSizeController, sign: float, shapes: list[torch.Size] | None, norm: Any = None
+    ctrl: StepSizeController,
+    sign: float,
+    shapes: list[torch.Size] | None,
+    method: Method,
+    norm: Any = None,
 ) -> AdaptiveConfig:
-    """What the loops read of an adaptive controller, in the internal time direction."""
+    """What the loops read of an adaptive controller, in the internal time direction; a
+    controller that leaves its floor after accepted steps to the method gets the method's."""
+    floor = method.accept_floor
+    if getattr(ctrl, "accept_floor", 1.0) is None and floor != 1.0:
+        ctrl = cast(StepSizeController, ctrl.replace(accept_floor=floor))
     return AdaptiveConfig(
         rtol=ctrl.rtol,
         atol=ctrl.atol,
@@ -521,17 +528,8 @@ def run(
             )
         check_tolerance_shape(controller.rtol, "rtol", y0)
         check_tolerance_shape(controller.atol, "atol", y0)
-        cfg = adaptive_config(controller, sign, shapes)
-        resolution = dtype_resolution(controller.rtol, controller.atol, ref)
-        if resolution is not None and method.implicit:  # Newton's iteration could never stop
-            raise InvalidArgumentError(
-                f"{resolution}. With the implicit method {method.name!r} the solve cannot "
-                "even start: its Newton iteration stops at a fraction of the tolerance, below "
-                "the dtype's rounding",
-                argument="rtol",
-            )
-        if resolution is not None:
-            warnings.warn(resolution, UserWarning, stacklevel=3)
+        cfg = adaptive_config(controller, sign, shapes, method)
+        resolution = check_resolution(controller.rtol, controller.atol, ref, method)
     elif method.implicit:
         raise InvalidArgumentError(
             f"the implicit method {method.name!r} needs an adaptive controller (its steps are "
