@@ -117,11 +117,17 @@ def main() -> None:
 
         def stiff(lib):
             # the same work on both sides: kvaerno5's error estimate as the tableau gives it
-            # (revisions since 2026-12-06 multiply it by error_factor = 2.5 by default)
-            implicit = getattr(getattr(lib, "solvers", None), "_implicit", None)
-            own = "error_factor" in getattr(implicit, "IMPLICIT_OPTIONS", ())
+            # and torchdiffeq's step rule (revisions since 2026-12-06 multiply the estimate by
+            # error_factor = 2.5 and let a step shrink after an accepted one by default)
+            solvers = getattr(lib, "solvers", None)
+            implicit = getattr(solvers, "_implicit", None)
+            opts = {}
+            if "error_factor" in getattr(implicit, "IMPLICIT_OPTIONS", ()):
+                opts["error_factor"] = 1.0
+            if hasattr(getattr(solvers, "PIController", None), "accept_floor"):
+                opts["accept_floor"] = 1.0
             lib.odeint(vdp, y_vdp, t_vdp, rtol=1e-6, atol=1e-6, method="kvaerno5",
-                       options={"error_factor": 1.0} if own else None)  # fmt: skip
+                       options=opts or None)  # fmt: skip
 
         # time series (revisions since ead01f8): a latent ODE's ELBO and its gradient on 32
         # periodic series (ODE-RNN encoder and decoder on per-sample times), each revision's

@@ -529,8 +529,8 @@ class Kvaerno5(ESDIRK):
     ``error_factor = 2.5`` before the error test, so each step is asked for 0.4 of the
     tolerance. The order-4 estimate is right on most steps but the errors of a few hundred
     steps add up along the solution: with the estimate as it is (``error_factor=1``) the error
-    at the output times was 8.4 tolerance units on Van der Pol (μ = 1000) and 3.5 on
-    Robertson's kinetics at rtol 1e-6; with 2.5, 0.8 and 1.7, for 11% and 9% more
+    at the output times was 5.6 tolerance units on Van der Pol (μ = 1000) and 3.5 on
+    Robertson's kinetics at rtol 1e-6; with 2.5, 0.7 and 1.7, for 5% and 11% more
     evaluations (``benchmarks/stiff.py``)."""
 
     def __init__(
