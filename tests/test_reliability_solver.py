@@ -226,6 +226,7 @@ def test_min_step_steps_are_accepted_as_in_torchdiffeq(backend):
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # (runs to the default budget of 100,000 steps: 13 s)
 def test_the_default_step_budget_ends_a_hopeless_solve():
     """A discontinuous right-hand side at rtol 1e-14 hung (2**31 steps); the default budget
     ends it with a message that names the likely causes and how to raise the limit."""
