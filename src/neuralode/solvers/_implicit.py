@@ -20,6 +20,7 @@ Methods: ``kvaerno3``, ``kvaerno5`` (Kværnø 2004) and ``trbdf2`` (Hosea and Sh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -58,6 +59,8 @@ __all__ = [
 
 IMPLICIT_OPTIONS = frozenset({"linear_solver", "newton_tol", "max_newton_iters", "error_factor"})
 """The options of the implicit methods, besides those of every adaptive method."""
+
+_NO_CONTEXT = contextlib.nullcontext()  # (where no graph is recorded anyway)
 
 JACOBIAN_RATE = 0.1
 """An accepted step whose Newton iterations contracted slower than this (the ratio of
@@ -446,27 +449,20 @@ class _ESDIRKStepper(Stepper):
             ti = t + tab.c[i] * dt
             if last_node is not None and tab.c[i] == 1.0:
                 ti = last_node
-            final = i == tab.stages - 1
-            if not differentiable:  # (no graph to keep out of the iteration)
-                z = self._newton(ti, rhs, torch.add(rhs, ks[-1], alpha=g), g, final)
-                if z is None:
-                    self.failed = True
-                    return y, ks
-                ks.append(torch.sub(z, rhs).div_(g))
-                continue
-            with torch.no_grad():
-                guess = (rhs + g * ks[-1]).detach()
-                z_star = self._newton(ti, rhs.detach(), guess, g, final)
+            # the iteration itself records no graph; the same guess with and without one
+            with torch.no_grad() if differentiable else _NO_CONTEXT:
+                z_star = self._newton(ti, rhs, torch.add(rhs, ks[-1], alpha=g), g,
+                                      i == tab.stages - 1)  # fmt: skip
             if z_star is None:
                 self.failed = True
                 return y, ks
             z = z_star
-            # the gradient of the fixed point (see _ImplicitStage)
-            phi = rhs + g * ev(ti, z_star)
-            if phi.requires_grad:
-                solve_t = _transposed_solve(ev, ti, z_star, g, self._solver(ti, z_star))
-                z = _ImplicitStage.apply(phi, z_star, solve_t)
-            ks.append((z - rhs) / g)
+            if differentiable:  # the gradient of the fixed point (see _ImplicitStage)
+                phi = rhs + g * ev(ti, z_star)
+                if phi.requires_grad:
+                    solve_t = _transposed_solve(ev, ti, z_star, g, self._solver(ti, z_star))
+                    z = _ImplicitStage.apply(phi, z_star, solve_t)
+            ks.append(torch.sub(z, rhs).div_(g))
         self.failed = False
         return z, ks
 
