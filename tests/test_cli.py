@@ -348,10 +348,12 @@ def test_trajectory_regression_trains_evaluates_diagnoses_and_resumes(
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
 
 
-def _torchrun(args, port):
+def _torchrun(args):
+    """Two processes on this machine; ``--standalone`` picks a free port, so that tests run in
+    parallel (``pytest -n``) never meet on one."""
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={port}", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -382,7 +384,7 @@ def test_torchrun_two_processes(data_dir, tmp_path, model, tolerance):
         "--test-subset", "100", "--batch-size", "40", "--threads", "1", "--no-progress",
         "--method", "rk4",
     ]  # fmt: skip
-    res = _torchrun(["-m", "neuralode", *args, "--out", str(tmp_path / "ddp")], 29561)
+    res = _torchrun(["-m", "neuralode", *args, "--out", str(tmp_path / "ddp")])
     assert res.returncode == 0, res.stderr
     digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # BN buffers too
@@ -433,7 +435,7 @@ def test_global_batch_norm_is_exactly_one_process_batch_norm(tmp_path):
     process with the whole batch (float64, so only rounding separates them)."""
     script = tmp_path / "check.py"
     script.write_text(GLOBAL_BN_CHECK)
-    res = _torchrun([str(script)], 29563)
+    res = _torchrun([str(script)])
     assert res.returncode == 0, res.stderr
     worst = json.loads(res.stdout.strip().splitlines()[-1])
     cancelled = {"stem.net.0.bias", "stem.net.3.bias", "stem.net.6.bias"}  # zero by design

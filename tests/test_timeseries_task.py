@@ -115,18 +115,18 @@ def test_adjoint_for_per_sample_models_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("common", "port"),
+    "common",
     [
-        ([*VOWELS, "--model", "ncde"], 29581),
-        pytest.param([*SPIRALS, "--latent", "4"], 29583, marks=pytest.mark.slow),
+        [*VOWELS, "--model", "ncde"],
+        pytest.param([*SPIRALS, "--latent", "4"], marks=pytest.mark.slow),
     ],
     ids=["ncde", "latent_ode"],
 )
-def test_data_parallel_training_keeps_the_ranks_identical(tmp_path, common, port):
+def test_data_parallel_training_keeps_the_ranks_identical(tmp_path, common):
     if "japanese_vowels" in common:
         pytest.importorskip("aeon", reason="the timeseries extra is not installed")
     args = ["-m", "neuralode", *common, "--epochs", "1", "--out", str(tmp_path / "d")]
-    res = _torchrun(args, port)
+    res = _torchrun(args)
     assert res.returncode == 0, res.stderr
     digests = dict(re.findall(r"final weights sha256 \(rank (\d)\): (\w+)", res.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]

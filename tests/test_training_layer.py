@@ -402,8 +402,8 @@ def test_every_task_s_test_metrics_on_two_ranks_equal_one_process_s(data_dir):
     script = [str(ROOT / "tests" / "scripts" / "evaluate_every_task.py"), str(data_dir)]
     one = subprocess.run([sys.executable, *script], capture_output=True, text=True, timeout=300)
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29573", *script],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         "--nproc_per_node=2", *script],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
