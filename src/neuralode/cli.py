@@ -93,10 +93,11 @@ def _add_task_parser(sub: Any, task_cls: type[Task]) -> None:
             kw["type"] = _typed(kind)
             if choices is not None:
                 kw["choices"] = choices
-                kw["metavar"] = "{" + ",".join(choices) + "}" if len(choices) <= 8 else "NAME"
+                names = [str(c) for c in choices]
+                kw["metavar"] = "{" + ",".join(names) + "}" if len(choices) <= 8 else "NAME"
             else:
                 kw["metavar"] = {int: "N", float: "X"}.get(kind, f.name.upper())
-        extra = f"; one of: {', '.join(choices)}" if choices and len(choices) > 8 else ""
+        extra = f"; one of: {', '.join(map(str, choices))}" if choices and len(choices) > 8 else ""
         kw["help"] = f"{meta.get('help', '')} (default: {default}{extra})"
         groups[name].add_argument("--" + f.name.replace("_", "-"), **kw)
     g = groups.get("run") or p.add_argument_group("run")

@@ -56,7 +56,7 @@ def option(
     default: Any,
     help: str,
     *,
-    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
     check: str | None = None,
     group: str = "optimisation",
     model: bool = False,
@@ -150,7 +150,7 @@ class TrainOptions:
                 allowed = list(choices() if callable(choices) else choices)
                 if value not in allowed:
                     raise InvalidArgumentError(
-                        f"unknown {f.name} {value!r}; choose from: {', '.join(allowed)}"
+                        f"unknown {f.name} {value!r}; choose from: {', '.join(map(str, allowed))}"
                     )
             check = f.metadata.get("check")
             if isinstance(value, float) and not math.isfinite(value):

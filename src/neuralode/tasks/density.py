@@ -41,7 +41,9 @@ __all__ = ["DensityData", "DensityOptions", "DensityTask", "bits_per_dim"]
 DATASETS = (*TOY_DATASETS, "mnist")
 DIVERGENCES = ("auto", "exact", "hutchinson")
 DYNAMICS = ("fourier", "concatsquash")
-MNIST_SHAPE = (1, 28, 28)
+# image sides: MNIST's, and averaged over 2×2 or 4×4 blocks of pixels; each with its scales
+# (squeezes halve the side down to 7)
+IMAGE_SIZES = {28: 3, 14: 2, 7: 1}
 
 
 def bits_per_dim(log_prob_unit: torch.Tensor, dims: int) -> torch.Tensor:
@@ -102,6 +104,7 @@ def _cnf(
     "multiscale", "images: logit, then CNF blocks per scale with squeeze and factor-out"
 )
 def _multiscale(
+    image_size: int,
     hidden: int,
     depth: int,
     blocks: int,
@@ -113,8 +116,8 @@ def _multiscale(
     regularizers: Sequence[KineticEnergy | JacobianFrobenius],
 ) -> MultiscaleCNF:
     return MultiscaleCNF(
-        MNIST_SHAPE,
-        scales=3,
+        (1, image_size, image_size),
+        scales=IMAGE_SIZES[image_size],
         blocks=blocks,
         hidden=(hidden,) * depth,
         T=t1,
@@ -182,6 +185,11 @@ class DensityOptions(
         0.0, "STEER: training end times drawn from [T - steer, T + steer]", check="non-negative",
         group="ODE solver", model=True,
     )  # fmt: skip
+    image_size: int = option(
+        28, "mnist: the side of the images: 28, or 14 and 7 for MNIST averaged over 2×2 or "
+        "4×4 blocks of pixels and rounded to 8 bits (a flow a CPU trains in minutes)",
+        choices=tuple(IMAGE_SIZES), group="model and data", model=True,
+    )  # fmt: skip
     iters: int = option(
         100, "2-D data: iterations per epoch (fresh samples each)", check="positive",
         group="model and data",
@@ -230,12 +238,12 @@ class DensityOptions(
             )
         if self.image and self.divergence == "exact":
             raise InvalidArgumentError(
-                "divergence 'exact' on mnist would take 784 vector-Jacobian products per "
-                "evaluation of the dynamics; use --divergence hutchinson (or auto)"
+                f"divergence 'exact' on mnist would take {self.image_size**2} vector-Jacobian "
+                "products per evaluation of the dynamics; use --divergence hutchinson (or auto)"
             )
         if not self.image:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name in _MNIST_ONLY:
+            for name in (*_MNIST_ONLY, "image_size"):
                 if getattr(self, name) != defaults[name]:
                     raise InvalidArgumentError(
                         f"option {name} applies to --dataset mnist only, not {self.dataset}"
@@ -245,13 +253,27 @@ class DensityOptions(
 @dataclasses.dataclass
 class DensityData:
     """2-D data: the distribution (training batches are drawn fresh) and fixed val/test
-    samples. MNIST: 8-bit pixels ``(N, 1, 28, 28)`` of each split, and fixed dequantization
-    noise for val and test."""
+    samples. MNIST: 8-bit pixels ``(N, 1, S, S)`` of each split (``S`` the image size), and
+    fixed dequantization noise for val and test."""
 
     dist: Any
     train: torch.Tensor | None
     val: torch.Tensor
     test: torch.Tensor
+
+
+def _downsample(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """8-bit images ``(N, 1, 28, 28)`` (any real dtype of the values 0–255) as ``(N, 1, size,
+    size)`` uint8: each pixel the mean of its block of ``28 // size`` squared, rounded."""
+    k = pixels.shape[-1] // size
+    if k * size != pixels.shape[-1]:
+        raise InvalidArgumentError(
+            f"image size {size} does not divide the images' side {pixels.shape[-1]}; use one of "
+            f"{sorted(IMAGE_SIZES)}"
+        )
+    if k > 1:
+        pixels = torch.nn.functional.avg_pool2d(pixels.to(torch.float64), k)
+    return pixels.round().to(torch.uint8)
 
 
 def _dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -319,7 +341,7 @@ class DensityTask(Task):
         train_set, val_set, test_set = mnist_splits(o, progress, normalize=False)
 
         def pixels(x: torch.Tensor) -> torch.Tensor:
-            return x.mul(255).round().to(torch.uint8)
+            return _downsample(x.mul(255).round(), o.image_size)
 
         return DensityData(
             None,
