@@ -349,8 +349,8 @@ def test_trajectory_regression_trains_evaluates_diagnoses_and_resumes(
 
 
 def _torchrun(args):
-    """Two processes on this machine; ``--standalone`` picks a free port, so that tests run in
-    parallel (``pytest -n``) never meet on one."""
+    """Two processes on this machine; ``--standalone`` picks a free port for each launch, so
+    that no two launches (nor another program) contend for a fixed one."""
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          *args],

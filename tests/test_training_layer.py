@@ -21,6 +21,7 @@ from neuralode.cli import main
 from neuralode.errors import CheckpointError, InvalidArgumentError
 from neuralode.training import Callback, RunFolder, RunState
 from neuralode.training.checkpoint import load_checkpoint
+from test_cli import _torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "run_2c5f785_spiral"
@@ -401,11 +402,7 @@ def test_every_task_s_test_metrics_on_two_ranks_equal_one_process_s(data_dir):
 
     script = [str(ROOT / "tests" / "scripts" / "evaluate_every_task.py"), str(data_dir)]
     one = subprocess.run([sys.executable, *script], capture_output=True, text=True, timeout=300)
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone",
-         "--nproc_per_node=2", *script],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    two = _torchrun(script)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     single, ranks = json.loads(one.stdout.splitlines()[-1]), json.loads(two.stdout.splitlines()[-1])
     assert sorted(single) == sorted(neuralode.tasks.TASKS.names())

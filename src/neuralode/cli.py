@@ -85,6 +85,7 @@ def _add_task_parser(sub: Any, task_cls: type[Task]) -> None:
         choices = meta.get("choices")
         if callable(choices):
             choices = list(choices())
+        names = [str(c) for c in choices or ()]
         default = "none" if f.default is None else f.default
         kw: dict[str, Any] = {"dest": f.name, "default": None}
         if kind is bool:
@@ -93,11 +94,10 @@ def _add_task_parser(sub: Any, task_cls: type[Task]) -> None:
             kw["type"] = _typed(kind)
             if choices is not None:
                 kw["choices"] = choices
-                names = [str(c) for c in choices]
-                kw["metavar"] = "{" + ",".join(names) + "}" if len(choices) <= 8 else "NAME"
+                kw["metavar"] = "{" + ",".join(names) + "}" if len(names) <= 8 else "NAME"
             else:
                 kw["metavar"] = {int: "N", float: "X"}.get(kind, f.name.upper())
-        extra = f"; one of: {', '.join(map(str, choices))}" if choices and len(choices) > 8 else ""
+        extra = f"; one of: {', '.join(names)}" if names and len(names) > 8 else ""
         kw["help"] = f"{meta.get('help', '')} (default: {default}{extra})"
         groups[name].add_argument("--" + f.name.replace("_", "-"), **kw)
     g = groups.get("run") or p.add_argument_group("run")
