@@ -1,6 +1,7 @@
 """The 2-D toy distributions: each log-density integrates to 1, agrees with its own sampler
 (a chi-square test on coarse cells), and the entropies agree with closed forms."""
 
+import itertools
 import math
 
 import pytest
@@ -88,11 +89,118 @@ def test_quadrature_entropies_agree_with_monte_carlo(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["swissroll", "rings", "pinwheel", "2spirals"])
 def test_quadrature_entropies_agree_with_monte_carlo_slow(name):
-    """(Up to 30 CPU seconds each: their densities are themselves quadratures over many
-    nodes.)"""
+    """(Up to 12 CPU seconds each: their Monte Carlo estimates take many samples of densities
+    that are themselves quadratures over many nodes.)"""
     _quadrature_against_monte_carlo(name)
 
 
 def test_unknown_dataset_is_a_clear_error():
     with pytest.raises(InvalidArgumentError, match="choose from: 8gaussians"):
         get_toy("3gaussians")
+
+
+def _adaptive_density(name, x):
+    """The curve mixtures' density at one point by scipy's adaptive quadrature over the
+    curve's parameter, written out from each distribution's sampler."""
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
+    dist = get_toy(name)
+
+    def gauss(cx, cy, s):
+        return math.exp(-((x[0] - cx) ** 2 + (x[1] - cy) ** 2) / (2 * s * s)) / (
+            2 * math.pi * s * s
+        )
+
+    def integral(fn, lo, hi):
+        return quad(fn, lo, hi, epsabs=1e-15, epsrel=1e-12, limit=2000)[0]
+
+    if name == "moons":  # two half circles, the angle uniform on [0, π]
+        up = integral(lambda a: gauss(2 * math.cos(a) - 1, 2 * math.sin(a) - 0.2, 0.2), 0, math.pi)
+        low = integral(lambda a: gauss(1 - 2 * math.cos(a), 0.8 - 2 * math.sin(a), 0.2), 0, math.pi)
+        return (up + low) / (2 * math.pi)
+    if name == "swissroll":  # (t cos t, t sin t) / 5, t uniform on [1.5π, 4.5π]
+        lo, hi = 1.5 * math.pi, 4.5 * math.pi
+        return integral(lambda t: gauss(t * math.cos(t) / 5, t * math.sin(t) / 5, 0.2), lo, hi) / (
+            hi - lo
+        )
+    # 2spirals: s = √u · 3π (density 2s / (3π)²), the arm (-s cos s, s sin s) / 3 plus a
+    # uniform [0, 1/6] and N(0, 0.1²) per coordinate, mirrored with probability 1/2
+    turns, jit, sig = 3 * math.pi, 0.5 / 3, 0.1
+
+    def coord(v):  # the density of uniform [0, jit] + N(0, sig²) at v
+        return (norm.cdf(v / sig) - norm.cdf((v - jit) / sig)) / jit
+
+    total = 0.0
+    for sign in (1.0, -1.0):
+
+        def f(s, sign=sign):
+            ax, ay = -math.cos(s) * s / 3, math.sin(s) * s / 3
+            return 2 * s / turns**2 * coord(sign * x[0] - ax) * coord(sign * x[1] - ay)
+
+        total += integral(f, 0, turns)
+    assert dist.name == "2spirals"
+    return total / 2
+
+
+@pytest.mark.parametrize("name", ["moons", "swissroll", "2spirals"])
+def test_curve_densities_match_adaptive_quadrature(name):
+    """Near the curves' ends too (where a midpoint rule's error was largest): the density by
+    the distribution's own quadrature against scipy's adaptive one, to 1e-10 relative."""
+    pytest.importorskip("scipy")
+    ends = {
+        "moons": [(1.0, -0.2), (-3.0, -0.2), (3.0, 0.3), (0.0, 1.5)],
+        "swissroll": [(0.0, -0.94), (0.1, 2.83), (-1.9, 0.1), (-1.0, -1.5)],
+        "2spirals": [(3.14, 0.0), (-3.2, 0.1), (0.05, 0.05), (1.0, -2.0)],
+    }[name]
+    x = torch.tensor(ends, dtype=torch.float64)
+    ours = get_toy(name).log_prob(x).exp()
+    want = torch.tensor([_adaptive_density(name, p) for p in ends], dtype=torch.float64)
+    assert float(want.min()) > 1e-3  # points where the density is not negligible
+    torch.testing.assert_close(ours, want, rtol=1e-10, atol=0)
+
+
+def test_pinwheel_density_is_the_change_of_variables_at_every_preimage():
+    """Pinwheel's density at a point, computed another way: every preimage f of y under the
+    sampler's map y = 2 R(-angle(f)) f (one arm at a time, found by scipy's brentq on a fine
+    scan of the angle), p(y) = Σ p_f(f) / |det ∂y/∂f| with the Jacobian by autograd."""
+    pytest.importorskip("scipy")
+    from scipy.optimize import brentq
+
+    dist = get_toy("pinwheel")
+    rad, tan, rate = dist.radial, dist.tangential, dist.rate
+
+    def forward(f, k):  # the sampler's map, for one arm
+        angle = 2 * math.pi * k / dist.arms + rate * f[0].exp()
+        c, s = angle.cos(), angle.sin()
+        return 2 * torch.stack([f[0] * c + f[1] * s, -f[0] * s + f[1] * c])
+
+    def density(y):
+        rho, phi = math.hypot(*y) / 2, math.atan2(y[1], y[0])
+        total = 0.0
+        for k in range(dist.arms):
+
+            def miss(psi, k=k):
+                a = psi - 2 * math.pi * k / dist.arms - rate * math.exp(rho * math.cos(psi)) - phi
+                return math.remainder(a, 2 * math.pi)
+
+            grid = [-math.pi + 2 * math.pi * i / 20_000 for i in range(20_001)]
+            for lo, hi in itertools.pairwise(grid):
+                a, b = miss(lo), miss(hi)
+                if a * b < 0 and abs(a - b) < math.pi:
+                    psi = brentq(miss, lo, hi, xtol=1e-15)
+                    f = torch.tensor(
+                        [rho * math.cos(psi), rho * math.sin(psi)], dtype=torch.float64
+                    )
+                    jac = torch.autograd.functional.jacobian(lambda g, k=k: forward(g, k), f)
+                    assert torch.allclose(forward(f, k), torch.tensor(y, dtype=torch.float64))
+                    log_pf = -0.5 * (((f[0] - 1) / rad) ** 2 + (f[1] / tan) ** 2)
+                    pf = float(log_pf.exp()) / (2 * math.pi * rad * tan)
+                    total += pf / abs(float(torch.linalg.det(jac)))
+        return total / dist.arms
+
+    points = dist.sample(4, torch.Generator().manual_seed(3)).double().tolist() + [[0.3, -0.2]]
+    want = torch.tensor([density(p) for p in points], dtype=torch.float64)
+    assert float(want.min()) > 1e-3
+    ours = dist.log_prob(torch.tensor(points, dtype=torch.float64)).exp()
+    torch.testing.assert_close(ours, want, rtol=1e-10, atol=0)
