@@ -199,7 +199,7 @@ def test_pinwheel_density_is_the_change_of_variables_at_every_preimage():
                     total += pf / abs(float(torch.linalg.det(jac)))
         return total / dist.arms
 
-    points = dist.sample(4, torch.Generator().manual_seed(3)).double().tolist() + [[0.3, -0.2]]
+    points = [*dist.sample(4, torch.Generator().manual_seed(3)).double().tolist(), [0.3, -0.2]]
     want = torch.tensor([density(p) for p in points], dtype=torch.float64)
     assert float(want.min()) > 1e-3
     ours = dist.log_prob(torch.tensor(points, dtype=torch.float64)).exp()
