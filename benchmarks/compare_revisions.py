@@ -7,10 +7,11 @@ and times them on the problem of ``solver_speed.py`` in alternating repeats, so 
 noisy neighbour lands on both sides. It prints the median time per solve of each and the ratio.
 
     python benchmarks/compare_revisions.py [--rev HEAD~1] [--repeats 60] [--width 128]
-                                           [--modes forward,adjoint,per-sample,stiff,timeseries]
+                                           [--modes forward,adjoint,per-sample,stiff,
+                                            stiff-per-sample,timeseries]
 
-The modes per-sample, stiff and timeseries need a revision that has them (per-sample times,
-kvaerno5, neuralode.series).
+The modes per-sample, stiff, stiff-per-sample and timeseries need a revision that has them
+(per-sample times, kvaerno5, implicit methods on the per-sample lane, neuralode.series).
 
 Needs git and a C compiler (as ``pip install`` does for the kernels).
 """
@@ -129,6 +130,21 @@ def main() -> None:
             lib.odeint(vdp, y_vdp, t_vdp, rtol=1e-6, atol=1e-6, method="kvaerno5",
                        options=opts or None)  # fmt: skip
 
+        # stiff on the per-sample lane (revisions since e122bd0): kvaerno5 on 16 Van der Pol
+        # systems, mu from 10 to 1,000, each its own steps and Newton iterations
+        mus = torch.logspace(1, 3, 16, dtype=torch.float64)
+        y_sweep = torch.tensor([[2.0, 0.0]] * 16, dtype=torch.float64)
+        t_sweep = torch.tensor([0.0, 20.0], dtype=torch.float64)
+
+        def sweep(t, y):
+            x, v = y[..., 0], y[..., 1]
+            return torch.stack([v, mus * (1 - x * x) * v - x], dim=-1)
+
+        def stiff_per_sample(lib):
+            with torch.no_grad():
+                lib.odeint(sweep, y_sweep, t_sweep, rtol=1e-6, atol=1e-8, method="kvaerno5",
+                           options={"batch_mode": "per_sample"})  # fmt: skip
+
         # time series (revisions since ead01f8): a latent ODE's ELBO and its gradient on 32
         # periodic series (ODE-RNN encoder and decoder on per-sample times), each revision's
         # model built from the same seed
@@ -150,6 +166,7 @@ def main() -> None:
             "adjoint": lambda lib: backward(lib, adjoint=True, **seminorm),
             "per-sample": per_sample,
             "stiff": stiff,
+            "stiff-per-sample": stiff_per_sample,
             "timeseries": timeseries,
         }
         print(f"this tree vs {args.rev}: dopri5, batch 128, width {args.width}, "
