@@ -105,10 +105,10 @@ _PANEL = 16  # Gauss-Legendre nodes per panel
 
 
 def _gauss_legendre(lo: float, hi: float, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``m`` nodes on ``[lo, hi]`` and weights summing to 1: composite Gauss-Legendre, 16
-    nodes per panel. For a curve with ends (an arc, a spiral) the midpoint rule's error is
-    O(h²) from the ends; this rule's is O(h³²) (the 2-D spirals' density: 5e-6 with 4,096
-    midpoints, 3e-15 with 1,024 of these nodes)."""
+    """``m`` nodes on ``[lo, hi]`` (rounded down to whole panels) and weights summing to 1:
+    composite Gauss-Legendre, 16 nodes per panel. For a curve with ends (an arc, a spiral)
+    the midpoint rule's error is O(h²) from the ends; this rule's is O(h³²) (the 2-D spirals'
+    density: 5e-6 with 4,096 midpoints, 3e-15 with 1,024 of these nodes)."""
     import numpy as np
 
     x, w = np.polynomial.legendre.leggauss(_PANEL)
@@ -306,12 +306,13 @@ class Pinwheel(ToyDistribution):
                 rows, cols = ((a * b <= 0) & ((a - b).abs() < math.pi)).nonzero(as_tuple=True)
                 ra, rb = a[rows, cols], b[rows, cols]
                 frac = (ra / (ra - rb)).nan_to_num(0.0)
-                root = torch.lerp(psi[cols], psi[cols + 1], frac)
+                lo, hi = psi[cols], psi[cols + 1]
+                root = torch.lerp(lo, hi, frac)
                 r, ph = rho[rows, 0], phi[rows, 0]
-                for _ in range(3):  # Newton on φ(ψ) - φ, from the bracket's secant root
+                for _ in range(3):  # Newton on φ(ψ) - φ from the secant root, in the bracket
                     e = self.rate * (r * root.cos()).exp()
                     miss = torch.remainder(root - offset - e - ph + math.pi, 2 * math.pi) - math.pi
-                    root = root - miss / (1 + e * r * root.sin())
+                    root = torch.clamp(root - miss / (1 + e * r * root.sin()), lo, hi)
                 f0, f1 = r * root.cos(), r * root.sin()
                 log_pf = (
                     -0.5 * ((f0 - 1) / self.radial) ** 2
