@@ -8,10 +8,11 @@ noisy neighbour lands on both sides. It prints the median time per solve of each
 
     python benchmarks/compare_revisions.py [--rev HEAD~1] [--repeats 60] [--width 128]
                                            [--modes forward,adjoint,per-sample,stiff,
-                                            stiff-per-sample,timeseries]
+                                            stiff-per-sample,stiff-adjoint,timeseries]
 
-The modes per-sample, stiff, stiff-per-sample and timeseries need a revision that has them
-(per-sample times, kvaerno5, implicit methods on the per-sample lane, neuralode.series).
+The modes per-sample, stiff, stiff-per-sample, stiff-adjoint and timeseries need a revision
+that has them (per-sample times, kvaerno5, implicit methods on the per-sample lane,
+neuralode.series).
 
 Needs git and a C compiler (as ``pip install`` does for the kernels).
 """
@@ -145,6 +146,25 @@ def main() -> None:
                 lib.odeint(sweep, y_sweep, t_sweep, rtol=1e-6, atol=1e-8, method="kvaerno5",
                            options={"batch_mode": "per_sample"})  # fmt: skip
 
+        # the adjoint of a stiff solve (revisions since 4ca7641): kvaerno5 on Van der Pol,
+        # mu = 50, through two relaxation oscillations; the gradient of the end state with
+        # respect to the start and mu
+        class _VdP(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.mu = nn.Parameter(torch.tensor(50.0, dtype=torch.float64))
+
+            def forward(self, t, y):
+                return torch.stack([y[1], self.mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+        vdp50 = _VdP()
+        y_adj = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
+        t_adj = torch.tensor([0.0, 30.0], dtype=torch.float64)
+
+        def stiff_adjoint(lib):
+            y = lib.odeint_adjoint(vdp50, y_adj, t_adj, rtol=1e-6, atol=1e-8, method="kvaerno5")
+            torch.autograd.grad(y[-1].sum(), (y_adj, vdp50.mu))
+
         # time series (revisions since ead01f8): a latent ODE's ELBO and its gradient on 32
         # periodic series (ODE-RNN encoder and decoder on per-sample times), each revision's
         # model built from the same seed
@@ -167,6 +187,7 @@ def main() -> None:
             "per-sample": per_sample,
             "stiff": stiff,
             "stiff-per-sample": stiff_per_sample,
+            "stiff-adjoint": stiff_adjoint,
             "timeseries": timeseries,
         }
         print(f"this tree vs {args.rev}: dopri5, batch 128, width {args.width}, "

@@ -219,6 +219,25 @@ def test_gradients_of_a_nonlinear_stiff_problem_match_finite_differences(gradien
     torch.testing.assert_close(g_y0, torch.tensor(fd_y0, dtype=F64), rtol=1e-3, atol=1e-6)
 
 
+def test_the_stiff_adjoint_s_gradient_through_relaxation_oscillations():
+    """The adjoint after kvaerno5 reads the forward state between the kept steps from points
+    solved inside each step, joined by cubic Hermite pieces: through a few relaxation
+    oscillations of Van der Pol (μ = 50) its gradient at rtol 1e-6 is within 5e-3 of direct
+    backpropagation at rtol 1e-9 (it is 2.0e-3 off, as when every time asked for was solved
+    from the step's start; the cubic through each step's ends alone was 1.4e-2 off)."""
+    f = VanDerPol(50.0)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 60.0], dtype=F64)
+
+    def gradient(solve, **kw):
+        y = solve(f, y0, t, method="kvaerno5", **kw)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(y[-1].sum(), (y0, f.mu))])
+
+    want = gradient(neuralode.odeint, rtol=1e-9, atol=1e-11)
+    got = gradient(neuralode.odeint_adjoint, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(got, want, rtol=5e-3, atol=0)
+
+
 @pytest.mark.parametrize("method", IMPLICIT)
 def test_on_non_stiff_problems_implicit_and_explicit_methods_agree(method):
     """Values and gradients of a small neural ODE, against dopri5 (TR-BDF2 is of order 2: its

@@ -411,14 +411,18 @@ class _SideOutputs:
 class _Trajectory:
     """The forward solution between its accepted steps, for the adjoint of a stiff solve.
 
-    The state at a time inside forward step ``k`` is one step of the forward method from that
-    step's start (with the Newton matrix the forward step used), so it is as accurate as the
-    forward solve; interpolating the steps' ends instead lost a factor of a thousand in the
-    parameter gradient with kvaerno5's long steps. Each time is solved once (the backward
-    Newton iteration asks for the same stage times again and again); the evaluations count
-    as backward ones."""
+    Each forward step ``k`` is solved again, once, to :attr:`SUBSTEPS` − 1 points inside it
+    (each one step of the forward method from the step's start, with the Newton matrix the
+    forward step used, so as accurate as the forward solve), and the state at a time inside it
+    is the cubic Hermite through the two nearest of those points and their derivatives. One
+    step solved again per point asked for, as before, cost most of the backward evaluations
+    (the backward stages ask for a new time each) for no gain in the gradient: on Van der Pol
+    (μ = 50, rtol 1e-6) 27,168 backward evaluations against 12,629, the gradient 2.0e-3 off
+    either way; the cubic through the step's ends alone (no point inside) was 1.4e-2 off.
+    The evaluations count as backward ones."""
 
-    _CACHE = 64  # times kept: every stage time of a few backward steps
+    SUBSTEPS = 4
+    _CACHE = 16  # forward steps kept: those a few backward steps reach into
 
     def __init__(self, plan: Plan, records: list[StepRecord], y_end: torch.Tensor) -> None:
         self.sign = plan.sign
@@ -427,7 +431,7 @@ class _Trajectory:
         self.states = [r.y for r in records] + [y_end]
         self.ev = plan.evaluator(backward=True)
         self.stepper = plan.method.stepper(self.ev, kernels.TorchKernels(None, None, None))
-        self._cache: dict[float, torch.Tensor] = {}
+        self._cache: dict[int, tuple[list[Any], list[torch.Tensor], list[torch.Tensor]]] = {}
 
     def __call__(self, t: float) -> torch.Tensor:
         """The state at user time ``t``."""
@@ -436,20 +440,40 @@ class _Trajectory:
         if 0 <= k < len(self.knots) and s == self.knots[k]:
             return self.states[k]
         k = min(max(k, 0), len(self.records) - 1)
-        y = self._cache.get(s)
-        if y is None:
-            rec = self.records[k]
-            with torch.no_grad():
+        times, states, slopes = self._pieces(k)
+        j = min(max(bisect.bisect_right(times, s) - 1, 0), len(times) - 2)
+        h = times[j + 1] - times[j]
+        return kernels.hermite(
+            states[j], states[j + 1], slopes[j], slopes[j + 1], h, (s - times[j]) / h
+        )
+
+    def _pieces(self, k: int) -> tuple[list[Any], list[torch.Tensor], list[torch.Tensor]]:
+        """Times, states and derivatives at the ends of forward step ``k`` and inside it."""
+        hit = self._cache.get(k)
+        if hit is not None:
+            return hit
+        rec, n = self.records[k], self.SUBSTEPS
+        end = self.knots[k + 1]
+        times = [rec.t + rec.dt * j / n for j in range(n)] + [end]
+        with torch.no_grad():
+            f0 = self.ev(rec.t, rec.y) if rec.f0 is None else rec.f0
+            f_end = self.ev(end, self.states[k + 1])
+            states, slopes = [rec.y], [f0]
+            for s in times[1:-1]:
                 self.stepper.restore(rec.state)
-                f0 = self.ev(rec.t, rec.y) if rec.f0 is None else rec.f0
                 y, _ = self.stepper.step(rec.t, rec.y, f0, s - rec.t)
                 if self.stepper.failed:  # Newton did not converge: the cubic through the ends
-                    end, f_end = self.states[k + 1], self.ev(rec.t + rec.dt, self.states[k + 1])
-                    y = kernels.hermite(rec.y, end, f0, f_end, rec.dt, (s - rec.t) / rec.dt)
-            if len(self._cache) >= self._CACHE:
-                self._cache.clear()
-            self._cache[s] = y
-        return y
+                    y = kernels.hermite(
+                        rec.y, self.states[k + 1], f0, f_end, rec.dt, (s - rec.t) / rec.dt
+                    )
+                states.append(y)
+                slopes.append(self.ev(s, y))
+            states.append(self.states[k + 1])
+            slopes.append(f_end)
+        if len(self._cache) >= self._CACHE:
+            self._cache.clear()
+        self._cache[k] = hit = (times, states, slopes)
+        return hit
 
 
 register_gradient_method(Adjoint)
