@@ -255,7 +255,7 @@ class TwoSpirals(ToyDistribution):
         # the arm parameter has density 2s / turns² on [0, turns]; the noise around a point
         # of the arm is (uniform [0, jitter] + N(0, σ²)) per coordinate, mirrored on arm two
         s, w = _gauss_legendre(0, self.turns, self.nodes)
-        log_w = torch.log(2 * s / self.turns**2 * self.turns * w)
+        log_w = torch.log(2 * s / self.turns * w)  # the density 2s / turns² times turns · w
         centres = self._arm(s)
         out = []
         for chunk in x.to(torch.float64).split(1024):
