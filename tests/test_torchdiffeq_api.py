@@ -76,6 +76,21 @@ def test_odeint_event_is_counted_and_checked():
                                event_fn=None)  # fmt: skip
 
 
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_an_event_on_differentiable_times_warns_nothing(method):
+    """torchdiffeq's own event test passes ``t`` with requires_grad; our budgeted event
+    function read it as a float and PyTorch warned ("Converting a tensor with
+    requires_grad=True to a scalar") on every call of a fixed-step method's search."""
+    t = torch.tensor([0.0, 1.0], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([10.0, 0.0], dtype=F64)
+    options = {"step_size": 0.01, "interp": "cubic"} if method == "rk4" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        et, _ = neuralode.odeint(_falling, y0, t, event_fn=_ground, method=method,
+                                 options=options)  # fmt: skip
+    assert float(et) == pytest.approx(math.sqrt(2 * 10 / 9.81), rel=1e-4)
+
+
 # ------------------------------------------------------------------------------ dense output
 
 

@@ -276,7 +276,7 @@ class _GuardedEvent:
 
     def __call__(self, t: torch.Tensor, y: Any) -> torch.Tensor:
         self.calls += 1
-        now = float(t)
+        now = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
         where = f" near t ≈ {now:.6g}"
         if self.calls > self.limit + 200:  # (the crossing's bisection takes about 60)
             raise failure(Status.MAX_STEPS, where=where, limit=self.limit, rtol=self.rtol,
