@@ -26,13 +26,8 @@ from test_cli import _torchrun
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "run_2c5f785_spiral"
 # what 2c5f785 itself resumed each of its run folders to (tests/data/README.md)
-LEGACY_RESUMED_SHA = {
-    "spiral": "d5a64cebb9fa7c0ea2bdfe4445bb9c3969c29d1c895327b424daa7a18804b369",
-    "cubic": "7e30fd278760f509382db4abdf589d3455676c79aa75b4732fd84b184f4bb3b5",
-    "mnist": "027e4ca9a90104109c489e7cf4ba44c87fcf9e75ed99c1756d0cd0c56a8cf369",
-    "density": "a6f4841e402a6d6ea151d41a8dbd9ac7bc8e68327adf7187b27becd312e632bb",
-    "timeseries": "656183c2d9e393afd58359e57d139b60d7f9f72340fa2b2c5acc0cfa405636c1",
-}
+LEGACY_RESUMED = ROOT / "tests" / "data" / "resumed_2c5f785"
+LEGACY_TASKS = ["cubic", "density", "mnist", "spiral", "timeseries"]
 FAST = ["--epochs", "1", "--no-progress", "--max-train-batches", "2", "--threads", "1"]
 
 
@@ -54,8 +49,8 @@ def _digest(folder: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------- RunState
 
 
-@pytest.mark.parametrize("task", sorted(LEGACY_RESUMED_SHA))
-def test_a_run_folder_of_2c5f785_evaluates_diagnoses_and_resumes_bit_identically(
+@pytest.mark.parametrize("task", LEGACY_TASKS)
+def test_a_run_folder_of_2c5f785_evaluates_diagnoses_and_resumes_to_2c5f785_s_weights(
     task, tmp_path, capsys, request
 ):
     run = tmp_path / "legacy"
@@ -71,14 +66,27 @@ def test_a_run_folder_of_2c5f785_evaluates_diagnoses_and_resumes_bit_identically
     assert main(["diagnose", str(run), *moved]) == 0
     assert "forward pass:      ok" in capsys.readouterr().out
     assert main(["-q", "resume", str(run), "--epochs", "2", "--no-progress", *moved]) == 0
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["weights_sha256"] == LEGACY_RESUMED_SHA[task]  # what 2c5f785 resumed to
     resumed = RunState.load(run / "checkpoint.pt")
+    _assert_same_training(state.model, resumed.model, torch.load(LEGACY_RESUMED / f"{task}.pt"))
     assert resumed.format == 2 and resumed.epoch == 2 and resumed.step > 0
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     header = rows[0].split(",")  # (the timeseries task's test_nfe of then is test_nfe_forward)
     assert "test_nfe_forward" in header and "test_nfe" not in header
+
+
+def _assert_same_training(start: dict, ours: dict, reference: dict) -> None:
+    """``ours`` (this tree's resume from ``start``) is 2c5f785's resume of the same folder:
+    equal to rounding, the difference below 1e-3 of the epoch's own update. On one CPU the
+    two are bit-identical (both measured on an AMD EPYC); across CPUs PyTorch's kernels round
+    differently (the weights' SHA-256, first recorded on an Intel Xeon, differed), while a
+    change to what resuming does (the batches, the schedule, the optimizer's state) moves the
+    weights by a sizeable part of the update."""
+    assert ours.keys() == reference.keys() == start.keys()
+    diff = math.sqrt(sum(float((ours[k] - reference[k]).double().pow(2).sum()) for k in ours))
+    update = math.sqrt(sum(float((reference[k] - start[k]).double().pow(2).sum()) for k in ours))
+    assert update > 0, "the reference did not train"
+    assert diff <= 1e-3 * update, f"{diff:.3g} from 2c5f785's resume; its epoch moved {update:.3g}"
 
 
 def _strip_digest(path: Path) -> None:
