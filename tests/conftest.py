@@ -1,4 +1,8 @@
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,3 +42,44 @@ def _no_download(monkeypatch, tmp_path_factory):
     import neuralode.data as data
 
     monkeypatch.setattr(data, "MNIST_MIRRORS", ())
+
+
+# ------------------------------------------------------------------ the documentation site
+
+_SITE_BUILD: dict = {}
+
+
+def pytest_collection_finish(session):
+    """Start building the documentation site (about two minutes of executed examples) as soon as
+    a test that needs it is collected, in a process of its own, so that it runs beside the other
+    tests on a second core; ``tests/test_docs.py``'s ``site`` fixture waits for it."""
+    if any(
+        item.path.name == "test_docs.py" and "site" in getattr(item, "fixturenames", ())
+        for item in session.items
+    ):
+        start_site_build()
+
+
+def start_site_build() -> dict:
+    """The background build: ``{"proc", "out", "log", "tmp"}`` (started once per session)."""
+    if not _SITE_BUILD:
+        tmp = Path(tempfile.mkdtemp(prefix="neuralode-site-"))
+        env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+        # its output to a file: a pipe nobody reads would fill and block it
+        with open(tmp / "build.log", "w") as log:
+            proc = subprocess.Popen(
+                # (not -q: quiet mode hides the warnings that strict mode turns into a failure)
+                [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp / "site")],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        _SITE_BUILD.update(proc=proc, out=tmp / "site", log=tmp / "build.log", tmp=tmp)
+    return _SITE_BUILD
+
+
+def pytest_sessionfinish(session, exitstatus):
+    build = _SITE_BUILD
+    if build:
+        if build["proc"].poll() is None:  # an interrupted or deselected run: stop it
+            build["proc"].kill()
+            build["proc"].wait()
+        shutil.rmtree(build["tmp"], ignore_errors=True)

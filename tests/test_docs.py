@@ -9,11 +9,12 @@ import os
 import pkgutil
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+
+from conftest import start_site_build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_every_public_module_has_a_reference_page():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def site() -> Path:
     try:
         import markdown_exec  # noqa: F401
         import mkdocs  # noqa: F401
@@ -48,16 +49,16 @@ def site(tmp_path_factory) -> Path:
         if os.environ.get("CI"):
             pytest.fail(message)  # CI installs it: a skip there would hide a broken site
         pytest.skip(message)
-    out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run(
-        # (not -q: quiet mode hides the warnings that strict mode turns into a failure)
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "WARNING" not in proc.stderr, proc.stderr
-    return out
+    build = start_site_build()  # started at collection (conftest.py); here if it was not
+    try:
+        code = build["proc"].wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        build["proc"].kill()
+        pytest.fail("the site's build ran for more than 10 minutes")
+    output = build["log"].read_text()
+    assert code == 0, output
+    assert "WARNING" not in output, output
+    return build["out"]
 
 
 def test_the_site_builds_and_its_code_ran(site):
