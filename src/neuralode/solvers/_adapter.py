@@ -33,6 +33,7 @@ from ._controller import (
 from ._loops import LANES, Joint, Lane
 from ._methods import METHODS, Method
 from ._solve import (
+    _DIRECT,
     GRADIENT_METHODS,
     Direct,
     GradientMethod,
@@ -111,6 +112,8 @@ def _method(method: Any, name: str = "method") -> Method | None:
     """The native method a call names (``None``: one the native engine does not have)."""
     if method is None:
         method = "dopri5"
+    if type(method) is str:
+        return METHODS.find(method)
     if isinstance(method, Method):
         return method
     if not isinstance(method, str):
@@ -213,9 +216,13 @@ def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> Ste
 
 
 def _gradient(gradient: Any) -> GradientMethod:
+    cls = GRADIENT_METHODS.find(gradient) if type(gradient) is str else None
+    if cls is Direct:
+        return _DIRECT  # (stateless)
     if isinstance(gradient, GradientMethod):
         return gradient
-    cls = GRADIENT_METHODS.find(gradient) if isinstance(gradient, str) else None
+    if cls is None and isinstance(gradient, str):
+        cls = GRADIENT_METHODS.find(gradient)
     if cls is None or gradient == "adjoint":
         names = ", ".join(repr(n) for n in GRADIENT_METHODS.names() if n != "adjoint")
         raise InvalidArgumentError(
@@ -288,7 +295,11 @@ def odeint(
         engine = _backends.get_backend(backend)
     check_func(func)
     check_y0(y0)
-    per_sample = isinstance(options, Mapping) and options.get("batch_mode") == "per_sample"
+    per_sample = (
+        options is not None
+        and isinstance(options, Mapping)
+        and options.get("batch_mode") == "per_sample"
+    )
     times, sign = check_times(t, per_sample)
     _check_stats(stats)
     grad = _gradient(gradient)

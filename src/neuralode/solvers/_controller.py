@@ -456,7 +456,7 @@ class StepSizeController(AbstractStepSizeController):
 def adaptive_controller(controller: AbstractStepSizeController) -> StepSizeController:
     """``controller``, checked to be what an adaptive solve reads (a :class:`StepSizeController`:
     its ``rtol``, ``atol`` and step-size rules)."""
-    if not isinstance(controller, StepSizeController):
+    if type(controller) is not PIController and not isinstance(controller, StepSizeController):
         raise InvalidTypeError(
             f"{type(controller).__name__} is adaptive, so it must be a StepSizeController (an "
             "adaptive solve reads its rtol, atol and step rules): subclass "

@@ -333,7 +333,7 @@ PyDoc_STRVAR(error_ratio_doc,
              "scale)\n\n"
              "err = the sum of the terms, as in lincomb; returns the max over segments of length "
              "seg of RMS(err / (atol + rtol * max(|y0|, |y1|))), NaN where y1 or err is not "
-             "finite. scratch (n elements) is used when there are more than 8 terms.");
+             "finite. scratch (n elements) is used when there are more than 8 terms (else it may be 0).");
 
 static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Sum sum;
@@ -358,6 +358,10 @@ static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (parse_terms(args[8], args[9], scale, &sum) < 0)
         return NULL;
+    if (sum.m > CHUNK && scratch == NULL) {
+        PyErr_SetString(PyExc_ValueError, "a sum of more than 8 terms needs a scratch buffer");
+        return NULL;
+    }
     double ratio;
     Py_BEGIN_ALLOW_THREADS;
     if (dbl)

@@ -22,7 +22,7 @@ Newton kernels too), and every buffer handed over is proven, on every call: the
 stage derivatives when they enter a :class:`Stages` list (contiguous, on the CPU, of the state's
 dtype and exact element count — a derivative of another layout or dtype is converted first, one
 of another size or device is a ``ValueError``), the base state of a step once when the list is
-made, the workspace once per solve (:class:`Scratch`), and every other tensor when it is passed
+made, the workspace when it is made (:class:`Scratch`), and every other tensor when it is passed
 in. Outputs are allocated here, from a proven tensor.
 """
 
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
+from ._controller import initial_step
 
 __all__ = [
     "MAX_BYTES",
@@ -137,16 +138,26 @@ class Stages:
         what: str = "func(t, y) returned dy/dt",
     ) -> None:
         self.what = what
-        self.numel = base.numel()
-        self.dtype = base.dtype
-        if self.dtype not in (torch.float32, torch.float64):
-            raise _mismatch(base, self.numel, torch.float32, "base of a fused sum")
-        self.base_address = prove(base, self.numel, self.dtype, "base of a fused sum")
+        self.numel = n = base.numel()
+        self.dtype = dtype = base.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise _mismatch(base, n, torch.float32, "base of a fused sum")
+        if not (base.is_cpu and base.is_contiguous()):  # (prove's test, written out: every step)
+            prove(base, n, dtype, "base of a fused sum")
+        self.base_address = base.data_ptr()
         self.base = base
         self.tensors: list[torch.Tensor] = []
         self.addresses: list[int] = []
         if first is not None:
-            self.append(first)
+            if not (
+                first.is_cpu
+                and first.dtype is dtype
+                and first.is_contiguous()
+                and first.numel() == n
+            ):
+                first = self._conform(first)
+            self.tensors.append(first)
+            self.addresses.append(first.data_ptr())
 
     def append(self, k: torch.Tensor) -> torch.Tensor:
         """Prove ``k`` (converting its dtype or layout where needed) and add it; return it."""
@@ -178,11 +189,15 @@ class Stages:
         rows: Sequence[Sequence[int | float]],
         scale: float,
         f: Any,  # the solve's evaluator (an _evaluator.Evaluator), or a plain f(t, y)
-        times: Sequence[Any],
+        t: float,
+        nodes: Sequence[float],
+        last_node: float | None = None,
     ) -> torch.Tensor:
-        """The stages of an explicit Runge–Kutta step: for each row ``i`` (from 1), the state
-        ``y_i = base + scale * sum(c * stages[j] for j, c in pairs(rows[i - 1]))`` in one pass,
-        then ``stages.append(f(times[i - 1], y_i))``; returns the last ``y_i``.
+        """The stages of an explicit Runge–Kutta step of size ``scale`` from ``t``: for each
+        row ``i`` (from 1), the state ``y_i = base + scale * sum(c * stages[j] for j, c in
+        pairs(rows[i - 1]))`` in one pass, then ``stages.append(f(t + nodes[i - 1] * scale,
+        y_i))`` (at ``last_node`` instead where the node is 1 and it is given: just before a
+        jump); returns the last ``y_i``.
 
         :meth:`append` and :func:`lincomb` written out in one loop: a dopri5 step calls them
         twelve times, and this saves their calls' overhead. Where ``f`` is an evaluator in its
@@ -199,11 +214,12 @@ class Stages:
             func, time_kw, stats, shape = f.func, f.time_kw, f.stats, base.shape
             scalar_tensor, tensor_type = torch.scalar_tensor, torch.Tensor
         y = base
-        for terms, t in zip(rows, times, strict=True):
+        for terms, c in zip(rows, nodes, strict=True):
             y = empty_like(base)  # fresh and contiguous, numel elements
             c_lincomb(dbl, n, y.data_ptr(), base_address, addresses, terms, scale)
+            ti = t + c * scale if last_node is None or c != 1.0 else last_node
             if fast:
-                k = func(scalar_tensor(t, **time_kw), y)
+                k = func(scalar_tensor(ti, **time_kw), y)
                 if (
                     type(k) is tensor_type
                     and k.shape == shape
@@ -217,7 +233,7 @@ class Stages:
                     continue
                 k = f.after(k, y)  # checked and counted by the evaluator
             else:
-                k = f(t, y)
+                k = f(ti, y)
             if not (k.is_cpu and k.dtype is dtype and k.is_contiguous() and k.numel() == n):
                 k = self._conform(k)
             tensors.append(k)
@@ -251,23 +267,23 @@ def lincomb(
     """``base + scale * sum(c * stages[j] for j, c in pairs(terms))`` (without the base when
     ``with_base`` is false) in one pass, into a new tensor of the base's layout."""
     out = torch.empty_like(stages.base)  # a fresh, contiguous tensor of numel elements
-    _fused.lincomb(
-        stages.dtype is torch.float64,
-        stages.numel,
-        out.data_ptr(),
-        stages.base_address if with_base else None,
-        stages.addresses,
-        terms,
-        scale,
-    )
+    _fused.lincomb(stages.dtype is torch.float64, stages.numel, out.data_ptr(),
+                   stages.base_address if with_base else None, stages.addresses, terms,
+                   scale)  # fmt: skip
     return out
 
 
-class Scratch:
-    """The workspace of :func:`error_ratio` for one solve, and the extent of its norm:
-    ``(elements read, segment length)``."""
+FUSED_TERMS = 8
+"""The terms the C module sums in one pass; an error estimate of more terms (dopri8's) is
+summed into the solve's workspace first."""
 
-    __slots__ = ("address", "extent", "tensor")
+
+class Scratch:
+    """The extent of a solve's error norm, ``(elements read, segment length)``, and the
+    workspace of :func:`error_ratio`, made when a sum of more than :data:`FUSED_TERMS` terms
+    first needs it (dopri5's error estimate has six: it is never made)."""
+
+    __slots__ = ("_like", "dtype", "extent", "tensor")
 
     def __init__(self, like: torch.Tensor, extent: tuple[int, int]) -> None:
         numel, seg = extent
@@ -276,8 +292,18 @@ class Scratch:
                 f"error_ratio: extent {extent} does not fit a state of {like.numel()} elements"
             )
         self.extent = extent
-        self.tensor = like.new_empty(numel)
-        self.address = self.tensor.data_ptr()
+        self.dtype = like.dtype
+        self._like = like
+        self.tensor: torch.Tensor | None = None
+
+    def address(self, terms: Sequence[int | float]) -> int:
+        """The workspace's address for a sum of these (flattened) terms; 0, no workspace, where
+        the kernel sums them in one pass."""
+        if len(terms) <= 2 * FUSED_TERMS:
+            return 0
+        if self.tensor is None:
+            self.tensor = self._like.new_empty(self.extent[0])
+        return self.tensor.data_ptr()
 
 
 def error_ratio(
@@ -293,26 +319,21 @@ def error_ratio(
     ``RMS(err / (atol + rtol * max(|y0|, |y1|)))`` with ``y0`` the stages' base and ``err`` the
     sum of the terms, as in :func:`lincomb`; NaN where ``y1`` or ``err`` is not finite."""
     n, dtype = stages.numel, stages.dtype
-    if scratch.tensor.dtype is not dtype:
-        raise _mismatch(scratch.tensor, scratch.extent[0], dtype, "scratch of an error ratio")
+    if scratch.dtype is not dtype:
+        raise InvalidArgumentError(
+            f"error_ratio: the fused kernels need a workspace of the stages' dtype {dtype}, got "
+            f"{scratch.dtype}"
+        )
     numel, seg = scratch.extent
     if numel > n:
         raise InvalidArgumentError(
             f"error_ratio: extent {scratch.extent} does not fit {n} elements"
         )
     return _fused.error_ratio(
-        dtype is torch.float64,
-        numel,
-        seg,
-        stages.base_address,
-        prove(y1, n, dtype, "y1 of an error ratio"),
-        rtol,
-        atol,
-        scratch.address,
-        stages.addresses,
-        terms,
-        scale,
-    )
+        dtype is torch.float64, numel, seg, stages.base_address,
+        prove(y1, n, dtype, "y1 of an error ratio"), rtol, atol, scratch.address(terms),
+        stages.addresses, terms, scale,
+    )  # fmt: skip
 
 
 def accumulate_(
@@ -461,13 +482,17 @@ class Kernels:
                 err = combine(torch.zeros_like(y), ks, terms, self.state_dt(dt))
             return self.scaled_norm(err, y, y1)
 
-    def start_norms(self, y0: torch.Tensor, f0: torch.Tensor) -> tuple[float, float]:
-        """The scaled norms of ``y0`` and ``f0`` for the initial step heuristic."""
-        return self.scaled_norm(y0, y0), self.scaled_norm(f0, y0)
+    def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
+        """Hairer's initial step heuristic, as torchdiffeq: the scaled norms of ``y0`` and
+        ``f0``, one evaluation at ``t0 + h0`` and the scaled change of slope there."""
+        with torch.no_grad():
+            d0, d1 = self.scaled_norm(y0, y0), self.scaled_norm(f0, y0)
 
-    def slope_change(self, y0, f0, f1, h0: float) -> float:
-        """The scaled norm of ``(f1 - f0) / h0``."""
-        return self.scaled_norm(f1 - f0, y0) / h0
+            def d2_at(h0):
+                f1 = ev(t0 + h0, self.axpy(y0, f0, h0))
+                return self.scaled_norm(f1 - f0, y0) / h0
+
+            return initial_step(order, max_step, d0, d1, d2_at)
 
     # dense output -----------------------------------------------------------------------
     def dense(self, tab, y0, y1, ks, f1, dt: float, theta: float) -> torch.Tensor:
@@ -510,16 +535,10 @@ class FusedKernels(Kernels):
 
     def rk_stages(self, ev, tab, t: float, y, f0, dt, last_node: float | None = None):
         ks = Stages(y, f0)
-        times = [t + c * dt for c in tab.c[1:]]
-        if last_node is not None:  # stages at the step's end: just before a jump
-            times = [last_node if c == 1.0 else x for c, x in zip(tab.c[1:], times, strict=True)]
-        yi = ks.advance(tab.a_flat[1:], dt, ev, times)
+        yi = ks.advance(tab.a_flat_stages, dt, ev, t, tab.c_stages, last_node)
         if not tab.fsal:
             yi = lincomb(ks, tab.b_flat, dt)
         return yi, ks
-
-    def axpy(self, y: torch.Tensor, k: torch.Tensor, h: float) -> torch.Tensor:
-        return lincomb(Stages(y, k), (0, 1.0), h)
 
     def error_ratio(self, tab, y, y1, ks, dt: float) -> float:
         scratch = self._ratio
@@ -528,40 +547,44 @@ class FusedKernels(Kernels):
         # error_ratio() written out: the scratch and the norm's extent were proven on creation
         n, dtype = ks.numel, ks.dtype
         numel, seg = scratch.extent
-        if scratch.tensor.dtype is not dtype or numel > n:
-            return error_ratio(ks, y1, tab.b_err_flat, dt, self.rtol, self.atol, scratch)
+        terms = tab.b_err_flat
+        if scratch.dtype is not dtype or numel > n:
+            return error_ratio(ks, y1, terms, dt, self.rtol, self.atol, scratch)
         return _fused.error_ratio(
             dtype is torch.float64, numel, seg, ks.base_address,
             prove(y1, n, dtype, "y1 of an error ratio"), self.rtol, self.atol,
-            scratch.address, ks.addresses, tab.b_err_flat, dt,
+            scratch.address(terms), ks.addresses, terms, dt,
         )  # fmt: skip
 
-    def start_norms(self, y0, f0):
+    def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
         if self._ratio is None:
-            return super().start_norms(y0, f0)
+            return super().initial_step(ev, order, t0, y0, f0, max_step)
+        # (no graph is recorded where these kernels are used) the stages [y0, f0, f1]
         stages = Stages(y0, y0)
         stages.append(f0)
-        return self._norm_of(stages, y0, (0, 1.0)), self._norm_of(stages, y0, (1, 1.0))
 
-    def slope_change(self, y0, f0, f1, h0: float) -> float:
-        if self._ratio is None:
-            return super().slope_change(y0, f0, f1, h0)
-        stages = Stages(y0, f1)
-        stages.append(f0)
-        return self._norm_of(stages, y0, (0, 1.0, 1, -1.0)) / h0
+        def d2_at(h0: float) -> float:
+            stages.append(ev(t0 + h0, lincomb(stages, (1, 1.0), h0)))
+            return self._norm_of(stages, (2, 1.0, 1, -1.0)) / h0
 
-    def _norm_of(self, stages: Stages, y0: torch.Tensor, terms) -> float:
+        d0, d1 = self._norm_of(stages, (0, 1.0)), self._norm_of(stages, (1, 1.0))
+        return initial_step(order, max_step, d0, d1, d2_at)
+
+    def _norm_of(self, stages: Stages, terms) -> float:
         """The norm of a sum of stages scaled by ``atol + rtol * |y0|`` (``y0`` is the stages'
         base, proven with them; the scratch was proven on creation)."""
         scratch = self._ratio
         if scratch is None:
             raise RuntimeError("the fused norms need the solve's scratch (made with the kernels)")
         numel, seg = scratch.extent
-        if numel > stages.numel or scratch.tensor.dtype is not stages.dtype:
-            raise _mismatch(scratch.tensor, stages.numel, stages.dtype, "scratch of a norm")
+        if numel > stages.numel or scratch.dtype is not stages.dtype:
+            raise InvalidArgumentError(
+                f"a norm of extent {scratch.extent} ({scratch.dtype}) over {stages.numel} "
+                f"elements of {stages.dtype}"
+            )
         return _fused.error_ratio(
             stages.dtype is torch.float64, numel, seg, stages.base_address, stages.base_address,
-            self.rtol, self.atol, scratch.address, stages.addresses, terms, 1.0,
+            self.rtol, self.atol, scratch.address(terms), stages.addresses, terms, 1.0,
         )  # fmt: skip
 
     def dense(self, tab, y0, y1, ks, f1, dt: float, theta: float) -> torch.Tensor:

@@ -217,6 +217,10 @@ class RMSNorm:
         return self.segment * self.count, self.segment
 
 
+RMS_NORM = RMSNorm()
+"""The default norm (immutable: one for every solve)."""
+
+
 def solve_adaptive(
     ev: Evaluator,
     method: Method,

@@ -22,7 +22,6 @@ import torch
 from ..errors import InvalidArgumentError, InvalidTypeError
 from ..registry import Registry
 from . import _kernels as kernels
-from ._controller import initial_step
 from ._tableau import TABLEAUX, ButcherTableau
 
 __all__ = [
@@ -96,15 +95,7 @@ class Stepper(abc.ABC):
 
     def initial_step(self, t0: Any, y0: torch.Tensor, f0: torch.Tensor, max_step: float) -> Any:
         """Hairer's heuristic (one evaluation), as torchdiffeq."""
-        k = self.kernels
-        with torch.no_grad():
-            d0, d1 = k.start_norms(y0, f0)
-
-            def d2_at(h0):
-                f1 = self.ev(t0 + h0, k.axpy(y0, f0, h0))
-                return k.slope_change(y0, f0, f1, h0)
-
-            return initial_step(self.method.order, max_step, d0, d1, d2_at)
+        return self.kernels.initial_step(self.ev, self.method.order, t0, y0, f0, max_step)
 
     def checkpoint(self) -> Any:
         """What a recomputation of the last accepted step needs to reproduce it exactly (the

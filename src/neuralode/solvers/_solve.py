@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, cast
 
@@ -37,7 +38,7 @@ from ._controller import (
     check_tolerance_shape,
 )
 from ._evaluator import Evaluator, StepCallbacks
-from ._loops import AdaptiveConfig, Joint, Lane, RMSNorm, mixed_norm
+from ._loops import RMS_NORM, AdaptiveConfig, Joint, Lane, mixed_norm
 from ._messages import explain, first_nonfinite_time
 from ._methods import Method
 from ._stats import ACTIVE, SolveStats
@@ -129,7 +130,7 @@ def check_times(t: Any, per_sample: bool = False) -> tuple[Any, float]:
             f"t must be a floating-point tensor, got dtype {t.dtype}; use t.float() "
             f"or t.double() ({_T_EXAMPLE})"
         )
-    times = t.detach().tolist()
+    times = t.tolist()  # (floats: no graph to detach from)
     if not times:
         raise InvalidArgumentError(
             f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}"
@@ -143,7 +144,7 @@ def check_times(t: Any, per_sample: bool = False) -> tuple[Any, float]:
         times = [-x for x in times]
     else:
         sign = 1.0
-    if not all(b > a for a, b in itertools.pairwise(times)) or not (
+    if not all(map(operator.lt, times, itertools.islice(times, 1, None))) or not (
         math.isfinite(times[0]) and math.isfinite(times[-1])
     ):
         shown = [sign * x for x in times]
@@ -161,12 +162,12 @@ def is_finite(y: Any) -> bool:
     if y is None:
         return True
     for x in (y,) if isinstance(y, torch.Tensor) else y:
-        x = x.detach()
         fast = kernels.all_finite(x)
         if fast is not None:
             if not fast:
                 return False
             continue
+        x = x.detach()
         summed_finite = not x.is_complex() and (x.numel() == 0 or math.isfinite(float(x.sum())))
         if not summed_finite and not bool(torch.isfinite(x).all()):
             return False
@@ -210,7 +211,7 @@ def norm_for(norm: Callable | None, shapes: list[torch.Size] | None) -> Callable
     """The error norm on the flat internal state: the controller's own (given the state in its
     user form), or the root mean square (the largest over a tuple state's parts)."""
     if norm is None:
-        return RMSNorm() if shapes is None else mixed_norm([math.prod(s) for s in shapes])
+        return RMS_NORM if shapes is None else mixed_norm([math.prod(s) for s in shapes])
     if shapes is None:
         return norm
     sizes = [math.prod(s) for s in shapes]
@@ -240,8 +241,8 @@ def adaptive_config(
         controller=ctrl,
         first_step=ctrl.first_step,
         max_num_steps=budget_of(ctrl.max_num_steps),
-        step_t=tuple(sign * x for x in ctrl.step_t),
-        jump_t=tuple(sign * x for x in ctrl.jump_t),
+        step_t=tuple(sign * x for x in ctrl.step_t) if ctrl.step_t else (),
+        jump_t=tuple(sign * x for x in ctrl.jump_t) if ctrl.jump_t else (),
     )
 
 

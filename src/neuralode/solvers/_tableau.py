@@ -79,6 +79,11 @@ class ButcherTableau:
     a_flat: tuple[tuple[int | float, ...], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    # the rows and nodes of the stages after the first (what a step evaluates)
+    a_flat_stages: tuple[tuple[int | float, ...], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    c_stages: tuple[float, ...] = dataclasses.field(init=False, repr=False, compare=False)
     b_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
     b_err_flat: tuple[int | float, ...] = dataclasses.field(init=False, repr=False, compare=False)
     # dense output as y0 + dt * sum_j q_j(theta) * k_j, k_stages = f(t1, y1): (j, coefficients of
@@ -140,6 +145,8 @@ class ButcherTableau:
         object.__setattr__(self, "b_terms", nonzero_terms(self.b))
         object.__setattr__(self, "b_err_terms", nonzero_terms(self.b_err or ()))
         object.__setattr__(self, "a_flat", tuple(flatten_terms(t) for t in self.a_terms))
+        object.__setattr__(self, "a_flat_stages", self.a_flat[1:])
+        object.__setattr__(self, "c_stages", tuple(self.c[1:]))
         object.__setattr__(self, "b_flat", flatten_terms(self.b_terms))
         object.__setattr__(self, "b_err_flat", flatten_terms(self.b_err_terms))
         object.__setattr__(self, "dense_poly", self._dense_poly())
