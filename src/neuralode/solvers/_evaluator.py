@@ -270,11 +270,11 @@ class StepCallbacks:
         """The callbacks of ``func`` (``*_adjoint`` ones for the adjoint's backward solve), or
         ``None`` when it defines none (then the loops pay nothing)."""
         names = callback_names(func)
+        if not names:  # (the common case: nothing to warn about either)
+            return None
         if not adjoint:
             supported = frozenset(CALLBACK_NAMES) if adaptive else _FIXED_GRID
             warn_unsupported_callbacks(func, method, supported, names)
-        if not names:
-            return None
         suffix = "_adjoint" if adjoint else ""
         found = {}
         for name in CALLBACK_NAMES:

@@ -99,42 +99,45 @@ def check_times(t: Any, per_sample: bool = False) -> tuple[Any, float]:
     """``(times, sign)``: the output times in the internal, increasing direction (a list of
     floats for a 1-D ``t``; a ``(batch, n)`` tensor for per-sample times) and the direction
     (``-1.0`` where ``t`` decreases). One read of ``t`` from its device."""
-    if not isinstance(t, torch.Tensor):
-        raise InvalidTypeError(
-            f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), got {type(t).__name__}"
-        )
-    if t.ndim == 2:
-        if not per_sample:
+    times = t.tolist() if type(t) is torch.Tensor and not per_sample else None
+    if not (type(times) is list and times and type(times[0]) is float):  # (not 1-D floats)
+        if not isinstance(t, torch.Tensor):
+            raise InvalidTypeError(
+                f"t must be a 1-D floating-point tensor of times ({_T_EXAMPLE}), got "
+                f"{type(t).__name__}"
+            )
+        if t.ndim == 2:
+            if not per_sample:
+                raise InvalidArgumentError(
+                    f"t must be 1-D (times shared by the batch, {_T_EXAMPLE}), got shape "
+                    f"{tuple(t.shape)}; a 2-D t, every sample its own times, needs "
+                    "options={'batch_mode': 'per_sample'} on the native engine"
+                )
+            if not t.is_floating_point():
+                raise InvalidTypeError(
+                    f"per-sample times must be a floating-point tensor, got dtype {t.dtype}; use "
+                    "t.float() or t.double()"
+                )
+            from ._per_sample import check_t_rows, rows_direction
+
+            check_t_rows(t)
+            sign = rows_direction(t)
+            return sign * t.detach(), sign
+        if t.ndim != 1:
             raise InvalidArgumentError(
-                f"t must be 1-D (times shared by the batch, {_T_EXAMPLE}), got shape "
-                f"{tuple(t.shape)}; a 2-D t, every sample its own times, needs "
-                "options={'batch_mode': 'per_sample'} on the native engine"
+                f"t must be 1-D (the times at which to report the solution), got shape "
+                f"{tuple(t.shape)}; {_T_EXAMPLE}"
             )
         if not t.is_floating_point():
             raise InvalidTypeError(
-                f"per-sample times must be a floating-point tensor, got dtype {t.dtype}; use "
-                "t.float() or t.double()"
+                f"t must be a floating-point tensor, got dtype {t.dtype}; use t.float() "
+                f"or t.double() ({_T_EXAMPLE})"
             )
-        from ._per_sample import check_t_rows, rows_direction
-
-        check_t_rows(t)
-        sign = rows_direction(t)
-        return sign * t.detach(), sign
-    if t.ndim != 1:
-        raise InvalidArgumentError(
-            f"t must be 1-D (the times at which to report the solution), got shape "
-            f"{tuple(t.shape)}; {_T_EXAMPLE}"
-        )
-    if not t.is_floating_point():
-        raise InvalidTypeError(
-            f"t must be a floating-point tensor, got dtype {t.dtype}; use t.float() "
-            f"or t.double() ({_T_EXAMPLE})"
-        )
-    times = t.tolist()  # (floats: no graph to detach from)
-    if not times:
-        raise InvalidArgumentError(
-            f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}"
-        )
+        times = t.tolist()  # (floats: no graph to detach from)
+        if not times:
+            raise InvalidArgumentError(
+                f"t must hold at least one time, got an empty tensor; {_T_EXAMPLE}"
+            )
     if len(times) == 1:
         if not math.isfinite(times[0]):
             raise InvalidArgumentError(f"t must hold finite times, got {times}")
@@ -511,11 +514,9 @@ def run(
     lane.check(method, controller, y0, times, gradient)
     stats.method, stats.backend = method.name, "native"
     stats.solves += 1
-    if event_fn is not None:
-        pass  # (added where the event is found)
-    elif type(times) is list:
-        stats.time_span += times[-1] - times[0]
-    else:
+    if type(times) is list:  # (an event's time span is added where it is found)
+        stats.time_span += times[-1] - times[0] if event_fn is None else 0.0
+    elif event_fn is None:
         stats.time_span += float((times[:, -1] - times[:, 0]).abs().max())
     cfg = None
     resolution = None
