@@ -7,7 +7,11 @@ thread), profiled three ways.
 * **tensor allocations**: every ``aten::empty*`` of one solve (``torch.profiler``), per step;
 * **overhead in µs**: the solve's time less the bare cost of the same evaluations, per solve,
   per step and per evaluation (medians of interleaved repeats: solve, bare evaluations, solve,
-  ...).
+  ...);
+* **a floor**: the same solve written as one plain loop (the same evaluations at the same times,
+  the same fused C kernels for the stage sums, the error norm and the dense output, the step
+  sizes the solve took, no checks, no objects): what the C kernels and Python's loop cost
+  without the engine's structure around them.
 
     python benchmarks/solve_profile.py [--repeats 200] [--width 128]
 """
@@ -59,6 +63,63 @@ def python_calls(fn) -> collections.Counter:
     return counts
 
 
+def floor_loop(f, y0: torch.Tensor, t_end: float, calls: list[float]):
+    """The recorded dopri5 solve (``calls``: its evaluation times) as one plain loop over the
+    fused kernels: a zero-based, float32 state, no rejected steps; returns ``fn()`` doing it,
+    or ``None`` where the solve is not of that kind."""
+    from neuralode.solvers import Dopri5
+    from neuralode.solvers._kernels import _fused
+
+    tab = Dopri5().tableau
+    if _fused is None or y0.dtype != torch.float32 or (len(calls) - 2) % 6:
+        return None
+    steps, t_now = [], 0.0
+    for s in range((len(calls) - 2) // 6):
+        dt = (calls[2 + 6 * s] - t_now) / tab.c[1]
+        steps.append((t_now, dt))
+        t_now += dt
+    if not steps or steps[-1][0] >= t_end or t_now < t_end:
+        return None
+    n, lincomb, ratio = y0.numel(), _fused.lincomb, _fused.error_ratio
+    rows, nodes, err = tab.a_flat[1:], tab.c[1:], tab.b_err_flat
+    h0 = calls[1]
+
+    def fn() -> torch.Tensor:
+        with torch.no_grad():
+            k0 = f(torch.scalar_tensor(0.0), y0)
+            ya, ka = y0.data_ptr(), k0.data_ptr()
+            ratio(False, n, n, ya, ya, 1e-3, 1e-5, 0, [ya], (0, 1.0), 1.0)  # Hairer's d0, d1
+            ratio(False, n, n, ya, ya, 1e-3, 1e-5, 0, [ka], (0, 1.0), 1.0)
+            probe = torch.empty_like(y0)
+            lincomb(False, n, probe.data_ptr(), ya, [ka], (0, 1.0), h0)
+            k1 = f(torch.scalar_tensor(h0), probe)
+            ratio(False, n, n, ya, ya, 1e-3, 1e-5, 0, [k1.data_ptr(), ka], (0, 1.0, 1, -1.0), 1.0)
+            y = y0
+            for t0, dt in steps:
+                ks, addresses, base = [k0], [k0.data_ptr()], y.data_ptr()
+                for terms, c in zip(rows, nodes):
+                    yi = torch.empty_like(y0)
+                    lincomb(False, n, yi.data_ptr(), base, addresses, terms, dt)
+                    k = f(torch.scalar_tensor(t0 + c * dt), yi)
+                    ks.append(k)
+                    addresses.append(k.data_ptr())
+                r = ratio(False, n, n, base, yi.data_ptr(), 1e-3, 1e-5, 0, addresses, err, dt)
+                _ = min(10.0, max(1.0, 0.9 * r**-0.2))  # the controller's factor
+                if t0 + dt >= t_end:
+                    theta = (t_end - t0) / dt
+                    terms = []
+                    for j, (q1, q2, q3, q4) in tab.dense_poly:
+                        terms += [j, theta * (q1 + theta * (q2 + theta * (q3 + theta * q4)))]
+                    out = torch.empty_like(y0)  # (the slope at the end is the last stage)
+                    dense = [*addresses, addresses[-1]]
+                    lincomb(False, n, out.data_ptr(), base, dense, tuple(terms), dt)
+                    return torch.stack([y0, out])
+                y, k0 = yi, ks[-1]
+        raise AssertionError("the recorded steps end before t_end")
+
+    return fn
+
+
 def allocations(fn) -> int:
     """Tensor allocations (``aten::empty*``) made by ``fn()``."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -84,6 +145,17 @@ def main() -> None:
 
     solve(stats)
     nfe, steps = stats.nfe_forward, stats.steps_accepted + stats.steps_rejected
+    calls: list[float] = []
+
+    def recording(t_, y):
+        calls.append(float(t_))
+        return f(t_, y)
+
+    with torch.no_grad():
+        reference = neuralode.odeint(recording, y0, t, rtol=1e-3, atol=1e-5)
+    floor = floor_loop(f, y0, 1.0, calls)
+    if floor is not None and not torch.allclose(floor(), reference, rtol=1e-5, atol=1e-6):
+        raise AssertionError("the floor loop does not reproduce the solve")
 
     def bare():
         with torch.no_grad():
@@ -93,13 +165,14 @@ def main() -> None:
     for _ in range(20):
         solve()
         bare()
-    times: dict[str, list[float]] = {"solve": [], "bare": []}
+    runs = {"solve": solve, "bare": bare}
+    if floor is not None:
+        runs["floor"] = floor
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.repeats):
-        for name, fn in (
-            (("solve", solve), ("bare", bare)) if r % 2 == 0 else (("bare", bare), ("solve", solve))
-        ):
+        for name in runs if r % 2 == 0 else list(runs)[::-1]:
             t0 = time.perf_counter()
-            fn()
+            runs[name]()
             times[name].append(time.perf_counter() - t0)
     t_solve, t_bare = (statistics.median(times[k]) for k in ("solve", "bare"))
     over = t_solve - t_bare
@@ -117,6 +190,13 @@ def main() -> None:
           f"(×{t_solve / t_bare:.3f}), {args.repeats} interleaved repeats")  # fmt: skip
     print(f"overhead: {over * 1e6:.0f} µs per solve, {over / steps * 1e6:.1f} µs per step, "
           f"{over / nfe * 1e6:.1f} µs per evaluation")  # fmt: skip
+    if floor is not None:
+        t_floor = statistics.median(times["floor"])
+        print(f"floor (the same solve as one plain loop over the same kernels): "
+              f"{t_floor * 1e6:.0f} µs (×{t_floor / t_bare:.3f}), overhead "
+              f"{(t_floor - t_bare) * 1e6:.0f} µs")  # fmt: skip
+    else:
+        print("floor: not measured (the solve rejected steps, or its state is not float32)")
     print(f"engine Python calls: {engine} per solve, {engine / steps:.1f} per step")
     for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<40} {n:6d}")

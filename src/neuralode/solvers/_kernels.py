@@ -544,16 +544,17 @@ class FusedKernels(Kernels):
         scratch = self._ratio
         if scratch is None:
             return super().error_ratio(tab, y, y1, ks, dt)
-        # error_ratio() written out: the scratch and the norm's extent were proven on creation
+        # error_ratio() written out (prove's test of y1 too): it proves or refuses the rest
         n, dtype = ks.numel, ks.dtype
         numel, seg = scratch.extent
         terms = tab.b_err_flat
-        if scratch.dtype is not dtype or numel > n:
+        if not (y1.dtype is dtype and y1.is_cpu and y1.is_contiguous() and y1.numel() == n) or (
+            scratch.dtype is not dtype or numel > n or len(terms) > 2 * FUSED_TERMS
+        ):
             return error_ratio(ks, y1, terms, dt, self.rtol, self.atol, scratch)
         return _fused.error_ratio(
-            dtype is torch.float64, numel, seg, ks.base_address,
-            prove(y1, n, dtype, "y1 of an error ratio"), self.rtol, self.atol,
-            scratch.address(terms), ks.addresses, terms, dt,
+            dtype is torch.float64, numel, seg, ks.base_address, y1.data_ptr(), self.rtol,
+            self.atol, 0, ks.addresses, terms, dt,
         )  # fmt: skip
 
     def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
