@@ -235,6 +235,28 @@ def test_unsupported_and_misspelt_callbacks_warn():
     assert any("callback_stpe" in m for m in messages["neuralode"])
 
 
+class Decay(nn.Module):
+    def forward(self, t, y):
+        return -y
+
+
+def test_callbacks_set_on_the_instance_are_called_as_by_torchdiffeq():
+    counts = {}
+    for lib in (torchdiffeq, neuralode):
+        f = Decay()
+        seen: list[float] = []
+        f.callback_step = lambda t0, y0, dt, seen=seen: seen.append(float(t0))
+        f.callback_stpe = lambda t0, y0, dt: None  # misspelt, on the instance too
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            lib.odeint(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                       rtol=1e-6, atol=1e-8)  # fmt: skip
+        counts[lib.__name__] = (seen, [str(r.message) for r in rec])
+    (ref, _), (ours, warned) = counts["torchdiffeq"], counts["neuralode"]
+    assert ours == ref and len(ours) > 2
+    assert any("callback_stpe" in m for m in warned)
+
+
 # ------------------------------------------------------------------------------ norms
 
 

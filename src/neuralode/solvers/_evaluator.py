@@ -207,9 +207,13 @@ def callback_names(func: Any) -> frozenset[str]:
     own = getattr(func, "__dict__", None)
     if own is None:  # no instance dictionary (__slots__): ask for everything
         return frozenset(n for n in dir(func) if n.startswith("callback_"))
-    if "callback_" not in "".join(own):  # (the common case, without a loop)
+    try:
+        plain = "callback_" not in "".join(own)  # (the common case, without a loop)
+    except TypeError:  # a key that is not a string
+        plain = False
+    if plain:
         return names
-    extra = [n for n in own if n.startswith("callback_")]
+    extra = [n for n in own if isinstance(n, str) and n.startswith("callback_")]
     return names.union(extra) if extra else names
 
 
