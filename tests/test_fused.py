@@ -113,6 +113,20 @@ def test_error_ratio_matches_tensor_arithmetic(dtype, m, segments):
 
 
 @built
+def test_the_workspace_is_made_only_for_a_sum_of_more_than_one_pass_of_terms():
+    y0 = torch.zeros(8)
+    scratch = kernels.Scratch(y0, (8, 8))
+    assert scratch.address(_flat([(j, 1.0) for j in range(kernels.FUSED_TERMS)])) == 0
+    assert scratch.tensor is None
+    nine = _flat([(j, 1.0) for j in range(kernels.FUSED_TERMS + 1)])
+    assert scratch.address(nine) != 0 and scratch.tensor.numel() == 8
+    ks = [torch.ones(8) for _ in range(9)]
+    with pytest.raises(ValueError, match="more than 8 terms needs a scratch"):  # the C guard
+        kernels._fused.error_ratio(False, 8, 8, y0.data_ptr(), y0.data_ptr(), 1e-3, 1e-6, 0,
+                                   [k.data_ptr() for k in ks], nine, 1.0)  # fmt: skip
+
+
+@built
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_error_ratio_is_nan_for_a_non_finite_state(bad):
     y0, y1, k = torch.zeros(8), torch.zeros(8), torch.ones(8)

@@ -333,7 +333,8 @@ PyDoc_STRVAR(error_ratio_doc,
              "scale)\n\n"
              "err = the sum of the terms, as in lincomb; returns the max over segments of length "
              "seg of RMS(err / (atol + rtol * max(|y0|, |y1|))), NaN where y1 or err is not "
-             "finite. scratch (n elements) is used when there are more than 8 terms (else it may be 0).");
+             "finite. scratch (n elements) is used when there are more than 8 terms (else it "
+             "may be 0).");
 
 static PyObject *py_error_ratio(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Sum sum;

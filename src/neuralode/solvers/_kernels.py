@@ -573,7 +573,7 @@ class FusedKernels(Kernels):
 
     def _norm_of(self, stages: Stages, terms) -> float:
         """The norm of a sum of stages scaled by ``atol + rtol * |y0|`` (``y0`` is the stages'
-        base, proven with them; the scratch was proven on creation)."""
+        base, proven with them; the workspace is made where a sum needs it)."""
         scratch = self._ratio
         if scratch is None:
             raise RuntimeError("the fused norms need the solve's scratch (made with the kernels)")
