@@ -64,9 +64,9 @@ def python_calls(fn) -> collections.Counter:
 
 
 def floor_loop(f, y0: torch.Tensor, t_end: float, calls: list[float]):
-    """The recorded dopri5 solve (``calls``: its evaluation times) as one plain loop over the
-    fused kernels: a zero-based, float32 state, no rejected steps; returns ``fn()`` doing it,
-    or ``None`` where the solve is not of that kind."""
+    """The recorded dopri5 solve from t = 0 (``calls``: its evaluation times) as one plain loop
+    over the fused kernels, for a float32 state and a solve without rejected steps; returns
+    ``fn()`` doing it, or ``None`` where the solve is not of that kind."""
     from neuralode.solvers import Dopri5
     from neuralode.solvers._kernels import _fused
 
@@ -145,15 +145,15 @@ def main() -> None:
 
     solve(stats)
     nfe, steps = stats.nfe_forward, stats.steps_accepted + stats.steps_rejected
-    calls: list[float] = []
+    eval_times: list[float] = []
 
     def recording(t_, y):
-        calls.append(float(t_))
+        eval_times.append(float(t_))
         return f(t_, y)
 
     with torch.no_grad():
         reference = neuralode.odeint(recording, y0, t, rtol=1e-3, atol=1e-5)
-    floor = floor_loop(f, y0, 1.0, calls)
+    floor = floor_loop(f, y0, 1.0, eval_times)
     if floor is not None and not torch.allclose(floor(), reference, rtol=1e-5, atol=1e-6):
         raise AssertionError("the floor loop does not reproduce the solve")
 
