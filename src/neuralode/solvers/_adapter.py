@@ -112,16 +112,14 @@ def _method(method: Any, name: str = "method") -> Method | None:
     """The native method a call names (``None``: one the native engine does not have)."""
     if method is None:
         method = "dopri5"
-    if type(method) is str:
+    if isinstance(method, str):  # (before the ABC check below: the common case)
         return METHODS.find(method)
     if isinstance(method, Method):
         return method
-    if not isinstance(method, str):
-        raise InvalidTypeError(
-            f"{name} must be a method name (e.g. 'dopri5') or a Method object, got "
-            f"{type(method).__name__}"
-        )
-    return METHODS.find(method)
+    raise InvalidTypeError(
+        f"{name} must be a method name (e.g. 'dopri5') or a Method object, got "
+        f"{type(method).__name__}"
+    )
 
 
 _DEFAULT_CONTROLLERS: dict[tuple, AbstractStepSizeController] = {}
@@ -216,13 +214,11 @@ def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> Ste
 
 
 def _gradient(gradient: Any) -> GradientMethod:
-    cls = GRADIENT_METHODS.find(gradient) if type(gradient) is str else None
+    cls = GRADIENT_METHODS.find(gradient) if isinstance(gradient, str) else None
     if cls is Direct:
         return _DIRECT  # (stateless)
     if isinstance(gradient, GradientMethod):
         return gradient
-    if cls is None and isinstance(gradient, str):
-        cls = GRADIENT_METHODS.find(gradient)
     if cls is None or gradient == "adjoint":
         names = ", ".join(repr(n) for n in GRADIENT_METHODS.names() if n != "adjoint")
         raise InvalidArgumentError(

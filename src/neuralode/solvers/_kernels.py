@@ -549,12 +549,12 @@ class FusedKernels(Kernels):
         numel, seg = scratch.extent
         terms = tab.b_err_flat
         if not (y1.dtype is dtype and y1.is_cpu and y1.is_contiguous() and y1.numel() == n) or (
-            scratch.dtype is not dtype or numel > n or len(terms) > 2 * FUSED_TERMS
+            scratch.dtype is not dtype or numel > n
         ):
             return error_ratio(ks, y1, terms, dt, self.rtol, self.atol, scratch)
         return _fused.error_ratio(
             dtype is torch.float64, numel, seg, ks.base_address, y1.data_ptr(), self.rtol,
-            self.atol, 0, ks.addresses, terms, dt,
+            self.atol, scratch.address(terms), ks.addresses, terms, dt,
         )  # fmt: skip
 
     def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
