@@ -38,6 +38,9 @@ def test_environment_variable_disables_them(monkeypatch):
     monkeypatch.setenv("NEURALODE_FUSED", "0")
     assert not kernels.available()
     assert not kernels.usable(torch.zeros(3))
+    # the finiteness check of a solution is not a step of a solve: it keeps its one pass
+    assert kernels.all_finite(torch.zeros(3)) is True
+    assert kernels.all_finite(torch.tensor([0.0, float("inf")])) is False
 
 
 # ------------------------------------------------------------------------------ kernels

@@ -79,14 +79,15 @@ def available() -> bool:
     return built and os.environ.get("NEURALODE_FUSED", "1") != "0"
 
 
-def readable(y: torch.Tensor, max_bytes: int) -> bool:
-    """A contiguous float32/float64 CPU tensor of at most ``max_bytes``, and kernels to read it."""
+def readable(y: torch.Tensor, max_bytes: int, switch: bool = True) -> bool:
+    """A contiguous float32/float64 CPU tensor of at most ``max_bytes``, and kernels to read it
+    (not turned off by ``NEURALODE_FUSED=0``, unless ``switch`` is false: a check's kernel)."""
     return (
         y.dtype in (torch.float32, torch.float64)
-        and y.device.type == "cpu"
+        and y.is_cpu
         and y.is_contiguous()
         and y.numel() * y.element_size() <= max_bytes
-        and available()
+        and (available() if switch else built)
     )
 
 
@@ -357,8 +358,9 @@ def accumulate_(
 
 def all_finite(y: torch.Tensor) -> bool | None:
     """Whether ``y`` holds only finite values, in one pass of the kernel; ``None`` where the
-    kernel cannot read ``y`` (the caller then asks PyTorch)."""
-    if not readable(y, 8 * MAX_BYTES):
+    kernel cannot read ``y`` (the caller then asks PyTorch). A check, whose answer does not
+    depend on the kernels: ``NEURALODE_FUSED=0`` does not turn it off."""
+    if not readable(y, 8 * MAX_BYTES, switch=False):
         return None
     return _fused.all_finite(y.dtype is torch.float64, y.numel(), y.data_ptr())
 
