@@ -6,8 +6,8 @@ thread), profiled three ways.
   per step, grouped by module — the engine's own and the user's dynamics apart;
 * **tensor allocations**: every ``aten::empty*`` of one solve (``torch.profiler``), per step;
 * **overhead in µs**: the solve's time less the bare cost of the same evaluations, per solve,
-  per step and per evaluation (medians of interleaved repeats: solve, bare evaluations, solve,
-  ...);
+  per step and per evaluation (medians of interleaved repeats: solve, bare evaluations, floor,
+  the order rotated by one every round);
 * **a floor**: the same solve written as one plain loop (the same evaluations at the same times,
   the same fused C kernels for the stage sums, the error norm and the dense output, the step
   sizes the solve took, no checks, no objects): what the C kernels and Python's loop cost
@@ -169,8 +169,9 @@ def main() -> None:
     if floor is not None:
         runs["floor"] = floor
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.repeats):
-        for name in runs if r % 2 == 0 else list(runs)[::-1]:
+    names = list(runs)
+    for r in range(args.repeats):  # the order rotated every round: each run in every place
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - t0)

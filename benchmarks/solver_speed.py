@@ -46,12 +46,15 @@ class Dynamics(nn.Module):
 
 
 def interleaved(runs: dict, repeats: int) -> dict:
-    """Every run timed once per round, the order reversed every other round (so that a noisy
-    neighbour lands on every run alike); three warm-up rounds first."""
+    """Every run timed once per round, the order rotated by one every round, so that every run
+    takes every place in the order equally often and a noisy neighbour lands on every run alike
+    (with the order reversed every other round instead, the runs at the ends would follow
+    themselves at every other round's turn, warm, and one in the middle never); three warm-up
+    rounds first."""
     keys = list(runs)
     times: dict = {k: [] for k in keys}
     for r in range(repeats + 3):
-        for key in keys if r % 2 == 0 else keys[::-1]:
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             t0 = time.perf_counter()
             runs[key]()
             if r >= 3:
