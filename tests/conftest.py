@@ -52,12 +52,24 @@ _SITE_BUILD: dict = {}
 def pytest_collection_finish(session):
     """Start building the documentation site (about two minutes of executed examples) as soon as
     a test that needs it is collected, in a process of its own, so that it runs beside the other
-    tests on a second core; ``tests/test_docs.py``'s ``site`` fixture waits for it."""
+    tests on a second core; ``tests/test_docs.py``'s ``site`` fixture waits for it. Under
+    pytest-xdist every worker collects every test: there the fixture starts the build in the
+    worker that runs it, while the other workers go on with the other tests."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(
         item.path.name == "test_docs.py" and "site" in getattr(item, "fixturenames", ())
         for item in session.items
     ):
         start_site_build()
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, the site's tests first: the worker that takes them starts the build at
+    once and waits for it while the other workers run the other tests (last, it would wait
+    alone at the end of the run)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.path.name != "test_docs.py")  # (a stable sort)
 
 
 def start_site_build() -> dict:

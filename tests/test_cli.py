@@ -211,16 +211,34 @@ def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir,
         (["evaluate", "nowhere"], r"not a run folder"),
     ],
 )
-def test_bad_options_are_clear_errors(args, message, tmp_path):
-    res = run_cli(
-        args
-        if "--out" not in args
-        else [a if a not in ("x", "nowhere") else str(tmp_path / a) for a in args]
-    )
+def test_bad_options_are_clear_errors(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # (relative folders land here: nothing may be left behind)
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # the parser's errors
+        code = exit_.code
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr  # one line, not a usage page
+    assert not list(tmp_path.iterdir())  # nothing was left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "mnist", "--method", "rk45", "--out", "x"], r"invalid choice: 'rk45'"),
+        (["train", "mnist", "--rtol", "-1", "--out", "x"], r"rtol must be a positive number"),
+        (["resume", "nowhere"], r"no run to resume"),
+    ],
+)
+def test_bad_options_in_a_fresh_process(args, message, tmp_path):
+    """As a user meets them: exit code 2 and one line on stderr, log lines included."""
+    res = run_cli(args, cwd=tmp_path)
     assert res.returncode == 2
     assert re.search(message, res.stderr), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # one line, not a usage page
-    assert not list(tmp_path.iterdir())  # nothing was left behind
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_resume_mismatch_and_existing_run(data_dir, tmp_path):
