@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from neuralode.cli import main
 from neuralode.errors import ExperimentMismatch
@@ -108,10 +109,35 @@ def test_corrupt_results_file_is_a_clear_error(tmp_path):
         run_depth_study(str(out), "smoke", None)
 
 
+def _saved_for_backward_mb(batch: int) -> float:
+    """What autograd holds between the forward and backward pass of the measured step (its
+    saved tensors' distinct storages): a lower bound of the step's peak, found another way."""
+    from neuralode.tasks import get_task, make_options
+
+    torch.manual_seed(0)  # the child's model
+    model = get_task("mnist")(make_options("mnist", model="ode")).build_model()
+    with torch.no_grad():
+        feats = model.stem(torch.randn(batch, 1, 28, 28))
+    storages: dict[int, int] = {}
+
+    def pack(x):
+        storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out, _ = model.ode.integrate(feats)
+        model.head(out)
+    return sum(storages.values()) / 2**20
+
+
 def test_memory_measurement_is_real():
     small = measure_training_step({"options": {"model": "ode"}, "block_only": True, "batch": 64})
     big = measure_training_step({"options": {"model": "ode"}, "block_only": True, "batch": 2048})
     assert big["peak_mb"] > small["peak_mb"] + 5
+    # memory freed before the step (its inputs' preparation) is not counted as already there
+    saved = _saved_for_backward_mb(2048)
+    assert saved > 10
+    assert big["peak_mb"] >= 0.95 * saved, (big, saved)
 
 
 def test_a_rerun_with_other_settings_is_refused_not_mixed(data_dir, tmp_path, capsys):

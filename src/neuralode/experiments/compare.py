@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..tasks import get_task, make_options, resolve_device
-from .memory import measure_training_step
+from .memory import MEASUREMENT, measure_training_step
 from .runner import BUDGETS, Experiment, train_configuration
 
 __all__ = ["run_compare"]
@@ -61,7 +61,7 @@ def run_compare(
         out_dir,
         "Neural ODE vs ResNet (same stem and head)",
         command,
-        {"budget": b.name, "device": str(dev)},
+        {"budget": b.name, "device": str(dev), "memory": MEASUREMENT},
     )
     repeats = 5 if budget == "smoke" else 30
     for name, kw in MODELS.items():

@@ -3,13 +3,19 @@
 On a GPU: ``torch.cuda.max_memory_allocated``. On the CPU: the kernel's high-water mark of the
 process's resident set (``VmHWM``), reset just before the step (``/proc/self/clear_refs``), minus
 the resident set at that moment — a real measurement of what the step needed, not an estimate.
-Where that is unavailable, the growth of ``ru_maxrss`` over a warmed-up baseline.
+The allocator's free memory is handed back to the kernel first (glibc's ``malloc_trim``): memory
+freed earlier but still resident (the warm-up's, the inputs') would otherwise serve the step
+without showing in its peak. Where that is unavailable, the growth of ``ru_maxrss`` over a
+warmed-up baseline.
 
     python -m neuralode.experiments._memory_child '{"options": {"gradient": "adjoint"}}'
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import resource
 import subprocess
@@ -18,7 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_step_peak_mb", "measure_training_step"]
+__all__ = ["MEASUREMENT", "cpu_step_peak_mb", "measure_training_step"]
+
+MEASUREMENT = "resident peak, free memory released first"
+"""How :func:`cpu_step_peak_mb` measures (an experiment's settings record it: results measured
+before the allocator's free memory was released first read low, and are not mixed with these)."""
 
 
 def _status_kb(field: str) -> int | None:
@@ -31,8 +41,21 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free memory back to the kernel (glibc's ``malloc_trim``), so that a
+    step reusing memory freed before it (a warm-up's, the inputs' preparation) shows in its
+    resident peak instead of hiding in pages that were already resident."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may then read low
+        pass
+
+
 def cpu_step_peak_mb(step: Callable[[], Any]) -> float:
     """Peak resident memory that ``step()`` added to the process, in MB."""
+    _release_free_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
         before = _status_kb("VmRSS")
