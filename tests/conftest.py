@@ -11,6 +11,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _a_share_of_the_cores() -> None:
+    """Under pytest-xdist, every worker's torch and the processes its tests start use their
+    share of the cores (one each with two workers on two cores): several workers' thread pools
+    on the same cores would contend, and OpenMP's idle threads spin while they wait. A thread
+    count set in the environment is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        os.environ.setdefault("MKL_NUM_THREADS", share)
+        threads = os.environ["OMP_NUM_THREADS"]
+        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else 1)
+
+
+_a_share_of_the_cores()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
