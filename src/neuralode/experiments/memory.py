@@ -13,8 +13,6 @@ warmed-up baseline.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import resource
@@ -23,6 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..training.allocator import release_free_memory
 
 __all__ = ["MEASUREMENT", "cpu_step_peak_mb", "measure_training_step"]
 
@@ -41,21 +41,12 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _release_free_memory() -> None:
-    """Hand the allocator's free memory back to the kernel (glibc's ``malloc_trim``), so that a
-    step reusing memory freed before it (a warm-up's, the inputs' preparation) shows in its
-    resident peak instead of hiding in pages that were already resident."""
-    gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the measurement may then read low
-        pass
-
-
 def cpu_step_peak_mb(step: Callable[[], Any]) -> float:
     """Peak resident memory that ``step()`` added to the process, in MB."""
-    _release_free_memory()
+    # memory freed before the step (a warm-up's, the inputs' preparation) must not serve it
+    # unseen from pages already resident (without glibc the reading may be low)
+    gc.collect()
+    release_free_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
         before = _status_kb("VmRSS")
