@@ -23,9 +23,9 @@ import collections
 import os
 import statistics
 import sys
-import time
 
 import torch
+from timing import interleaved  # (benchmarks/timing.py, beside this script)
 from torch import nn
 
 import neuralode
@@ -168,13 +168,7 @@ def main() -> None:
     runs = {"solve": solve, "bare": bare}
     if floor is not None:
         runs["floor"] = floor
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(args.repeats):  # the order rotated every round: each run in every place
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(runs, args.repeats, warmup=0)  # (warmed up above)
     t_solve, t_bare = (statistics.median(times[k]) for k in ("solve", "bare"))
     over = t_solve - t_bare
     calls = python_calls(solve)

@@ -21,10 +21,10 @@ import argparse
 import contextlib
 import math
 import statistics
-import time
 import warnings
 
 import torch
+from timing import interleaved  # (benchmarks/timing.py, beside this script)
 from torch import nn
 
 import neuralode
@@ -43,23 +43,6 @@ class Dynamics(nn.Module):
         if self.counting:
             self.calls += 1
         return self.net(y)
-
-
-def interleaved(runs: dict, repeats: int) -> dict:
-    """Every run timed once per round, the order rotated by one every round, so that every run
-    takes every place in the order equally often and a noisy neighbour lands on every run alike
-    (with the order reversed every other round instead, the runs at the ends would follow
-    themselves at every other round's turn, warm, and one in the middle never); three warm-up
-    rounds first."""
-    keys = list(runs)
-    times: dict = {k: [] for k in keys}
-    for r in range(repeats + 3):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            t0 = time.perf_counter()
-            runs[key]()
-            if r >= 3:
-                times[key].append(time.perf_counter() - t0)
-    return times
 
 
 def count_nfe(f: Dynamics, fn) -> int:

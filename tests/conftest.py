@@ -17,12 +17,11 @@ def _a_share_of_the_cores() -> None:
     on the same cores would contend, and OpenMP's idle threads spin while they wait. A thread
     count set in the environment is kept."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
-    if workers > 1:
-        share = str(max(1, (os.cpu_count() or 1) // workers))
-        os.environ.setdefault("OMP_NUM_THREADS", share)
-        os.environ.setdefault("MKL_NUM_THREADS", share)
-        threads = os.environ["OMP_NUM_THREADS"]
-        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        os.environ.setdefault("MKL_NUM_THREADS", str(share))
+        torch.set_num_threads(share)
 
 
 _a_share_of_the_cores()
