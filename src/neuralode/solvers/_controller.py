@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_NUM_STEPS = 100_000
-"""The default step budget of one adaptive solve (torchdiffeq's is 2**31, which never ends a
-hopeless solve). A solve that needs more raises a ``SolverError`` that says how to raise it."""
+"""The default step budget of an adaptive solve: the most steps from one output time to the
+next (torchdiffeq's is 2**31, which never ends a hopeless solve). A solve that needs more
+raises a ``SolverError`` that says how to raise it."""
 
 _TOL_HINT = "typical values are 1e-3 for training and 1e-5 for evaluation"
 
@@ -266,19 +267,18 @@ def _ops(x: Any) -> Any:
 
 def initial_step(
     order: int,
-    max_step: float,
     d0: Any,
     d1: Any,
     d2_at: Callable[[Any], Any],
 ) -> Any:
-    """Hairer's initial step heuristic, as torchdiffeq (exponent ``1 / order``).
+    """Hairer's initial step heuristic, as torchdiffeq (exponent ``1 / order``; its probe is
+    not held to ``max_step``, which bounds the steps themselves, as in torchdiffeq).
 
     ``d0`` and ``d1`` are the scaled norms of ``y0`` and ``f(t0, y0)``; ``d2_at(h0)`` evaluates
     the dynamics once at ``t0 + h0`` and returns the scaled norm of the change of slope divided
     by ``h0``. Floats for one step size, tensors of shape ``(batch,)`` for one per sample."""
     if type(d0) is float and type(d1) is float:  # the joint lane: plain arithmetic
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / max(d1, 1e-300)
-        h0 = min(h0, max_step)
         d2 = d2_at(h0)
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(h0 * 1e-3, 1e-6)
@@ -288,7 +288,6 @@ def initial_step(
     xp = _ops(d0)
     small = xp.either(d0 < 1e-5, d1 < 1e-5)
     h0 = xp.where(small, 1e-6, 0.01 * d0 / xp.maximum(d1, 1e-300))
-    h0 = xp.minimum(h0, max_step)
     d2 = d2_at(h0)
     flat = xp.both(d1 <= 1e-15, d2 <= 1e-15)
     h1 = xp.where(
@@ -365,7 +364,9 @@ class StepSizeController(AbstractStepSizeController):
         first_step: the first step's size (``None``: Hairer's heuristic, as torchdiffeq).
         min_step: the smallest step; a step at ``min_step`` is always accepted.
         max_step: the largest step.
-        max_num_steps: the step budget; a solve that needs more fails with the likely causes.
+        max_num_steps: the step budget: the most steps (accepted or rejected) from one output
+            time to the next, as torchdiffeq counts them; a solve that needs more fails with
+            the likely causes.
         step_t: times every step ends on (where the dynamics change quickly).
         jump_t: times of discontinuities: steps end just before them and restart after.
     """

@@ -484,7 +484,7 @@ class Kernels:
                 err = combine(torch.zeros_like(y), ks, terms, self.state_dt(dt))
             return self.scaled_norm(err, y, y1)
 
-    def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
+    def initial_step(self, ev, order: int, t0: Any, y0, f0) -> Any:
         """Hairer's initial step heuristic, as torchdiffeq: the scaled norms of ``y0`` and
         ``f0``, one evaluation at ``t0 + h0`` and the scaled change of slope there."""
         with torch.no_grad():
@@ -494,7 +494,7 @@ class Kernels:
                 f1 = ev(t0 + h0, self.axpy(y0, f0, h0))
                 return self.scaled_norm(f1 - f0, y0) / h0
 
-            return initial_step(order, max_step, d0, d1, d2_at)
+            return initial_step(order, d0, d1, d2_at)
 
     # dense output -----------------------------------------------------------------------
     def dense(self, tab, y0, y1, ks, f1, dt: float, theta: float) -> torch.Tensor:
@@ -559,9 +559,9 @@ class FusedKernels(Kernels):
             self.atol, scratch.address(terms), ks.addresses, terms, dt,
         )  # fmt: skip
 
-    def initial_step(self, ev, order: int, t0: Any, y0, f0, max_step: float) -> Any:
+    def initial_step(self, ev, order: int, t0: Any, y0, f0) -> Any:
         if self._ratio is None:
-            return super().initial_step(ev, order, t0, y0, f0, max_step)
+            return super().initial_step(ev, order, t0, y0, f0)
         # (no graph is recorded where these kernels are used) the stages [y0, f0, f1]
         stages = Stages(y0, y0)
         stages.append(f0)
@@ -571,7 +571,7 @@ class FusedKernels(Kernels):
             return self._norm_of(stages, (2, 1.0, 1, -1.0)) / h0
 
         d0, d1 = self._norm_of(stages, (0, 1.0)), self._norm_of(stages, (1, 1.0))
-        return initial_step(order, max_step, d0, d1, d2_at)
+        return initial_step(order, d0, d1, d2_at)
 
     def _norm_of(self, stages: Stages, terms) -> float:
         """The norm of a sum of stages scaled by ``atol + rtol * |y0|`` (``y0`` is the stages'

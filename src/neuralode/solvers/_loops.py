@@ -252,10 +252,7 @@ def solve_adaptive(
     warn_at = graph_warning_step(method, y0, f0)
     n_accepted = 0
     callbacks = ev.callbacks
-    if cfg.first_step is not None:
-        dt = cfg.first_step
-    else:
-        dt = stepper.initial_step(t_now, y, f0, ctrl.max_step)
+    dt = cfg.first_step if cfg.first_step is not None else stepper.initial_step(t_now, y, f0)
     if not math.isfinite(dt):  # the initial step heuristic met a non-finite derivative
         if not bool(torch.isfinite(f0).all()):
             raise NonFiniteStateError.dynamics_at_start(ev.sign * t_now)
@@ -269,8 +266,10 @@ def solve_adaptive(
     out = [y0]
     j = 1
     n_steps = 0
-    # every tenth of the budget: the steps still needed at the largest recent step size; a
-    # solve that would need far more than its budget (stiff, say) stops early
+    # the budget counts the steps (accepted or not) from one output time to the next, as
+    # torchdiffeq's max_num_steps does; every tenth of it, the steps still needed to the next
+    # output time at the largest recent step size: a solve that would need far more than its
+    # budget (stiff, say) stops early
     check_every = projection_interval(cfg.max_num_steps)
     next_check, dt_recent = check_every, 0.0
     prev_ratio = 1.0
@@ -286,7 +285,7 @@ def solve_adaptive(
         n_steps += 1
         if n_steps == next_check and bounded:
             next_check += check_every
-            _project(ev, cfg, n_steps, t_end - t_now, dt_recent, t_now)
+            _project(ev, cfg, n_steps, t[j] - t_now, dt_recent, t_now)
             dt_recent = 0.0
         # as torchdiffeq: every step starts within [min_step, max_step] (the first one too)
         dt = ctrl.clamp(dt)
@@ -331,6 +330,8 @@ def solve_adaptive(
             if record is not None:
                 rec = StepRecord(t_now, dt, y, [], last_node, f1_time, stepper.checkpoint(),
                                  f0 if f0_is_stage else None)  # fmt: skip
+            if t[j] <= t1:  # an output time passed: the budget starts again
+                n_steps, next_check = 0, check_every
             while j < len(t) and t[j] <= t1:
                 theta = (t[j] - t_now) / dt
                 out.append(stepper.dense(y, y1, ks, f1, dt, theta))

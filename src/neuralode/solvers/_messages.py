@@ -62,8 +62,9 @@ def too_many_steps_message(
             "early"
         )
     else:
+        goal = "the event" if event else "the next output time"
         head = f"the solver took more than max_num_steps={limit} steps{default}{where} without "
-        head += "finishing"
+        head += f"reaching {goal} (the limit counts the steps from one output time to the next)"
     return (
         f"{head}. Likely causes: {'; '.join(causes)}. If the solve really needs more steps, "
         "raise the limit with options={'max_num_steps': N}."

@@ -93,9 +93,9 @@ class Stepper(abc.ABC):
     ) -> torch.Tensor:
         """The solution at ``t + theta * dt`` inside an accepted step."""
 
-    def initial_step(self, t0: Any, y0: torch.Tensor, f0: torch.Tensor, max_step: float) -> Any:
+    def initial_step(self, t0: Any, y0: torch.Tensor, f0: torch.Tensor) -> Any:
         """Hairer's heuristic (one evaluation), as torchdiffeq."""
-        return self.kernels.initial_step(self.ev, self.method.order, t0, y0, f0, max_step)
+        return self.kernels.initial_step(self.ev, self.method.order, t0, y0, f0)
 
     def checkpoint(self) -> Any:
         """What a recomputation of the last accepted step needs to reproduce it exactly (the

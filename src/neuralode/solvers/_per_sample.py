@@ -122,12 +122,13 @@ class _CountingEvaluator:
         return self.ev(s, y)
 
 
-def _project(ev, cfg, taken: int, remaining, dt_recent, active, t_now) -> None:
+def _project(ev, cfg, since, remaining, dt_recent, active, t_now) -> None:
     """Stop a batch whose slowest sample, at its largest recent step size, would need far more
-    iterations than the budget allows (one read from the device)."""
+    iterations to its next output time than the budget allows (one read from the device);
+    ``since``: every sample's iterations since its last output time."""
     needed = torch.where(active, remaining / dt_recent, torch.zeros_like(remaining))
-    worst = int(torch.argmax(needed))
-    most = float(needed[worst])
+    worst = int(torch.argmax(needed + since))
+    taken, most = int(since[worst]), float(needed[worst])
     if taken + most > PROJECTION_FACTOR * cfg.max_num_steps:
         where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
         raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol,
@@ -175,7 +176,7 @@ def solve_adaptive_per_sample(
     y = y0
     f0 = counting(t_now, y)
     if cfg.first_step is None:
-        dt = stepper.initial_step(t_now, y, f0, ctrl.max_step)
+        dt = stepper.initial_step(t_now, y, f0)
     else:
         dt = torch.full_like(t_now, cfg.first_step)
     dt = ctrl.clamp(dt)
@@ -191,19 +192,27 @@ def solve_adaptive_per_sample(
     # a method whose dense output is poor on stiff dynamics steps onto every output time
     landing = method.lands_on_outputs
     go_on = n_out > 1
-    # every tenth of the budget: the iterations still needed by the slowest sample at its
-    # largest recent step size; a batch that would need far more (a stiff sample) stops early
+    # the budget counts every sample's steps (accepted or not) from one of its output times to
+    # the next, as torchdiffeq's max_num_steps counts a solve's; every tenth of the budget: the
+    # iterations the slowest sample still needs to its next output time at its largest recent
+    # step size; a batch that would need far more (a stiff sample) stops early
+    since = torch.zeros(B, dtype=torch.long, device=dev)
+    longest = 0  # the most steps a sample has taken since its last output time
     check_every = projection_interval(cfg.max_num_steps)
-    next_check, dt_recent, t_last = check_every, torch.zeros_like(t_now), times[:, -1]
+    next_check, dt_recent = check_every, torch.zeros_like(t_now)
     # one read from the device per iteration (a synchronisation on a GPU): whether a sample is
-    # not finite, how many outputs a sample passed at most, and whether any sample goes on
+    # not finite, how many outputs a sample passed at most, whether any sample goes on, and the
+    # longest run of steps without an output
     while go_on:
-        if n_iter >= cfg.max_num_steps:
-            raise failure(Status.MAX_STEPS, limit=cfg.max_num_steps, rtol=cfg.rtol)
+        if longest >= cfg.max_num_steps:
+            worst = int(torch.argmax(since))
+            where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
+            raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol)
         n_iter += 1
         if n_iter == next_check:
             next_check += check_every
-            _project(ev, cfg, n_iter, (t_last - t_now).clamp(min=0.0), dt_recent, active, t_now)
+            t_next = times.gather(1, nxt.clamp(max=n_out - 1).unsqueeze(1)).squeeze(1)
+            _project(ev, cfg, since, (t_next - t_now).clamp(min=0.0), dt_recent, active, t_now)
             dt_recent = torch.zeros_like(dt_recent)
         counting.mask = active
         dt_eff = torch.where(active, dt, torch.zeros_like(dt))
@@ -228,8 +237,9 @@ def solve_adaptive_per_sample(
             passed = (positions >= nxt.unsqueeze(1)) & (times <= t1.unsqueeze(1))
             passed &= accept.unsqueeze(1)
             n_passed = passed.sum(dim=1)
-            any_bad, most, go_on = torch.stack(
-                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any())
+            since = torch.where(n_passed > 0, 0, since + active)
+            any_bad, most, go_on, longest = torch.stack(
+                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any(), since.max())
             ).tolist()
         if any_bad:
             raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))

@@ -187,9 +187,9 @@ _STEP_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def step_budget(max_num_steps: int) -> Iterator[None]:
     """Cap every adaptive solve started inside the block (forward and adjoint, on every engine)
-    at ``max_num_steps`` steps, whatever its options say: a solve that needs more raises
-    :class:`~neuralode.TooManyStepsError` instead of running on. :func:`neuralode.diagnose`
-    runs its probes under one, so that no model can make it hang."""
+    at ``max_num_steps`` steps from one output time to the next, whatever its options say: a
+    solve that needs more raises :class:`~neuralode.TooManyStepsError` instead of running on.
+    :func:`neuralode.diagnose` runs its probes under one, so that no model can make it hang."""
     if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
         raise InvalidArgumentError(
             f"max_num_steps must be a positive integer, got {max_num_steps!r}"
