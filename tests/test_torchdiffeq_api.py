@@ -456,6 +456,17 @@ def test_the_step_budget_counts_as_torchdiffeq_s_from_one_output_to_the_next(met
         verdicts.append((budget, theirs, ours, lane))
         assert ours == theirs == lane, verdicts
     first = next(b for b, theirs, _, _ in verdicts if theirs)
+    # samples with times of their own: the batch finishes exactly where each sample alone does
+    own = torch.stack([t, 2 * t])
+    outcomes = set()
+    for budget in range(first, 3 * first, max(1, first // 3)):
+        opts = {"max_num_steps": budget, "batch_mode": "per_sample"}
+        alone = [_passes(neuralode.odeint, func=f, y0=y0[None], t=own[b : b + 1], options=opts,
+                         **tol) for b in range(2)]  # fmt: skip
+        batch = _passes(neuralode.odeint, func=f, y0=y0.expand(2, 3), t=own, options=opts, **tol)
+        assert batch == all(alone), (budget, alone)
+        outcomes.add(batch)
+    assert outcomes == {True, False}
     # the whole solve takes far more steps than the smallest budget that finishes it
     assert stats.steps_accepted + stats.steps_rejected > 2 * first
 

@@ -122,6 +122,9 @@ class _CountingEvaluator:
         return self.ev(s, y)
 
 
+_FINISHED = 2**62  # (the "last output" iteration of a sample that has passed all of its own)
+
+
 def _project(ev, cfg, since, remaining, dt_recent, active, t_now) -> None:
     """Stop a batch whose slowest sample, at its largest recent step size, would need far more
     iterations to its next output time than the budget allows (one read from the device);
@@ -196,22 +199,29 @@ def solve_adaptive_per_sample(
     # the next, as torchdiffeq's max_num_steps counts a solve's; every tenth of the budget: the
     # iterations the slowest sample still needs to its next output time at its largest recent
     # step size; a batch that would need far more (a stiff sample) stops early
-    since = torch.zeros(B, dtype=torch.long, device=dev)
-    longest = 0  # the most steps a sample has taken since its last output time
+    # (the iteration at which each sample last passed an output time, set by the iterations that
+    # pass one; ``oldest`` is a lower bound of the active samples' oldest, read from the device
+    # again only where it would end the solve)
+    last = torch.zeros(B, dtype=torch.long, device=dev)
+    oldest = 0
     check_every = projection_interval(cfg.max_num_steps)
     next_check, dt_recent = check_every, torch.zeros_like(t_now)
     # one read from the device per iteration (a synchronisation on a GPU): whether a sample is
-    # not finite, how many outputs a sample passed at most, whether any sample goes on, and the
-    # longest run of steps without an output
+    # not finite, how many outputs a sample passed at most, and whether any sample goes on
     while go_on:
-        if longest >= cfg.max_num_steps:
-            worst = int(torch.argmax(since))
-            where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
-            raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol)
+        if n_iter - oldest >= cfg.max_num_steps:
+            pending = last.masked_fill(~active, _FINISHED)
+            worst = int(torch.argmin(pending))
+            oldest = int(pending[worst])
+            if n_iter - oldest >= cfg.max_num_steps:
+                where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
+                raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps,
+                              rtol=cfg.rtol)  # fmt: skip
         n_iter += 1
         if n_iter == next_check:
             next_check += check_every
             t_next = times.gather(1, nxt.clamp(max=n_out - 1).unsqueeze(1)).squeeze(1)
+            since = torch.where(active, n_iter - 1 - last, 0)
             _project(ev, cfg, since, (t_next - t_now).clamp(min=0.0), dt_recent, active, t_now)
             dt_recent = torch.zeros_like(dt_recent)
         counting.mask = active
@@ -237,9 +247,8 @@ def solve_adaptive_per_sample(
             passed = (positions >= nxt.unsqueeze(1)) & (times <= t1.unsqueeze(1))
             passed &= accept.unsqueeze(1)
             n_passed = passed.sum(dim=1)
-            since = torch.where(n_passed > 0, 0, since + active)
-            any_bad, most, go_on, longest = torch.stack(
-                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any(), since.max())
+            any_bad, most, go_on = torch.stack(
+                (bad.any(), n_passed.max(), ((nxt + n_passed) < n_out).any())
             ).tolist()
         if any_bad:
             raise failure(Status.NONFINITE, time=float(ev.sign * t_now[bad][0]))
@@ -256,6 +265,8 @@ def solve_adaptive_per_sample(
             val = stepper.dense(y, y1, ks, f1, dt_eff, theta)
             out.index_put_((idx, rows.expand_as(idx)), val)  # (out is the loop's own tensor)
         nxt = nxt + n_passed
+        if most:  # the budget starts again for the samples that passed an output time
+            last.masked_fill_(n_passed > 0, n_iter)
         am = accept.reshape(k.view)
         y = torch.where(am, y1, y)
         f0 = torch.where(am, f1, f0)
