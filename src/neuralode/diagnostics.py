@@ -237,7 +237,8 @@ def _passes(
         report.step_budget_exhausted = isinstance(err, TooManyStepsError)
         if report.step_budget_exhausted:
             report.warnings.append(
-                f"a solve did not finish within {MAX_STEPS:,} steps (the diagnosis' budget; "
+                f"a solve did not reach its next output time within {MAX_STEPS:,} steps (the "
+                f"diagnosis' budget; "
                 f"{report.solve.nfe_forward:,} evaluations of the dynamics): the dynamics are "
                 f"stiff or far too expensive. What works: {STIFF_REMEDIES}"
             )
