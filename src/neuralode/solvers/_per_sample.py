@@ -125,6 +125,11 @@ class _CountingEvaluator:
 _FINISHED = 2**62  # (the "last output" iteration of a sample that has passed all of its own)
 
 
+def _near(ev, t_now: torch.Tensor, sample: int) -> str:
+    """Where a failed batch stopped: the time its sample ``sample`` had reached, and which."""
+    return f" near t ≈ {float(ev.sign * t_now[sample]):.6g} (sample {sample})"
+
+
 def _project(ev, cfg, since, remaining, dt_recent, active, t_now) -> None:
     """Stop a batch whose slowest sample, at its largest recent step size, would need far more
     iterations to its next output time than the budget allows (one read from the device);
@@ -133,9 +138,8 @@ def _project(ev, cfg, since, remaining, dt_recent, active, t_now) -> None:
     worst = int(torch.argmax(needed + since))
     taken, most = int(since[worst]), float(needed[worst])
     if taken + most > PROJECTION_FACTOR * cfg.max_num_steps:
-        where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
-        raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps, rtol=cfg.rtol,
-                      projected=(taken, most))  # fmt: skip
+        raise failure(Status.MAX_STEPS, where=_near(ev, t_now, worst), limit=cfg.max_num_steps,
+                      rtol=cfg.rtol, projected=(taken, most))  # fmt: skip
 
 
 def solve_adaptive_per_sample(
@@ -214,9 +218,8 @@ def solve_adaptive_per_sample(
             worst = int(torch.argmin(pending))
             oldest = int(pending[worst])
             if n_iter - oldest >= cfg.max_num_steps:
-                where = f" near t ≈ {float(ev.sign * t_now[worst]):.6g} (sample {worst})"
-                raise failure(Status.MAX_STEPS, where=where, limit=cfg.max_num_steps,
-                              rtol=cfg.rtol)  # fmt: skip
+                raise failure(Status.MAX_STEPS, where=_near(ev, t_now, worst),
+                              limit=cfg.max_num_steps, rtol=cfg.rtol)  # fmt: skip
         n_iter += 1
         if n_iter == next_check:
             next_check += check_every
