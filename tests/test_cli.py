@@ -177,6 +177,13 @@ def test_nan_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(data_dir,
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def _a_clear_error(code, stderr: str, message: str, folder) -> None:
+    assert code == 2
+    assert re.search(message, stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr  # one line, not a usage page
+    assert not list(folder.iterdir())  # nothing was left behind
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -217,11 +224,7 @@ def test_bad_options_are_clear_errors(args, message, tmp_path, monkeypatch, caps
         code = main(args)
     except SystemExit as exit_:  # the parser's errors
         code = exit_.code
-    stderr = capsys.readouterr().err
-    assert code == 2
-    assert re.search(message, stderr), stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr  # one line, not a usage page
-    assert not list(tmp_path.iterdir())  # nothing was left behind
+    _a_clear_error(code, capsys.readouterr().err, message, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -235,10 +238,7 @@ def test_bad_options_are_clear_errors(args, message, tmp_path, monkeypatch, caps
 def test_bad_options_in_a_fresh_process(args, message, tmp_path):
     """As a user meets them: exit code 2 and one line on stderr, log lines included."""
     res = run_cli(args, cwd=tmp_path)
-    assert res.returncode == 2
-    assert re.search(message, res.stderr), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert not list(tmp_path.iterdir())
+    _a_clear_error(res.returncode, res.stderr, message, tmp_path)
 
 
 def test_resume_mismatch_and_existing_run(data_dir, tmp_path):
