@@ -213,7 +213,7 @@ class PerSampleESDIRKStepper(Stepper):
         (:func:`~._newton.fused_iteration`) where it can read the buffers, else
         :meth:`_Iteration.tensor_step`; one read from the device per iteration either way."""
         ev, blocks = self.ev, self._blocks()
-        kappa = self.method.newton_tol
+        kappa = self.method.newton_stop
         max_it = self.method.max_newton_iters
         mask = ev.mask
         it = _Iteration(guess, who, self.eta.clamp(min=FINAL_STAGE_FACTOR) if final else self.eta)
