@@ -7,14 +7,15 @@ dynamics (and Jacobians), and the largest error at the output times in units of 
 of 200,000 steps: where it needs more it is reported as not finishing.
 
     python benchmarks/stiff.py [--repeats 3] [--rtols 1e-4 1e-6 1e-8] [--skip-dopri5]
-                                [--trbdf2-factor 150]
+                                [--trbdf2-proportional]
 
 At the end it prints issue 27's goals at rtol 1e-6, met or NOT met: kvaerno5's wall time at most
 scipy Radau's on Van der Pol and Robertson with an error of at most 2 tolerance units, and
-TR-BDF2's error at most 5 units (``--trbdf2-factor 150`` adds TR-BDF2 asking each step for
-1/150 of the tolerance, which meets it at about five times the evaluations); with several
-``--rtols``, each implicit method's error at every tolerance (whether it stays proportional to
-the tolerance).
+TR-BDF2's error at most 5 units (``--trbdf2-proportional`` adds ``TRBDF2(proportional=True)``,
+which asks each step for less than the tolerance the tighter the tolerance, so that its error
+stays near it at every rtol: at rtol 1e-6 it meets the goal at about five times the
+evaluations); with several ``--rtols``, each implicit method's error at every tolerance
+(whether it stays proportional to the tolerance).
 
 One trajectory's error is a fragile measure: on Van der Pol most of it is the phase of the
 relaxation jumps, and a 1% change in the step sequence can move it threefold. ``--mus 900 950
@@ -222,18 +223,17 @@ def main() -> None:
         "--local", action="store_true", help="true local errors of accepted steps (see above)"
     )
     p.add_argument(
-        "--trbdf2-factor",
-        type=float,
-        default=None,
-        help="add TR-BDF2 with this error_factor (150 meets its goal at rtol 1e-6, at 5x the work)",
+        "--trbdf2-proportional",
+        action="store_true",
+        help="add TR-BDF2(proportional=True): its error near the tolerance at every rtol, at the "
+        "work that costs (about 5x the evaluations at rtol 1e-6)",
     )
     args = p.parse_args()
     torch.set_num_threads(1)
     solvers = {k: v for k, v in SOLVERS.items() if not (args.skip_dopri5 and "dopri5" in k)}
-    if args.trbdf2_factor is not None:
-        options = {"error_factor": args.trbdf2_factor}
-        solvers[f"neuralode trbdf2, error_factor {args.trbdf2_factor:g}"] = (
-            lambda f, y0, t, rtol, atol: ours(f, y0, t, "trbdf2", rtol, atol, options)
+    if args.trbdf2_proportional:
+        solvers["neuralode trbdf2, proportional"] = lambda f, y0, t, rtol, atol: ours(
+            f, y0, t, "trbdf2", rtol, atol, {"proportional": True}
         )
     results = {(name, rtol): run_problem(name, rtol, args.repeats, solvers)
                for rtol in args.rtols for name in PROBLEMS}  # fmt: skip

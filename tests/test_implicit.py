@@ -13,8 +13,8 @@ from torch import nn
 
 import neuralode
 from neuralode import SolveStats
-from neuralode.errors import InvalidArgumentError
-from neuralode.solvers import Kvaerno3, Kvaerno5, PIController
+from neuralode.errors import InvalidArgumentError, InvalidTypeError
+from neuralode.solvers import TRBDF2, Kvaerno3, Kvaerno5, PIController
 from neuralode.solvers._implicit import DIRKTableau, gmres
 
 F64 = torch.float64
@@ -194,6 +194,77 @@ def test_a_large_error_factor_holds_newton_to_what_the_error_test_accepts():
         assert evaluations[100.0] <= most * evaluations[None], (method, evaluations)
     assert Kvaerno5().newton_stop == pytest.approx(0.03)  # 0.075 of 1/2.5 of the tolerance
     assert Kvaerno3(error_factor=10.0).newton_stop == pytest.approx(0.003)
+
+
+def test_proportional_trbdf2_keeps_its_error_near_the_tolerance_at_every_rtol():
+    """Per-step control leaves TR-BDF2 (order 2) about ``rtol ** (2/3)`` off: on Robertson's
+    kinetics the default's error in tolerance units grows as the tolerance tightens (14 at
+    rtol 1e-4, 67 at 1e-6), while ``proportional=True`` (each step asked for
+    ``sqrt(rtol / 0.03)`` of it) stays within a few units, against a tight Radau."""
+    f, y0, t, atol_unit = STIFF["robertson"]
+    ref = radau_reference("robertson", y0, t, atol_unit)
+    errors: dict = {}
+    evaluations: dict = {}
+    for rtol in (1e-3, 1e-5):
+        for method in (TRBDF2(), TRBDF2(proportional=True)):
+            stats = SolveStats()
+            with torch.no_grad():
+                y = neuralode.odeint(f, y0, t, method=method, rtol=rtol, atol=atol_unit,
+                                     stats=stats).numpy()  # fmt: skip
+            errors[rtol, method.proportional] = tolerance_units(y, ref, rtol, atol_unit)
+            evaluations[rtol, method.proportional] = stats.nfe_forward
+    assert errors[1e-3, True] <= 5.0 and errors[1e-5, True] <= 5.0, errors
+    # the default drifts as the tolerance tightens; proportional does not
+    assert errors[1e-5, False] >= 3 * errors[1e-3, False] - 1.0, errors
+    assert errors[1e-5, False] >= 3 * errors[1e-5, True], errors
+    # the work the accuracy costs: the tighter the tolerance, the more extra steps
+    ratio = {r: evaluations[r, True] / evaluations[r, False] for r in (1e-3, 1e-5)}
+    assert 1.0 < ratio[1e-3] < ratio[1e-5] < 8.0, evaluations
+    # options reach the same method as the object
+    stats = SolveStats()
+    with torch.no_grad():
+        neuralode.odeint(f, y0, t, method="trbdf2", rtol=1e-5, atol=atol_unit,
+                         options={"proportional": True}, stats=stats)  # fmt: skip
+    assert stats.nfe_forward == evaluations[1e-5, True]
+
+
+def test_proportional_raises_the_error_factor_below_its_reference_tolerance():
+    method = TRBDF2(proportional=True, error_factor=2.0)
+    assert method.for_tolerance(0.1) is method  # above PROPORTIONAL_FROM: as given
+    at = method.for_tolerance(1e-6)
+    assert at.error_factor == pytest.approx(2.0 * (0.03 / 1e-6) ** 0.5)  # TR-BDF2: q = 3
+    assert at.newton_stop == pytest.approx(0.03 / at.error_factor)
+    assert not at.proportional and at.name == "trbdf2"
+    # a tensor rtol: its tightest element
+    assert method.for_tolerance(torch.tensor([1e-3, 1e-6])).error_factor == pytest.approx(
+        at.error_factor
+    )
+    # kvaerno5's estimate grows as h^5: the quarter power
+    k5 = Kvaerno5(proportional=True).for_tolerance(3e-6)
+    assert k5.error_factor == pytest.approx(2.5 * 1e4**0.25)
+    assert TRBDF2().for_tolerance(1e-9).error_factor == 1.0  # not proportional: as given
+    with pytest.raises(InvalidTypeError, match="proportional must be True or False"):
+        TRBDF2(proportional=1)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_proportional_trbdf2_gradients_match_the_matrix_exponential(gradient):
+    f = Linear()
+    y0 = torch.tensor([[1.0, 2.0], [-0.5, 1.0]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    kw = dict(method=TRBDF2(proportional=True), rtol=1e-5, atol=1e-7)
+    if gradient == "adjoint":
+        sol = neuralode.odeint_adjoint(f, y0, t, **kw)
+    else:
+        sol = neuralode.odeint(f, y0, t, gradient=gradient, **kw)
+    got = torch.autograd.grad(sol[-1].sum(), (y0, f.a))
+
+    def exact(y0, a):
+        return (y0 @ torch.linalg.matrix_exp(2.0 * a).T).sum()
+
+    want = torch.autograd.grad(exact(y0, f.a), (y0, f.a))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=2e-4, atol=2e-5)
 
 
 class Linear(nn.Module):

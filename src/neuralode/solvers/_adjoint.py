@@ -288,6 +288,7 @@ class _ContinuousAdjoint(torch.autograd.Function):
                     f"the adjoint's method {method.name!r} has no error estimate; give it a "
                     "ConstantStepSize controller (adjoint_options={'step_size': ...})"
                 )
+            method = method.for_tolerance(ctrl.rtol)
             cfg = adaptive_config(ctrl, 1.0, None, method, norm)
         else:
             step_size = ctrl.step_size

@@ -165,6 +165,12 @@ class Method(abc.ABC):
     def _configured(self, **parameters: Any) -> Method:
         return self
 
+    def for_tolerance(self, rtol: Any) -> Method:
+        """The method as it steps at the relative tolerance ``rtol`` (a float or a tensor):
+        itself, unless its error test depends on the tolerance (an implicit method's
+        ``proportional``)."""
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 

@@ -530,6 +530,7 @@ def run(
             )
         check_tolerance_shape(controller.rtol, "rtol", y0)
         check_tolerance_shape(controller.atol, "atol", y0)
+        method = method.for_tolerance(controller.rtol)
         cfg = adaptive_config(controller, sign, shapes, method)
         resolution = check_resolution(controller.rtol, controller.atol, ref, method)
     elif method.implicit:
