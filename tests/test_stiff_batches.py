@@ -10,7 +10,7 @@ from scipy.integrate import solve_ivp
 
 import neuralode
 from neuralode import SolveStats
-from neuralode.solvers import Kvaerno5, PerSample, PIController
+from neuralode.solvers import TRBDF2, Kvaerno5, PerSample, PIController
 
 F64 = torch.float64
 PER_SAMPLE = {"batch_mode": "per_sample"}
@@ -79,6 +79,32 @@ def test_every_sample_takes_the_steps_and_evaluations_it_takes_alone(
     # each sample its own work: the easiest took far fewer evaluations than the hardest
     assert min(stats.nfe_per_sample) < max(stats.nfe_per_sample) / 2, stats.nfe_per_sample
     assert stats.jacobians >= 1
+
+
+def test_proportional_on_the_per_sample_lane_steps_as_each_sample_alone():
+    """``proportional=True`` is resolved once for the solve's rtol, the same on both lanes."""
+    mus = torch.tensor([5.0, 40.0], dtype=F64)
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 0.5]], dtype=F64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    method = TRBDF2(proportional=True)
+    stats = SolveStats()
+    with torch.no_grad():
+        ys = neuralode.odeint(van_der_pol(mus), y0, t, method=method, rtol=1e-5, atol=1e-8,
+                              options=PER_SAMPLE, stats=stats)  # fmt: skip
+    for b in range(len(mus)):
+        alone = SolveStats()
+        with torch.no_grad():
+            y_b = neuralode.odeint(van_der_pol(mus[b]), y0[b : b + 1], t, method=method,
+                                   rtol=1e-5, atol=1e-8, stats=alone)  # fmt: skip
+        plain = SolveStats()
+        with torch.no_grad():
+            neuralode.odeint(van_der_pol(mus[b]), y0[b : b + 1], t, method="trbdf2",
+                             rtol=1e-5, atol=1e-8, stats=plain)  # fmt: skip
+        assert stats.nfe_per_sample[b] == alone.nfe_forward > plain.nfe_forward, b
+        assert stats.steps_accepted_per_sample[b] == alone.steps_accepted, b
+        torch.testing.assert_close(ys[:, b], y_b[:, 0], rtol=1e-9, atol=1e-11)
+        ref = radau(van_der_pol(float(mus[b])), y0[b], t)
+        np.testing.assert_allclose(ys[:, b].numpy(), ref, rtol=1e-4, atol=1e-6)
 
 
 def test_per_sample_times_with_an_implicit_method():
