@@ -43,6 +43,7 @@ __all__ = [
     "check_tolerance_shape",
     "dtype_resolution",
     "initial_step",
+    "tightest",
 ]
 
 DEFAULT_MAX_NUM_STEPS = 100_000
@@ -54,6 +55,12 @@ _TOL_HINT = "typical values are 1e-3 for training and 1e-5 for evaluation"
 
 
 # --------------------------------------------------------------------------- value checks
+
+
+def tightest(tol: Any) -> float:
+    """A tolerance's smallest value (itself where it is a number; a tensor's smallest element,
+    read from the device)."""
+    return float(tol.min()) if isinstance(tol, torch.Tensor) else float(tol)
 
 
 def check_tolerance(value: Any, name: str) -> Any:
@@ -163,8 +170,7 @@ def dtype_resolution(
     if key is not None and key in _RESOLVED:
         return None
     info = torch.finfo(ref.dtype)
-    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
-    a = float(atol.min()) if isinstance(atol, torch.Tensor) else atol
+    r, a = tightest(rtol), tightest(atol)
     unit = info.eps / 2
     floor = unit * max(gain, 1.0)
     if r >= floor and a >= info.tiny:

@@ -29,6 +29,7 @@ import torch
 
 from ..errors import InvalidArgumentError, InvalidTypeError
 from . import _kernels as kernels
+from ._controller import tightest
 from ._messages import Status, failure
 from ._methods import Method, Stepper, register_method
 from ._newton import (
@@ -386,9 +387,8 @@ class ESDIRK(Method):
         raised below :attr:`PROPORTIONAL_FROM`, see the class doc); else itself."""
         if not self.proportional:
             return self
-        r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
-        power = 1.0 / max(self.order - 1, 1)
-        scale = (self.PROPORTIONAL_FROM / r) ** power if r > 0 else 1.0
+        power = 1.0 / max(self.order - 1, 1)  # (rtol is positive: checked with the controller)
+        scale = (self.PROPORTIONAL_FROM / tightest(rtol)) ** power
         if scale <= 1.0:
             return self
         return self._configured(error_factor=self.error_factor * scale, proportional=False)

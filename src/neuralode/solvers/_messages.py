@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import NonFiniteStateError, SolverError, StepSizeUnderflowError, TooManyStepsError
-from ._controller import DEFAULT_MAX_NUM_STEPS
+from ._controller import DEFAULT_MAX_NUM_STEPS, tightest
 
 __all__ = [
     "STIFF_REMEDIES",
@@ -51,7 +51,7 @@ def too_many_steps_message(
         "the right-hand side is discontinuous in t (pass the times of the jumps as "
         "options={'jump_t': ...})",
     ]
-    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    r = tightest(rtol)
     if r < 1e-10:
         causes.append(f"rtol={r:g} asks for more accuracy than the solve can deliver")
     if projected is not None:

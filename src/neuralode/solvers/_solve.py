@@ -36,6 +36,7 @@ from ._controller import (
     adaptive_controller,
     check_resolution,
     check_tolerance_shape,
+    tightest,
 )
 from ._evaluator import Evaluator, StepCallbacks
 from ._loops import RMS_NORM, AdaptiveConfig, Joint, Lane, mixed_norm
@@ -614,7 +615,6 @@ def _event_search(event_fn: Callable, plan: Plan, gradient: Any, lane: Lane, t: 
             "an event search takes an adaptive method on the joint lane with direct gradients "
             "(odeint(..., event_fn=...)); odeint_adjoint with an event is solved by torchdiffeq"
         )
-    atol = plan.cfg.atol
-    tol = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
+    tol = tightest(plan.cfg.atol)
     state = functools.partial(unflat, shapes=plan.shapes, batched=False)
     return EventSearch(event_fn, plan.sign, state, tol, t)
