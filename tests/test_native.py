@@ -2,6 +2,7 @@
 convergence, the three gradient methods, per-sample batches, fall-through."""
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -541,6 +542,38 @@ def test_native_stats_match_a_counter():
     y.sum().backward()
     assert stats.nfe_forward + stats.nfe_backward == len(calls)
     assert stats.backend == "native"
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("dopri5", None), ("bosh3", None), ("dopri8", None), ("rk4", {"step_size": 0.1}),
+     ("dopri5", {"batch_mode": "per_sample"})],
+)  # fmt: skip
+def test_an_inference_solve_keeps_one_step_of_derivatives(method, options, fused, monkeypatch):
+    """Without a graph, a step's stage derivatives are freed before the next step makes its
+    own: whenever the dynamics run, fewer of their earlier outputs are alive than the method
+    has stages (counted with weak references; keeping the last step's stages through the
+    next step, as the loops once did, holds up to twice that)."""
+    monkeypatch.setenv("NEURALODE_FUSED", fused)
+    outputs: list[weakref.ref] = []
+    alive_at_calls: list[int] = []
+
+    def f(t, y):
+        alive_at_calls.append(sum(r() is not None for r in outputs))
+        dy = -y * torch.cos(t).reshape(-1, 1) if t.dim() else -y * torch.cos(t)
+        outputs.append(weakref.ref(dy))
+        return dy
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = neuralode.odeint(f, torch.randn(16, 4), torch.linspace(0.0, 5.0, 3), rtol=1e-6,
+                             atol=1e-8, method=method, options=options)  # fmt: skip
+    exact = torch.linspace(0.0, 5.0, 3).sin().neg().exp()  # y(t) = y0 exp(-sin t)
+    assert torch.allclose(y[:, 0, 0] / y[0, 0, 0], exact, rtol=1e-3)
+    stages = neuralode.solvers.METHODS.get(method).stages
+    assert len(alive_at_calls) > 4 * stages  # many steps were taken
+    assert max(alive_at_calls) < stages
 
 
 def test_regularized_block_on_native_backend():
