@@ -118,12 +118,15 @@ def _positive(value: Any, name: str, finite: bool = True) -> float:
 def _times(value: Any, name: str) -> tuple[float, ...]:
     if value is None:
         return ()
-    try:
-        times = tuple(float(x) for x in torch.as_tensor(value).detach().reshape(-1).tolist())
-    except (TypeError, ValueError, RuntimeError):
-        raise InvalidTypeError(
-            f"{name} must be a 1-D tensor or sequence of times, got {value!r}", argument=name
-        ) from None
+    if type(value) in (tuple, list) and all(type(x) in (float, int) for x in value):
+        times = tuple(float(x) for x in value)  # (the common case, without a tensor round trip)
+    else:
+        try:
+            times = tuple(float(x) for x in torch.as_tensor(value).detach().reshape(-1).tolist())
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidTypeError(
+                f"{name} must be a 1-D tensor or sequence of times, got {value!r}", argument=name
+            ) from None
     if not all(math.isfinite(x) for x in times):
         raise InvalidArgumentError(f"{name} must hold finite times, got {times}", argument=name)
     return times
