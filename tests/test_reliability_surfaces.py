@@ -6,6 +6,7 @@ need far more steps than the budget allows."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -226,6 +227,30 @@ def test_an_implicit_method_refuses_a_tolerance_below_its_dtype():
             _decay, torch.ones(2), torch.tensor([0.0, 1.0]), method="kvaerno5", rtol=1e-9, atol=1e-9
         )
     assert info.value.argument == "rtol"
+
+
+@pytest.mark.parametrize("proportional", [False, True])
+@pytest.mark.parametrize("method", ["kvaerno3", "kvaerno5", "trbdf2"])
+def test_the_least_rtol_an_implicit_method_names_is_one_it_solves_at(method, proportional):
+    """The refusal names the smallest rtol the method takes in float32; with ``proportional``
+    (whose error test tightens as rtol falls) it is where the grown floor is met, not the
+    floor at the rtol refused. That rtol is accepted, and the solve at it is accurate (against
+    float64 at a tight tolerance); the same number is refused at half of it."""
+    t, y0 = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.5])
+
+    def f(s, y):  # stiff linear decay: y1 relaxes fast onto cos(s), y2 decays slowly
+        return torch.stack([-500.0 * (y[0] - torch.cos(s)), -y[1]])
+
+    options = {"proportional": proportional}
+    with pytest.raises(InvalidArgumentError, match=r"Use rtol >= (\S+) with") as info:
+        neuralode.odeint(f, y0, t, method=method, rtol=1e-7, atol=1e-6, options=options)
+    least = float(re.search(r"Use rtol >= (\S+) with", str(info.value)).group(1))
+    assert 1e-7 < least < 1e-3
+    with pytest.raises(InvalidArgumentError, match="below the resolution"):
+        neuralode.odeint(f, y0, t, method=method, rtol=least / 2, atol=1e-6, options=options)
+    y = neuralode.odeint(f, y0, t, method=method, rtol=least, atol=1e-6, options=options)
+    ref = neuralode.odeint(f, y0.double(), t.double(), method="kvaerno5", rtol=1e-10, atol=1e-12)
+    assert torch.allclose(y[-1].double(), ref[-1], rtol=0, atol=50 * least)
 
 
 def test_an_implicit_method_on_a_complex_state_says_what_to_do():

@@ -153,40 +153,39 @@ def check_tolerance_shape(value: Any, name: str, y0: Any) -> None:
 
 
 _RESOLVED: set[tuple] = set()  # tolerances known to be within their dtype's resolution
+_FINFO = {d: torch.finfo(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
-def dtype_resolution(
-    rtol: Any, atol: Any, ref: torch.Tensor, gain: float = 1.0, method: str = ""
-) -> str | None:
+def dtype_resolution(rtol: Any, atol: Any, ref: torch.Tensor, method: Any = None) -> str | None:
     """A message when a tolerance is below what the state's dtype can resolve, else None.
 
     ``rtol`` below the dtype's unit roundoff (half its epsilon) cannot be met: each step's error
     estimate is itself rounded at that level, so the step size collapses or the answer is off
     by far more than asked. ``atol`` below the smallest normal number is likewise meaningless.
-    A method whose estimate carries its rounding amplified (an implicit one: ``gain`` units of
-    roundoff, see :attr:`~._methods.Method.rounding_gain`) needs ``rtol`` that many times the
-    unit roundoff.
+    A ``method`` whose estimate carries its rounding amplified (an implicit one: see
+    :attr:`~._methods.Method.rounding_gain`) needs the larger ``rtol`` its
+    :meth:`~._methods.Method.least_rtol` gives.
     """
     if not ref.is_floating_point():
         return None
-    key = (rtol, atol, ref.dtype, gain) if type(rtol) is float and type(atol) is float else None
+    info = _FINFO.get(ref.dtype) or torch.finfo(ref.dtype)
+    unit = info.eps / 2
+    floor = unit if method is None else method.least_rtol(unit)
+    key = (rtol, atol, ref.dtype, floor) if type(rtol) is float and type(atol) is float else None
     if key is not None and key in _RESOLVED:
         return None
-    info = torch.finfo(ref.dtype)
     r, a = tightest(rtol), tightest(atol)
-    unit = info.eps / 2
-    floor = unit * max(gain, 1.0)
     if r >= floor and a >= info.tiny:
         if key is not None and len(_RESOLVED) < 1024:
             _RESOLVED.add(key)
         return None
     wider = "float64" if ref.dtype == torch.float32 else "float32 or float64"
     bad = f"rtol={r:g}" if r < floor else f"atol={a:g}"
-    if gain > 1.0 and r < floor:
+    if floor > unit and r < floor:
         scale = 10.0 ** math.floor(math.log10(floor))
         least = math.ceil(floor / scale) * scale  # the floor rounded up to one digit
         return (
-            f"{bad} is below the resolution of the method {method!r} in the state's dtype "
+            f"{bad} is below the resolution of the method {method.name!r} in the state's dtype "
             f"{ref.dtype}: its error estimate is formed from differences of its stages, which "
             f"carry the dtype's rounding (unit roundoff {unit:.2g}), so below rtol "
             f"{least:.0e} its steps collapse and the solve cannot even start. Use rtol >= "
@@ -203,7 +202,7 @@ def dtype_resolution(
 def check_resolution(rtol: Any, atol: Any, ref: torch.Tensor, method: Any) -> str | None:
     """:func:`dtype_resolution` for a solve by ``method``: an error for an implicit method,
     which could never take a step, else a warning; returns the message (None: no problem)."""
-    resolution = dtype_resolution(rtol, atol, ref, method.rounding_gain, method.name)
+    resolution = dtype_resolution(rtol, atol, ref, method)
     if resolution is not None and method.implicit:
         if repr(method.name) not in resolution:  # (the message on the dtype alone)
             resolution += (

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -239,6 +240,12 @@ def _transposed_solve(ev, t, z: torch.Tensor, g: Any, solver: LinearSolver):
 # --------------------------------------------------------------------------- the method
 
 
+def _number(value: Any, name: str, ok: Callable[[Any], bool], what: str, kind: Any = (int, float)):
+    """Refuse a parameter that is not a positive number of ``kind`` meeting ``ok``."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not (value > 0 and ok(value)):
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}", argument=name)
+
+
 class ESDIRK(Method):
     """An adaptive ESDIRK method given by a :class:`DIRKTableau`, with Newton's iteration on
     each implicit stage.
@@ -317,33 +324,9 @@ class ESDIRK(Method):
                 f"{linear_solver!r}",
                 argument="linear_solver",
             )
-        if (
-            isinstance(newton_tol, bool)
-            or not isinstance(newton_tol, (int, float))
-            or not 0 < newton_tol < 1
-        ):
-            raise InvalidArgumentError(
-                f"newton_tol must be a number in (0, 1), got {newton_tol!r}",
-                argument="newton_tol",
-            )
-        if (
-            isinstance(max_newton_iters, bool)
-            or not isinstance(max_newton_iters, int)
-            or (max_newton_iters < 1)
-        ):
-            raise InvalidArgumentError(
-                f"max_newton_iters must be a positive integer, got {max_newton_iters!r}",
-                argument="max_newton_iters",
-            )
-        if (
-            isinstance(error_factor, bool)
-            or not isinstance(error_factor, (int, float))
-            or not 0 < error_factor < math.inf
-        ):
-            raise InvalidArgumentError(
-                f"error_factor must be a positive finite number, got {error_factor!r}",
-                argument="error_factor",
-            )
+        _number(newton_tol, "newton_tol", lambda v: 0 < v < 1, "a number in (0, 1)")
+        _number(max_newton_iters, "max_newton_iters", lambda v: v >= 1, "a positive integer", int)
+        _number(error_factor, "error_factor", math.isfinite, "a positive finite number")
         if not isinstance(proportional, bool):
             raise InvalidTypeError(
                 f"proportional must be True or False, got {proportional!r}",
@@ -392,6 +375,16 @@ class ESDIRK(Method):
         if scale <= 1.0:
             return self
         return self._configured(error_factor=self.error_factor * scale, proportional=False)
+
+    def least_rtol(self, unit: float) -> float:
+        """With ``proportional`` the gain grows as ``rtol`` falls below
+        :attr:`PROPORTIONAL_FROM` (by the factor :meth:`for_tolerance` applies): the smallest
+        ``rtol`` is where it meets the grown floor, ``r = floor * (FROM / r) ** p``."""
+        floor = super().least_rtol(unit)
+        if not self.proportional or floor >= self.PROPORTIONAL_FROM:
+            return floor
+        power = 1.0 / max(self.order - 1, 1)
+        return (floor * self.PROPORTIONAL_FROM**power) ** (1.0 / (1.0 + power))
 
     def __repr__(self) -> str:
         return (

@@ -171,6 +171,11 @@ class Method(abc.ABC):
         ``proportional``)."""
         return self
 
+    def least_rtol(self, unit: float) -> float:
+        """The smallest ``rtol`` whose steps this method resolves in a dtype of unit roundoff
+        ``unit``: :attr:`rounding_gain` units of it (at least one)."""
+        return unit * max(self.rounding_gain, 1.0)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 

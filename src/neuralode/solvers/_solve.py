@@ -531,9 +531,9 @@ def run(
             )
         check_tolerance_shape(controller.rtol, "rtol", y0)
         check_tolerance_shape(controller.atol, "atol", y0)
+        resolution = check_resolution(controller.rtol, controller.atol, ref, method)
         method = method.for_tolerance(controller.rtol)
         cfg = adaptive_config(controller, sign, shapes, method)
-        resolution = check_resolution(controller.rtol, controller.atol, ref, method)
     elif method.implicit:
         raise InvalidArgumentError(
             f"the implicit method {method.name!r} needs an adaptive controller (its steps are "
