@@ -149,7 +149,7 @@ def solve_fixed(
         if trajectory is not None:
             trajectory.append((t0, dt, y, y1, f0))
         y = y1
-        ks = None  # free this step's stages before the next step makes its own
+        del ks  # free this step's stages before the next step makes its own
     return out
 
 
@@ -353,7 +353,7 @@ def solve_adaptive(
             if callbacks is not None:
                 callbacks.reject(t_now, y, dt)
         dt = dt_next
-        ks = y1 = None  # free this step's stages before the next step makes its own
+        del ks, y1  # free this step's stages before the next step makes its own
     return out
 
 

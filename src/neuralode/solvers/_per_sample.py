@@ -276,7 +276,7 @@ def solve_adaptive_per_sample(
         t_now = torch.where(accept, t1, t_now)
         dt = torch.where(active, dt_new, dt)
         active = nxt < n_out
-        ks = y1 = f1 = None  # free this step's stages before the next step makes its own
+        del ks, y1, f1  # free this step's stages before the next step makes its own
     # the batch takes as many steps as its hardest sample: report that sample's counters
     hardest = int(torch.argmax(acc + rej))
     stats.steps_accepted = (stats.steps_accepted or 0) + int(acc[hardest])
