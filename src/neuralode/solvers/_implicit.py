@@ -240,7 +240,9 @@ def _transposed_solve(ev, t, z: torch.Tensor, g: Any, solver: LinearSolver):
 # --------------------------------------------------------------------------- the method
 
 
-def _number(value: Any, name: str, ok: Callable[[Any], bool], what: str, kind: Any = (int, float)):
+def _number(
+    value: Any, name: str, ok: Callable[[Any], bool], what: str, kind: Any = (int, float)
+) -> None:
     """Refuse a parameter that is not a positive number of ``kind`` meeting ``ok``."""
     if isinstance(value, bool) or not isinstance(value, kind) or not (value > 0 and ok(value)):
         raise InvalidArgumentError(f"{name} must be {what}, got {value!r}", argument=name)
@@ -378,8 +380,9 @@ class ESDIRK(Method):
 
     def least_rtol(self, unit: float) -> float:
         """With ``proportional`` the gain grows as ``rtol`` falls below
-        :attr:`PROPORTIONAL_FROM` (by the factor :meth:`for_tolerance` applies): the smallest
-        ``rtol`` is where it meets the grown floor, ``r = floor * (FROM / r) ** p``."""
+        :attr:`PROPORTIONAL_FROM` by the factor :meth:`for_tolerance` applies, ``(FROM / r) **
+        p`` with ``p = 1 / (q - 1)``: the smallest ``rtol`` is where ``r = floor * (FROM / r) **
+        p``."""
         floor = super().least_rtol(unit)
         if not self.proportional or floor >= self.PROPORTIONAL_FROM:
             return floor
