@@ -372,8 +372,8 @@ class ESDIRK(Method):
         raised below :attr:`PROPORTIONAL_FROM`, see the class doc); else itself."""
         if not self.proportional:
             return self
-        power = 1.0 / max(self.order - 1, 1)  # (rtol is positive: checked with the controller)
-        scale = (self.PROPORTIONAL_FROM / tightest(rtol)) ** power
+        # (rtol is positive: checked with the controller)
+        scale = (self.PROPORTIONAL_FROM / tightest(rtol)) ** self._power
         if scale <= 1.0:
             return self
         return self._configured(error_factor=self.error_factor * scale, proportional=False)
@@ -386,8 +386,12 @@ class ESDIRK(Method):
         floor = super().least_rtol(unit)
         if not self.proportional or floor >= self.PROPORTIONAL_FROM:
             return floor
-        power = 1.0 / max(self.order - 1, 1)
-        return (floor * self.PROPORTIONAL_FROM**power) ** (1.0 / (1.0 + power))
+        return (floor * self.PROPORTIONAL_FROM**self._power) ** (1.0 / (1.0 + self._power))
+
+    @property
+    def _power(self) -> float:
+        """``p = 1 / (q - 1)``: the error factor grows as ``rtol ** -p`` with ``proportional``."""
+        return 1.0 / max(self.order - 1, 1)
 
     def __repr__(self) -> str:
         return (
