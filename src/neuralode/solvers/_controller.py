@@ -33,6 +33,7 @@ from ..registry import Registry
 __all__ = [
     "CONTROLLERS",
     "DEFAULT_MAX_NUM_STEPS",
+    "PROJECTION_FACTOR",
     "AbstractStepSizeController",
     "ConstantStepSize",
     "PIController",
@@ -43,6 +44,7 @@ __all__ = [
     "check_tolerance_shape",
     "dtype_resolution",
     "initial_step",
+    "projection_interval",
     "tightest",
 ]
 
@@ -50,6 +52,15 @@ DEFAULT_MAX_NUM_STEPS = 100_000
 """The default step budget of an adaptive solve: the most steps from one output time to the
 next (torchdiffeq's is 2**31, which never ends a hopeless solve). A solve that needs more
 raises a ``SolverError`` that says how to raise it."""
+PROJECTION_FACTOR = 10
+"""A solve stops early once it would need more than this many times its step budget."""
+
+
+def projection_interval(limit: int) -> int:
+    """How often (in steps) a loop projects the steps it still needs: every tenth of its
+    budget, at least every 1,000 steps."""
+    return max(1000, limit // 10)
+
 
 _TOL_HINT = "typical values are 1e-3 for training and 1e-5 for evaluation"
 

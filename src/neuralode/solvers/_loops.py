@@ -24,10 +24,17 @@ import torch
 from ..errors import InvalidArgumentError, NonFiniteStateError
 from ..registry import Registry
 from . import _kernels as kernels
-from ._controller import DEFAULT_MAX_NUM_STEPS, PIController, StepBoundaries, StepSizeController
+from ._controller import (
+    DEFAULT_MAX_NUM_STEPS,
+    PROJECTION_FACTOR,
+    PIController,
+    StepBoundaries,
+    StepSizeController,
+    projection_interval,
+)
 from ._evaluator import Evaluator
 from ._kernels import rms as _rms
-from ._messages import PROJECTION_FACTOR, Status, failure, projection_interval
+from ._messages import Status, failure
 from ._methods import Method
 
 __all__ = [

@@ -187,13 +187,3 @@ def explain(
             return NonFiniteStateError.dynamics_at_start(t0)
         return NonFiniteStateError(None, detail=f" (after t = {t0:.6g})")
     return err
-
-
-PROJECTION_FACTOR = 10
-"""A solve stops early once it would need more than this many times its step budget."""
-
-
-def projection_interval(limit: int) -> int:
-    """How often (in steps) a loop projects the steps it still needs: every tenth of its
-    budget, at least every 1,000 steps."""
-    return max(1000, limit // 10)

@@ -14,9 +14,10 @@ import torch
 
 from ..errors import InvalidArgumentError
 from . import _kernels as kernels
+from ._controller import PROJECTION_FACTOR, projection_interval
 from ._evaluator import Evaluator
 from ._loops import AdaptiveConfig
-from ._messages import PROJECTION_FACTOR, Status, failure, projection_interval
+from ._messages import Status, failure
 from ._methods import Method
 
 __all__ = ["check_t_rows", "rows_direction", "solve_adaptive_per_sample"]
