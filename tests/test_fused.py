@@ -421,8 +421,9 @@ def _spy_on_fused(monkeypatch):
     real = kernels.select
 
     def spy(y0, *args):
-        used.append(real(y0, *args).fused)
-        return real(y0, *args)
+        chosen = real(y0, *args)
+        used.append(type(chosen).__name__)
+        return chosen
 
     monkeypatch.setattr(kernels, "select", spy)
     return used
@@ -441,7 +442,54 @@ def test_when_the_kernels_are_used(monkeypatch):
         big = kernels.MAX_BYTES // 4 // 5 + 1
         neuralode.odeint(Field().float(), torch.randn(big, 5), t, **NATIVE)  # too large
     neuralode.odeint(Field(), torch.randn(4, 5), t, **NATIVE)  # graph being recorded
-    assert used == [True, False, False, False, False]
+    monkeypatch.setenv("NEURALODE_FUSED", "0")
+    neuralode.odeint(Field(), torch.randn(4, 5), t, **NATIVE)
+    fused, plain, graph = "FusedKernels", "TorchKernels", "GraphKernels"
+    assert used == [fused, plain, plain, plain, graph, plain]
+
+
+@built
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_the_error_ratio_with_a_graph_is_fused_and_matches_tensor_arithmetic(dtype):
+    """GraphKernels (a solve that records a graph) forms the error ratio in one fused pass over
+    stages that require grad, one of them not contiguous, with the value of the tensor form; it
+    records nothing (a float, no graph)."""
+    tab = TABLEAUX["dopri5"]
+    y = torch.randn(6, 5, dtype=dtype, requires_grad=True)
+    ks = [torch.randn(6, 5, dtype=dtype, requires_grad=True) for _ in range(6)]
+    ks.append(torch.randn(5, 6, dtype=dtype, requires_grad=True).T)  # not contiguous
+    y1 = (y + 0.01 * ks[0]).detach().requires_grad_()
+    graph = kernels.GraphKernels(1e-3, 1e-5, None, y)
+    plain = kernels.TorchKernels(1e-3, 1e-5, None)
+    got = graph.error_ratio(tab, y, y1, ks, 0.1)
+    want = plain.error_ratio(tab, y, y1, ks, 0.1)
+    assert type(got) is float and got > 0
+    assert got == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@built
+def test_a_solve_with_a_graph_takes_the_same_steps_and_gradients_with_the_fused_norms(
+    monkeypatch,
+):
+    """With a graph recorded the sums stay tensor operations and the norms are fused: the same
+    steps, evaluations, solution and gradients as the tensor form to rounding, and the kernels
+    the solve took are GraphKernels."""
+    used = _spy_on_fused(monkeypatch)
+    f = Field().double()
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+    y0 = torch.randn(6, 5, dtype=F64, requires_grad=True)
+
+    def run(stats):
+        y = neuralode.odeint(f, y0, t, rtol=1e-7, atol=1e-9, stats=stats, **NATIVE)
+        return (y, *torch.autograd.grad((y**2).sum(), (y0, *f.parameters())))
+
+    fused, plain, sf, sp = _solve_both(monkeypatch, run)
+    assert used == ["GraphKernels", "TorchKernels"]
+    assert (sf.nfe_forward, sf.steps_accepted, sf.steps_rejected) == (
+        sp.nfe_forward, sp.steps_accepted, sp.steps_rejected
+    )  # fmt: skip
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
 @built
