@@ -450,21 +450,37 @@ def test_when_the_kernels_are_used(monkeypatch):
 
 @built
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_the_error_ratio_with_a_graph_is_fused_and_matches_tensor_arithmetic(dtype):
+def test_the_error_ratio_with_a_graph_is_fused_and_matches_tensor_arithmetic(dtype, monkeypatch):
     """GraphKernels (a solve that records a graph) forms the error ratio in one fused pass over
     stages that require grad, one of them not contiguous, with the value of the tensor form; it
-    records nothing (a float, no graph)."""
+    records nothing (a float, no graph). A state not contiguous takes the tensor form."""
+    from neuralode.solvers._loops import RMS_NORM
+
+    passes = []
+    real = kernels._fused
+
+    class Counting:
+        def __getattr__(self, name):
+            if name == "error_ratio":
+                passes.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(kernels, "_fused", Counting())
     tab = TABLEAUX["dopri5"]
     y = torch.randn(6, 5, dtype=dtype, requires_grad=True)
     ks = [torch.randn(6, 5, dtype=dtype, requires_grad=True) for _ in range(6)]
     ks.append(torch.randn(5, 6, dtype=dtype, requires_grad=True).T)  # not contiguous
     y1 = (y + 0.01 * ks[0]).detach().requires_grad_()
-    graph = kernels.GraphKernels(1e-3, 1e-5, None, y)
-    plain = kernels.TorchKernels(1e-3, 1e-5, None)
+    graph = kernels.GraphKernels(1e-3, 1e-5, RMS_NORM, y)
+    plain = kernels.TorchKernels(1e-3, 1e-5, RMS_NORM)
     got = graph.error_ratio(tab, y, y1, ks, 0.1)
+    assert passes == ["error_ratio"]
     want = plain.error_ratio(tab, y, y1, ks, 0.1)
     assert type(got) is float and got > 0
     assert got == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    y_t = y.detach().T.contiguous().T.requires_grad_()  # a state not contiguous: tensor form
+    assert graph.error_ratio(tab, y_t, y1, ks, 0.1) == plain.error_ratio(tab, y_t, y1, ks, 0.1)
+    assert passes == ["error_ratio"]
 
 
 @built

@@ -478,7 +478,13 @@ class GraphKernels(FusedKernels):
     accumulate_ = Kernels.accumulate_
 
     def error_ratio(self, tab, y, y1, ks, dt: float) -> float:
-        if type(dt) is float and self._ratio is not None and all(map(has_data, (y, y1, *ks))):
+        if (
+            type(dt) is float
+            and self._ratio is not None
+            and y.is_contiguous()
+            and y1.is_contiguous()
+            and all(map(has_data, (y, y1, *ks)))
+        ):
             with torch.no_grad():  # (a derivative of another layout is converted: no graph)
                 stages = Stages(y, ks[0])
                 for k in ks[1:]:
