@@ -65,8 +65,9 @@ def rms(x: torch.Tensor) -> float:
 class Kernels:
     """The tensor-level primitives of an explicit Runge–Kutta solve, for one solve (it keeps the
     solve's tolerances, norm and workspace). :class:`TorchKernels` forms them with tensor
-    operations, :class:`FusedKernels` in one pass of the C module each; :func:`select` picks.
-    A method and a loop call these and never branch on which they have."""
+    operations, :class:`~._kernels.FusedKernels` in one pass of the C module each,
+    :class:`~._kernels.GraphKernels` both ways; :func:`~._kernels.select` picks. A method and
+    a loop call these and never branch on which they have."""
 
     def __init__(self, rtol: Any, atol: Any, norm: Callable[[torch.Tensor], Any] | None) -> None:
         self.rtol, self.atol, self.norm = rtol, atol, norm
