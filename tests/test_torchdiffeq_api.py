@@ -350,9 +350,11 @@ def test_nfe_and_results_match_torchdiffeq(method, jump):
     assert stats.nfe_forward <= n[0]
     if not jump:
         assert stats.nfe_forward == n[0]
-    # the same steps; dopri8's dense output is our own 4th-order one, so agreement is within
-    # the solve's accuracy there, not to rounding
-    tol = 1e-5 if method == "dopri8" else 1e-10
+    # the same steps, their sizes equal to rounding (the error ratio is summed in another order:
+    # in one fused pass on the CPU), which the 40 rejected attempts at the kink carry to about
+    # 1e-10; dopri8's dense output is our own 4th-order one, so agreement is within the solve's
+    # accuracy there, not to rounding
+    tol = 1e-5 if method == "dopri8" else 1e-9
     torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
     # against the exact solution (the rate triples at t = 0.7): dopri8 was 0.023 off with a
     # jump, its dense output using the slope from after the jump for the step before it
