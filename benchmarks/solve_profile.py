@@ -11,9 +11,18 @@ thread), profiled three ways.
 * **a floor**: the same solve written as one plain loop (the same evaluations at the same times,
   the same fused C kernels for the stage sums, the error norm and the dense output, the step
   sizes the solve took, no checks, no objects): what the C kernels and Python's loop cost
-  without the engine's structure around them.
+  without the engine's structure around them;
+* **the loop alone**: the engine's adaptive loop called directly, its method, controller and
+  configuration made once outside the timing, so that per solve only what every solve makes
+  is timed (the evaluator, the kernels and the stepper, the loop, the stacked result): the
+  solve less this is what reading and checking the call's arguments and preparing the solve
+  cost.
 
-    python benchmarks/solve_profile.py [--repeats 200] [--width 128]
+    python benchmarks/solve_profile.py [--repeats 200] [--width 128] [--beside-torchdiffeq]
+
+``--beside-torchdiffeq`` adds torchdiffeq's solve of the same problem to every round (not
+reported), as ``solver_speed.py``'s rounds have it: the engine's code then runs with colder
+caches, as it does there.
 """
 
 from __future__ import annotations
@@ -120,6 +129,25 @@ def floor_loop(f, y0: torch.Tensor, t_end: float, calls: list[float]):
     return fn
 
 
+def loop_alone(f, y0: torch.Tensor, t: torch.Tensor):
+    """``fn()`` running the engine's adaptive loop (dopri5, rtol 1e-3, atol 1e-5, no grad) on
+    objects made here, once: only the evaluator, kernels, stepper and result are made per call."""
+    from neuralode.solvers import Dopri5, PIController
+    from neuralode.solvers._evaluator import Evaluator
+    from neuralode.solvers._loops import RMS_NORM, AdaptiveConfig, solve_adaptive
+
+    method, times = Dopri5(), t.tolist()
+    cfg = AdaptiveConfig(rtol=1e-3, atol=1e-5, norm=RMS_NORM,
+                         controller=PIController(rtol=1e-3, atol=1e-5))  # fmt: skip
+
+    def fn() -> torch.Tensor:
+        with torch.no_grad():
+            ev = Evaluator(f, 1.0, y0.dtype, y0.device, neuralode.SolveStats())
+            return torch.stack(solve_adaptive(ev, method, y0, times, cfg))
+
+    return fn
+
+
 def allocations(fn) -> int:
     """Tensor allocations (``aten::empty*``) made by ``fn()``."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -131,6 +159,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument(
+        "--beside-torchdiffeq",
+        action="store_true",
+        help="add torchdiffeq's solve to every round, as solver_speed.py does",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -156,6 +189,9 @@ def main() -> None:
     floor = floor_loop(f, y0, 1.0, eval_times)
     if floor is not None and not torch.allclose(floor(), reference, rtol=1e-5, atol=1e-6):
         raise AssertionError("the floor loop does not reproduce the solve")
+    loop = loop_alone(f, y0, t)
+    if not torch.equal(loop(), reference):
+        raise AssertionError("the loop alone does not reproduce the solve")
 
     def bare():
         with torch.no_grad():
@@ -165,9 +201,18 @@ def main() -> None:
     for _ in range(20):
         solve()
         bare()
-    runs = {"solve": solve, "bare": bare}
+        loop()
+    runs = {"solve": solve, "bare": bare, "loop": loop}
     if floor is not None:
         runs["floor"] = floor
+    if args.beside_torchdiffeq:
+        import torchdiffeq
+
+        def beside():
+            with torch.no_grad():
+                torchdiffeq.odeint(f, y0, t, rtol=1e-3, atol=1e-5)
+
+        runs["torchdiffeq"] = beside
     times = interleaved(runs, args.repeats, warmup=0)  # (warmed up above)
     t_solve, t_bare = (statistics.median(times[k]) for k in ("solve", "bare"))
     over = t_solve - t_bare
@@ -185,6 +230,10 @@ def main() -> None:
           f"(×{t_solve / t_bare:.3f}), {args.repeats} interleaved repeats")  # fmt: skip
     print(f"overhead: {over * 1e6:.0f} µs per solve, {over / steps * 1e6:.1f} µs per step, "
           f"{over / nfe * 1e6:.1f} µs per evaluation")  # fmt: skip
+    t_loop = statistics.median(times["loop"])
+    print(f"the loop alone (no argument checks, no preparation): {t_loop * 1e6:.0f} µs "
+          f"(×{t_loop / t_bare:.3f}); the call's checks and preparation "
+          f"{(t_solve - t_loop) * 1e6:.0f} µs")  # fmt: skip
     if floor is not None:
         t_floor = statistics.median(times["floor"])
         print(f"floor (the same solve as one plain loop over the same kernels): "
