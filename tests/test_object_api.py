@@ -199,6 +199,20 @@ def test_a_registered_method_and_gradient_method_work_by_name_everywhere(registe
     assert '"ralston_test"' in config and '"counting_test"' in config
 
 
+def test_an_unknown_method_name_is_refused_with_every_name_the_native_backend_takes(registered):
+    """Not only torchdiffeq's names (where the call would have gone): the native methods and a
+    registered one too, from odeint and odeint_adjoint."""
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    y0 = torch.ones(1, dtype=F64)
+    every = r"valid methods are: .*dopri5.*implicit_adams.*kvaerno5.*ralston_test.*tsit5"
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; " + every):
+        neuralode.odeint(Decay(), y0, t, method="nope")
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; " + every):
+        neuralode.odeint_adjoint(Decay(), y0, t, method="nope")
+    with pytest.raises(ValueError, match=r"unknown adjoint_method 'nope'; " + every):
+        neuralode.odeint_adjoint(Decay(), y0, t, adjoint_method="nope")
+
+
 def test_the_registry_warns_on_overwrite_and_lists_names():
     reg = neuralode.Registry("widget")
     reg.register("a", 1)

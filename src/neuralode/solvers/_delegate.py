@@ -23,7 +23,7 @@ from ._controller import (
     parameters,
 )
 from ._messages import explain, first_nonfinite_time
-from ._methods import Method
+from ._methods import METHODS, Method
 from ._solve import Direct, GradientMethod, is_finite
 from ._stats import ACTIVE, SolveStats
 
@@ -54,6 +54,7 @@ class Call:
 def delegate(reason: str, native: Method | None, call: Call) -> Any:
     """A call the native engine hands to torchdiffeq: checked as the native engine checks it,
     refused where it asks for what only the native engine has."""
+    _check_names(call)
     options = call.options
     if not isinstance(call.gradient, Direct):
         raise InvalidArgumentError(
@@ -83,6 +84,19 @@ def delegate(reason: str, native: Method | None, call: Call) -> Any:
             call.options = {k: v for k, v in options.items() if k != "batch_mode"}
     logger.debug("native backend delegates to torchdiffeq: %s", reason)
     return solve_on(_torchdiffeq(), call, checked=native is not None)
+
+
+def _check_names(call: Call) -> None:
+    """A method name neither engine has: refused with every name the native backend takes
+    (its own methods, registered ones included, and torchdiffeq's), not only torchdiffeq's."""
+    known = frozenset(METHODS.names()) | _torchdiffeq().methods
+    named = [("method", call.method)]
+    if call.adjoint is not None:
+        named.append(("adjoint_method", call.adjoint.method))
+    for what, name in named:
+        if isinstance(name, str) and name not in known:
+            valid = ", ".join(sorted(known))
+            raise InvalidArgumentError(f"unknown {what} {name!r}; valid methods are: {valid}")
 
 
 def solve_on(engine: AbstractBackend, call: Call, checked: bool = False) -> Any:
