@@ -93,8 +93,12 @@ def test_block_argument_errors():
         NeuralODEBlock(ODEFunc(2), output_times=[0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="augment_dim"):
         NeuralODEBlock(ODEFunc(2), augment_dim=-1)
-    with pytest.raises(ValueError, match="unknown method"):
-        NeuralODEBlock(ODEFunc(2), method="rk45")(torch.randn(1, 2))
+    with pytest.raises(ValueError, match="unknown method 'rk45'.*dopri5.*tsit5"):
+        NeuralODEBlock(ODEFunc(2), method="rk45")  # (refused when made, not at the first solve)
+    with pytest.raises(ValueError, match="unknown method 'tsit5'.*dopri5"):
+        NeuralODEBlock(ODEFunc(2), method="tsit5", backend="torchdiffeq")  # (its backend's names)
+    with pytest.raises(TypeError, match="method must be a method name"):
+        NeuralODEBlock(ODEFunc(2), method=5)
 
 
 def test_augmented_block_pads_with_zeros():

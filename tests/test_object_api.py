@@ -201,7 +201,7 @@ def test_a_registered_method_and_gradient_method_work_by_name_everywhere(registe
 
 def test_an_unknown_method_name_is_refused_with_every_name_the_native_backend_takes(registered):
     """Not only torchdiffeq's names (where the call would have gone): the native methods and a
-    registered one too, from odeint and odeint_adjoint."""
+    registered one too, from odeint, odeint_adjoint and a block (when it is made)."""
     t = torch.tensor([0.0, 1.0], dtype=F64)
     y0 = torch.ones(1, dtype=F64)
     every = r"valid methods are: .*dopri5.*implicit_adams.*kvaerno5.*ralston_test.*tsit5"
@@ -211,6 +211,10 @@ def test_an_unknown_method_name_is_refused_with_every_name_the_native_backend_ta
         neuralode.odeint_adjoint(Decay(), y0, t, method="nope")
     with pytest.raises(ValueError, match=r"unknown adjoint_method 'nope'; " + every):
         neuralode.odeint_adjoint(Decay(), y0, t, adjoint_method="nope")
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; " + every):
+        neuralode.NeuralODEBlock(Decay(), method="nope")
+    block = neuralode.NeuralODEBlock(Decay(), method="ralston_test", options={"step_size": 0.5})
+    assert block.method == "ralston_test"
 
 
 def test_the_registry_warns_on_overwrite_and_lists_names():

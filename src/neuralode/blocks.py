@@ -13,9 +13,11 @@ from .errors import InvalidArgumentError, InvalidTypeError
 from .regularizers import AbstractRegularizer, RegularizedDynamics
 from .solvers import (
     GRADIENT_METHODS,
+    Method,
     SolveStats,
     check_times,
     check_tolerance,
+    get_backend,
     odeint,
     odeint_adjoint,
     publish_regularization,
@@ -33,6 +35,25 @@ __all__ = [
 ]
 
 
+def _check_method(method: Any, backend: Any) -> None:
+    """A method name the block's backend does not have (the live registries: a method
+    registered before the block is made is known), or neither a name nor a method object (which
+    the native backend takes as well), is refused when the block is made rather than at its
+    first solve."""
+    if isinstance(method, Method):
+        return
+    if not isinstance(method, str):
+        raise InvalidTypeError(
+            f"method must be a method name (e.g. 'dopri5') or a Method object, got "
+            f"{type(method).__name__}"
+        )
+    names = get_backend(backend).methods
+    if method not in names:
+        raise InvalidArgumentError(
+            f"unknown method {method!r}; valid methods are: {', '.join(sorted(names))}"
+        )
+
+
 class NeuralODEBlock(nn.Module):
     """``h ↦ h(T)``, the solution at time ``T`` of ``dh/dt = func(t, h)`` with ``h(t0) = h``.
 
@@ -41,7 +62,9 @@ class NeuralODEBlock(nn.Module):
         t1: end of the integration interval (``t0`` is its start).
         output_times: if given, the block returns the whole trajectory at these times (first
             dimension indexes time) instead of only ``h(T)``; overrides ``t0``/``t1``.
-        method: solver name (``"dopri5"``, ``"rk4"``, ...).
+        method: solver name (``"dopri5"``, ``"rk4"``, ..., or one registered with
+            ``register_method``); a name the backend does not have is refused here, not at
+            the first solve.
         rtol: relative tolerance in training mode.
         atol: absolute tolerance in training mode.
         eval_rtol: (tighter) relative tolerance in evaluation mode, after ``.eval()``.
@@ -111,6 +134,7 @@ class NeuralODEBlock(nn.Module):
             raise InvalidArgumentError(
                 "output_times must hold at least two times (a start and an end)"
             )
+        _check_method(method, backend)
         regs = list(regularizers)
         for r in regs:
             if not isinstance(r, AbstractRegularizer):
