@@ -119,6 +119,9 @@ def test_objects_validate_themselves_on_construction():
     with pytest.raises(TypeError, match="names are for odeint"):
         solve(Decay(), torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
               method="dopri5")  # fmt: skip
+    with pytest.raises(TypeError, match="controller must be a step-size controller object"):
+        solve(Decay(), torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+              controller="pid")  # fmt: skip
 
 
 def test_the_adapter_translates_options_through_one_table():

@@ -420,21 +420,21 @@ def _default(kind: str) -> Any:
         from ._methods import Dopri5
 
         defaults: dict[str, type] = {"method": Dopri5, "lane": Joint, "gradient": Direct}
-        obj = defaults[kind]()
-        _DEFAULTS[kind] = obj
+        obj = _DEFAULTS[kind] = defaults[kind]()
     return obj
 
 
 def _check_objects(method, controller, gradient, lane) -> None:
-    for value, cls, name, example in (
-        (method, Method, "method", "Dopri5() or Kvaerno5()"),
-        (controller, AbstractStepSizeController, "controller", "PIController(rtol=1e-5)"),
-        (gradient, GradientMethod, "gradient", "Direct(), Checkpoint() or Adjoint()"),
-        (lane, Lane, "lane", "Joint() or PerSample()"),
-    ):
+    for value, cls, name, what, example in (
+        (method, Method, "method", "a Method", "Dopri5() or Kvaerno5()"),
+        (controller, AbstractStepSizeController, "controller", "a step-size controller",
+         "PIController(rtol=1e-5) or ConstantStepSize(0.1)"),
+        (gradient, GradientMethod, "gradient", "a GradientMethod", "Direct() or Adjoint()"),
+        (lane, Lane, "lane", "a Lane", "Joint() or PerSample()"),
+    ):  # fmt: skip
         if not isinstance(value, cls):
             raise InvalidTypeError(
-                f"{name} must be a {cls.__name__} object such as {example}, got {value!r}"
+                f"{name} must be {what} object such as {example}, got {value!r}"
                 + ("; names are for odeint(...)" if isinstance(value, str) else "")
             )
 
