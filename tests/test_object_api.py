@@ -4,6 +4,8 @@ one solve (the modules it runs)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import sys
@@ -200,6 +202,66 @@ def test_a_registered_method_and_gradient_method_work_by_name_everywhere(registe
     assert code == 0 and _CountingCheckpoint.calls > 2
     config = (tmp_path / "run" / "config.json").read_text()
     assert '"ralston_test"' in config and '"counting_test"' in config
+
+
+@dataclasses.dataclass(eq=False)
+class _Cautious(PIController):
+    """PIController growing the step at most twofold (a controller of our own)."""
+
+    ifactor: float = 2.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Doubling(solvers.StepSizeController):
+    """Doubles the step after an accepted attempt, halves it after a rejected one (no PI
+    parameters: torchdiffeq's safety, ifactor, ... are not its own)."""
+
+    def factor(self, ratio, prev_ratio, order):
+        return 2.0 if ratio <= 1.0 else 0.5
+
+
+def test_a_registered_controller_works_by_name_in_options(tmp_path):
+    """options['controller'] takes a name in CONTROLLERS (its class made with the call's
+    tolerances and the options it takes), in odeint and in a block, whose options then fit in a
+    JSON file."""
+    solvers.CONTROLLERS.register("cautious_test", _Cautious)
+    solvers.CONTROLLERS.register("doubling_test", _Doubling)
+    try:
+        y0, t = torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+        runs = {}
+        for key, options in {"name": {"controller": "cautious_test", "first_step": 1e-3},
+                             "object": {"controller": _Cautious(), "first_step": 1e-3},
+                             "default": {"first_step": 1e-3}}.items():  # fmt: skip
+            stats = neuralode.SolveStats()
+            out = neuralode.odeint(Decay(), y0, t, rtol=1e-6, atol=1e-9, options=options,
+                                   stats=stats)  # fmt: skip
+            runs[key] = (out, stats.steps_accepted)
+        assert torch.equal(runs["name"][0], runs["object"][0])
+        assert runs["name"][1] == runs["object"][1] > runs["default"][1]  # (growth capped at 2)
+        assert abs(float(runs["name"][0][-1, 0].detach()) - math.exp(-1)) < 1e-5
+        out = neuralode.odeint(Decay(), y0, t, rtol=1e-6, atol=1e-9,
+                               options={"controller": "doubling_test"})  # fmt: skip
+        assert abs(float(out[-1, 0].detach()) - math.exp(-1)) < 1e-4
+        block = neuralode.NeuralODEBlock(Decay(), options={"controller": "cautious_test"})
+        assert block(torch.ones(2, 1)).shape == (2, 1)
+        json.dumps(block.options)  # (an object there would not serialise)
+        call = lambda **options: neuralode.odeint(Decay(), y0, t, options=options)  # noqa: E731
+        with pytest.raises(ValueError, match=r"options\['controller'\]: unknown step-size "
+                           r"controller 'nope'; .*'pid', 'constant', 'cautious_test'"):  # fmt: skip
+            call(controller="nope")
+        with pytest.raises(
+            ValueError, match=r"'constant' \(ConstantStepSize\), which does not adapt"
+        ):
+            call(controller="constant")
+        with pytest.raises(
+            ValueError, match=r"'doubling_test' \(_Doubling\) takes no \['safety'\]"
+        ):
+            call(controller="doubling_test", safety=0.8)
+        with pytest.raises(ValueError, match=r"options\['ifactor'\]"):  # (its own check, renamed)
+            call(controller="cautious_test", ifactor=0.5)
+    finally:
+        solvers.CONTROLLERS.unregister("cautious_test")
+        solvers.CONTROLLERS.unregister("doubling_test")
 
 
 def test_an_unknown_method_name_is_refused_with_every_name_the_native_backend_takes(registered):

@@ -24,11 +24,13 @@ from . import _backends
 from ._adjoint import Adjoint
 from ._backends import AbstractBackend, AdjointRequest, SolveRequest, TorchdiffeqBackend
 from ._controller import (
+    CONTROLLERS,
     AbstractStepSizeController,
     ConstantStepSize,
     PIController,
     StepSizeController,
     check_tolerance,
+    parameters,
 )
 from ._loops import LANES, Joint, Lane
 from ._methods import METHODS, Method
@@ -69,7 +71,7 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "norm": ("controller", "norm", _BOTH),  # a fixed grid has no error norm: ignored there
     "step_size": ("controller", "step_size", _FIXED),
     "interp": ("controller", "interp", _FIXED),
-    "controller": ("controller", None, _ADAPTIVE),  # a StepSizeController object of one's own
+    "controller": ("controller", None, _ADAPTIVE),  # a StepSizeController, or a CONTROLLERS name
     "batch_mode": ("lane", None, _ADAPTIVE),  # a name in LANES
     "dtype": ("ignored", None, _ADAPTIVE),  # torchdiffeq's dtype of time: times are float64
     "grid_constructor": ("torchdiffeq", None, _FIXED),  # handed to torchdiffeq
@@ -198,7 +200,11 @@ def translate(
 
 def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> StepSizeController:
     """``options['controller']``: an object of one's own, given the call's tolerances and the
-    options that are not its own parameters."""
+    options that are not its own parameters; or a name in :data:`CONTROLLERS`, its class made
+    with the call's tolerances and the options (names fit where objects do not: a run's
+    configuration file)."""
+    if isinstance(own, str):
+        return _named_controller(own, on_controller, rtol, atol, name)
     if not isinstance(own, StepSizeController):
         raise InvalidTypeError(
             f"{name}['controller'] must be a StepSizeController (e.g. PIController(...)), got "
@@ -211,6 +217,26 @@ def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> Ste
             f"object instead (e.g. PIController({both[0]}=...))"
         )
     return cast(StepSizeController, own.replace(rtol=rtol, atol=atol, **on_controller))
+
+
+def _named_controller(own: str, on_controller: dict, rtol, atol, name) -> StepSizeController:
+    try:
+        cls: Any = CONTROLLERS.get(own)
+    except InvalidArgumentError as err:
+        raise InvalidArgumentError(f"{name}['controller']: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, StepSizeController)):
+        raise InvalidArgumentError(
+            f"{name}['controller'] names {own!r} ({getattr(cls, '__name__', cls)}), which does not "
+            "adapt its steps; for a fixed grid use a fixed-step method with "
+            "options={'step_size': ...}"
+        )
+    extra = sorted(set(on_controller) - parameters(cls))
+    if extra:
+        raise InvalidArgumentError(
+            f"{name}['controller'] {own!r} ({cls.__name__}) takes no {extra}; its parameters "
+            f"are: {', '.join(sorted(parameters(cls)))}"
+        )
+    return cast(StepSizeController, cls(rtol=rtol, atol=atol, **on_controller))
 
 
 def _gradient(gradient: Any) -> GradientMethod:
