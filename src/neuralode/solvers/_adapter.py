@@ -201,14 +201,14 @@ def translate(
 def _with_own_controller(own: Any, on_controller: dict, rtol, atol, name) -> StepSizeController:
     """``options['controller']``: an object of one's own, given the call's tolerances and the
     options that are not its own parameters; or a name in :data:`CONTROLLERS`, its class made
-    with the call's tolerances and the options (names fit where objects do not: a run's
-    configuration file)."""
+    with the call's tolerances and the options (names fit where objects do not: a JSON or YAML
+    configuration)."""
     if isinstance(own, str):
         return _named_controller(own, on_controller, rtol, atol, name)
     if not isinstance(own, StepSizeController):
         raise InvalidTypeError(
-            f"{name}['controller'] must be a StepSizeController (e.g. PIController(...)), got "
-            f"{type(own).__name__}"
+            f"{name}['controller'] must be a StepSizeController (e.g. PIController(...)) or the "
+            f"name of one in CONTROLLERS (e.g. 'pid'), got {type(own).__name__}"
         )
     both = [k for k in _CONTROLLER_OWN if on_controller.get(k) is not None]
     if both:
