@@ -776,9 +776,10 @@ def test_the_per_sample_lane_reads_from_the_device_once_per_iteration(monkeypatc
 
 
 def test_a_controller_of_one_s_own_is_one_class():
-    """options={'controller': ...} takes a StepSizeController object: PIController(...) gives
-    what the same torchdiffeq options give, and a stub that never changes the step (after a
-    scripted first step) takes exactly T / first_step steps, in both lanes."""
+    """options={'controller': ...} takes a StepSizeController object (or a registered one's
+    name): PIController(...) gives what the same torchdiffeq options give, and a stub that
+    never changes the step (after a scripted first step) takes exactly T / first_step steps,
+    in both lanes."""
     from neuralode.solvers._controller import PIController, StepSizeController
 
     class Constant(StepSizeController):
@@ -800,8 +801,10 @@ def test_a_controller_of_one_s_own_is_one_class():
         torch.testing.assert_close(y[-1], torch.full((3, 1), math.exp(-1.0), dtype=torch.float64))
     with pytest.raises(ValueError, match=r"replaces the options \['safety'\]"):
         _vdp(mu, options={"controller": PIController(), "safety": 0.5})
-    with pytest.raises(TypeError, match="StepSizeController"):
-        _vdp(mu, options={"controller": "pi"})
+    with pytest.raises(TypeError, match="StepSizeController.*or the name of one"):
+        _vdp(mu, options={"controller": 5})
+    with pytest.raises(ValueError, match="unknown step-size controller 'pi'.*'pid'"):
+        _vdp(mu, options={"controller": "pi"})  # (a name: see test_object_api)
 
 
 def test_per_sample_times_at_the_public_api():

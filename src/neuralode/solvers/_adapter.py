@@ -236,7 +236,7 @@ def _named_controller(own: str, on_controller: dict, rtol, atol, name) -> StepSi
             f"{name}['controller'] {own!r} ({cls.__name__}) takes no {extra}; its parameters "
             f"are: {', '.join(sorted(parameters(cls)))}"
         )
-    return cast(StepSizeController, cls(rtol=rtol, atol=atol, **on_controller))
+    return cls(rtol=rtol, atol=atol, **on_controller)
 
 
 def _gradient(gradient: Any) -> GradientMethod:
