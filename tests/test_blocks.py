@@ -99,6 +99,12 @@ def test_block_argument_errors():
         NeuralODEBlock(ODEFunc(2), method="tsit5", backend="torchdiffeq")  # (its backend's names)
     with pytest.raises(TypeError, match="method must be a method name"):
         NeuralODEBlock(ODEFunc(2), method=5)
+    with pytest.raises(ValueError, match=r"unknown options \['bogus'\] for method 'rk4'"):
+        NeuralODEBlock(ODEFunc(2), method="rk4", options={"bogus": 1})  # (when made)
+    with pytest.raises(ValueError, match=r"unknown adjoint_options \['batch_mode'\]"):
+        NeuralODEBlock(ODEFunc(2), adjoint=True, adjoint_options={"batch_mode": "per_sample"})
+    with pytest.raises(TypeError, match="options must be a dict"):
+        NeuralODEBlock(ODEFunc(2), options=[("step_size", 0.1)])
 
 
 def test_augmented_block_pads_with_zeros():

@@ -35,11 +35,11 @@ __all__ = [
 ]
 
 
-def _check_method(method: Any, backend: Any) -> None:
+def _check_solver(method: Any, backend: Any, options: Any, adjoint_options: Any) -> None:
     """A method name the block's backend does not have (the live registries: a method
     registered before the block is made is known), or neither a name nor a method object (which
-    the native backend takes as well), is refused when the block is made rather than at its
-    first solve."""
+    the native backend takes as well), and option keys the method does not take, are refused
+    when the block is made rather than at its first solve (the values are checked there)."""
     if isinstance(method, Method):
         return
     if not isinstance(method, str):
@@ -47,11 +47,26 @@ def _check_method(method: Any, backend: Any) -> None:
             f"method must be a method name (e.g. 'dopri5') or a Method object, got "
             f"{type(method).__name__}"
         )
-    names = get_backend(backend).methods
-    if method not in names:
+    engine = get_backend(backend)
+    if method not in engine.methods:
         raise InvalidArgumentError(
-            f"unknown method {method!r}; valid methods are: {', '.join(sorted(names))}"
+            f"unknown method {method!r}; valid methods are: {', '.join(sorted(engine.methods))}"
         )
+    for name, given, valid in (
+        ("options", options, engine.valid_options),
+        ("adjoint_options", adjoint_options, engine.valid_adjoint_options),
+    ):
+        if given is None:
+            continue
+        if not isinstance(given, Mapping):
+            raise InvalidTypeError(f"{name} must be a dict, got {type(given).__name__}")
+        keys = valid(method)
+        unknown = sorted(set(given) - keys)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown {name} {unknown} for method {method!r}; valid keys are: "
+                f"{', '.join(sorted(keys))}"
+            )
 
 
 class NeuralODEBlock(nn.Module):
@@ -73,9 +88,10 @@ class NeuralODEBlock(nn.Module):
         gradient: ``"direct"`` (default), ``"adjoint"`` (same as ``adjoint=True``) or
             ``"checkpoint"`` (native engine: exact gradient of the discrete solve with memory
             proportional to steps × state).
-        options: solver options, as for :func:`neuralode.odeint`.
+        options: solver options, as for :func:`neuralode.odeint` (a key the method does not
+            take is refused when the block is made, a bad value at the first solve).
         adjoint_options: the adjoint's backward solve's options, as for
-            :func:`neuralode.odeint_adjoint`.
+            :func:`neuralode.odeint_adjoint` (likewise).
         regularizers: e.g. ``[KineticEnergy(0.01), JacobianFrobenius(0.01)]``; integrated in the
             same solve. With regularizers the block returns ``(h, reg)`` where ``reg`` is the sum
             of the weighted terms; the terms by name are in ``last_regularization_terms``.
@@ -134,7 +150,7 @@ class NeuralODEBlock(nn.Module):
             raise InvalidArgumentError(
                 "output_times must hold at least two times (a start and an end)"
             )
-        _check_method(method, backend)
+        _check_solver(method, backend, options, adjoint_options)
         regs = list(regularizers)
         for r in regs:
             if not isinstance(r, AbstractRegularizer):
