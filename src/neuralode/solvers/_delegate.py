@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InvalidArgumentError, InvalidTypeError, NonFiniteStateError, SolverError
 from . import _backends
-from ._adapter import _ADAPTIVE, _BOTH, _FIXED, OPTIONS, _checked, translate
+from ._adapter import _ADAPTIVE, _BOTH, _FIXED, _NATIVE, OPTIONS, _checked, translate
 from ._backends import AbstractBackend, AdjointRequest, SolveRequest, TorchdiffeqBackend
 from ._controller import (
     AbstractStepSizeController,
@@ -23,7 +23,7 @@ from ._controller import (
     parameters,
 )
 from ._messages import explain, first_nonfinite_time
-from ._methods import METHODS, Method
+from ._methods import Method
 from ._solve import Direct, GradientMethod, is_finite
 from ._stats import ACTIVE, SolveStats
 
@@ -89,7 +89,7 @@ def delegate(reason: str, native: Method | None, call: Call) -> Any:
 def _check_names(call: Call) -> None:
     """A method name neither engine has: refused with every name the native backend takes
     (its own methods, registered ones included, and torchdiffeq's), not only torchdiffeq's."""
-    known = frozenset(METHODS.names()) | _torchdiffeq().methods
+    known = _NATIVE.methods
     named = [("method", call.method)]
     if call.adjoint is not None:
         named.append(("adjoint_method", call.adjoint.method))
